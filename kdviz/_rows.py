@@ -1,0 +1,189 @@
+"""Token rows: the checks and the preparation every same-vocabulary loss shares (METHODS.md section 0).
+
+A loss sees two logit tensors ``[..., V]`` and a mask over their leading shape. This module turns them
+into *rows*: the valid tokens only, upcast to float32 (float64 stays float64), divided by the
+temperature, with the union of both sides' ``-inf`` entries removed from both distributions before any
+arithmetic, so that ``0 * log 0`` terms are exactly 0 and no NaN can reach a gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for every input dtype except float64, which is kept (gradcheck needs it)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def check_pair(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor | None,
+    trim_vocab: bool | int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validate the shapes, dtypes and devices of a same-vocabulary pair; return ``(s, t, mask)``.
+
+    ``trim_vocab=True`` drops the trailing columns of the larger vocabulary (padded LM-head rows, e.g.
+    151936 vs 152064); an integer keeps the first ``trim_vocab`` columns of both.
+    """
+    for name, x in (("student_logits", student_logits), ("teacher_logits", teacher_logits)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+        if x.dim() < 1 or x.shape[-1] == 0:
+            raise ValueError(f"{name} must have shape [..., V] with V >= 1, got {tuple(x.shape)}")
+    if student_logits.device != teacher_logits.device:
+        raise ValueError(
+            f"student_logits is on {student_logits.device} but teacher_logits is on "
+            f"{teacher_logits.device}; move both to the same device"
+        )
+    v_s, v_t = student_logits.shape[-1], teacher_logits.shape[-1]
+    if trim_vocab is True:
+        trim_vocab = min(v_s, v_t)
+    if trim_vocab:
+        if trim_vocab > min(v_s, v_t):
+            raise ValueError(f"trim_vocab={trim_vocab} exceeds the vocabularies (student {v_s}, teacher {v_t})")
+        student_logits, teacher_logits = student_logits[..., :trim_vocab], teacher_logits[..., :trim_vocab]
+    elif v_s != v_t:
+        raise ValueError(
+            f"vocabulary sizes differ: student_logits has V={v_s}, teacher_logits has V={v_t}. "
+            "If the difference is only padded LM-head rows, pass trim_vocab=True (or trim_vocab=<n>); "
+            "if the tokenizers differ, use a cross-tokenizer method (kdviz.align, kdviz.methods)."
+        )
+    if student_logits.shape[:-1] != teacher_logits.shape[:-1]:
+        raise ValueError(
+            f"student_logits {tuple(student_logits.shape)} and teacher_logits "
+            f"{tuple(teacher_logits.shape)} must share their leading (token) shape"
+        )
+    lead = student_logits.shape[:-1]
+    if mask is None:
+        mask = torch.ones(lead, dtype=torch.bool, device=student_logits.device)
+    else:
+        if not isinstance(mask, torch.Tensor):
+            raise TypeError(f"mask must be a torch.Tensor or None, got {type(mask).__name__}")
+        if mask.shape != lead:
+            raise ValueError(f"mask has shape {tuple(mask.shape)}, expected the logits' leading shape {tuple(lead)}")
+        if mask.device != student_logits.device:
+            raise ValueError(f"mask is on {mask.device}, the logits on {student_logits.device}")
+        if mask.dtype != torch.bool:
+            if mask.is_floating_point() or ((mask != 0) & (mask != 1)).any():
+                raise ValueError("mask must be boolean (or integers 0/1), e.g. labels != -100")
+            mask = mask.bool()
+    return student_logits, teacher_logits, mask
+
+
+def check_options(tau: float, reduction: str, num_items: int | float | torch.Tensor | None) -> None:
+    if not (isinstance(tau, (int, float)) and tau > 0):
+        raise ValueError(f"tau must be a positive number, got {tau!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if num_items is not None and reduction != "mean":
+        raise ValueError(f"num_items is the denominator of reduction='mean'; it means nothing with {reduction!r}")
+    if num_items is not None and float(num_items) <= 0:
+        raise ValueError(f"num_items must be positive (the global count of valid tokens), got {num_items!r}")
+
+
+def check_finite(name: str, rows: torch.Tensor, positions: torch.Tensor) -> None:
+    """Raise on NaN or +inf among the valid rows, naming the first bad index in the caller's shape.
+
+    ``positions[i]`` is the index (in the caller's leading shape) of row ``i``.
+    """
+    bad = torch.isnan(rows) | (rows == float("inf"))
+    if bool(bad.any()):
+        row, col = (int(i) for i in bad.nonzero()[0])
+        kind = "NaN" if torch.isnan(rows[row, col]) else "+inf"
+        index = (*positions[row].tolist(), col)
+        raise ValueError(f"{name} contains {kind} at index {index}; logits must be finite or -inf")
+
+
+@dataclass
+class Rows:
+    """Valid token rows of a teacher/student pair, in log space, ready for a divergence formula.
+
+    ``logp`` (teacher) and ``logq`` (student) are log-softmax at temperature ``tau`` over the shared
+    support; entries outside the support (``keep`` False, where either logit was ``-inf``) hold 0 so
+    that any arithmetic on them is finite, and every sum over the vocabulary goes through
+    :meth:`vsum`, which drops them. ``keep`` is None when every entry is in the support.
+    """
+
+    logp: torch.Tensor
+    logq: torch.Tensor
+    keep: torch.Tensor | None
+
+    @cached_property
+    def p(self) -> torch.Tensor:
+        return self._exp(self.logp)
+
+    @cached_property
+    def q(self) -> torch.Tensor:
+        return self._exp(self.logq)
+
+    def _exp(self, log: torch.Tensor) -> torch.Tensor:
+        return log.exp() if self.keep is None else torch.where(self.keep, log.exp(), 0.0)
+
+    def vsum(self, term: torch.Tensor) -> torch.Tensor:
+        """Sum a per-entry term over the vocabulary, counting only entries in the support."""
+        return (term if self.keep is None else torch.where(self.keep, term, 0.0)).sum(-1)
+
+    def detach(self) -> Rows:
+        return Rows(self.logp.detach(), self.logq.detach(), self.keep)
+
+
+def make_rows(student: torch.Tensor, teacher: torch.Tensor, tau: float) -> Rows:
+    """Build :class:`Rows` from already-checked ``[N, V]`` logits of valid tokens (any float dtype)."""
+    dtype = compute_dtype(student.dtype)
+    zs = student.to(dtype) / tau
+    zt = teacher.to(dtype) / tau
+    outside = torch.isneginf(zs) | torch.isneginf(zt)
+    if not bool(outside.any()):
+        return Rows(torch.log_softmax(zt, -1), torch.log_softmax(zs, -1), None)
+    keep = ~outside
+    empty = ~keep.any(-1)
+    if bool(empty.any()):
+        raise ValueError(
+            f"valid row {int(empty.nonzero()[0])} has no vocabulary entry that is finite in both "
+            "student_logits and teacher_logits; mask that position out"
+        )
+    neg_inf = torch.tensor(float("-inf"), dtype=dtype, device=zs.device)
+    logq = torch.log_softmax(torch.where(keep, zs, neg_inf), -1)
+    logp = torch.log_softmax(torch.where(keep, zt, neg_inf), -1)
+    return Rows(torch.where(keep, logp, 0.0), torch.where(keep, logq, 0.0), keep)
+
+
+def gather_rows(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The valid rows ``[N, V]`` of both sides, after the NaN/+inf check, and their positions ``[N, ndim-1]``."""
+    v = student_logits.shape[-1]
+    positions = mask.nonzero()
+    s = student_logits[mask].reshape(-1, v)
+    t = teacher_logits[mask].reshape(-1, v)
+    check_finite("student_logits", s.detach(), positions)
+    check_finite("teacher_logits", t.detach(), positions)
+    return s, t, positions
+
+
+def scatter_rows(values: torch.Tensor, mask: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+    """Put per-row values back into the mask's shape; positions outside the mask get ``fill``."""
+    out = torch.full(mask.shape, fill, dtype=values.dtype, device=values.device)
+    return out.masked_scatter(mask, values)
+
+
+def reduce(
+    per_token: torch.Tensor, mask: torch.Tensor, reduction: str, num_items: int | float | torch.Tensor | None
+) -> torch.Tensor:
+    """``mean``: sum / max(count, 1) (or / num_items); ``sum``; ``none``: the per-token tensor (0 where masked)."""
+    if reduction == "none":
+        return per_token
+    total = per_token.sum()
+    if reduction == "sum":
+        return total
+    count = num_items if num_items is not None else mask.sum().clamp(min=1)
+    return total / count

@@ -1,0 +1,181 @@
+"""Head/tail statistics of a teacher/student pair (METHODS.md section 2), shared by AKL and the probe.
+
+For each token the teacher distribution ``p`` is sorted in descending order with cumulative sums
+``c_k``. The *head* ``H`` is every sorted position with ``c_k <= mu`` plus the argmax (always in the
+head); the token whose cumulative sum crosses ``mu`` belongs to the tail, unless
+``crossing_in_head=True``. Ties in ``p`` at the head boundary are broken towards the lower vocabulary
+id, so the split is deterministic.
+
+The head is found with ``topk`` and a growing ``k`` (16, 64, 256, ...), falling back to a full sort
+only when the head is large, so a 150k vocabulary is not sorted per token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+from kdviz._rows import Rows, check_pair, gather_rows, make_rows, scatter_rows
+
+FALLBACK_EPS = 1e-12  # g_head + g_tail below this: student equals teacher, weights are 0.5 / 0.5
+_FIRST_K = 16
+_GROWTH = 4
+
+
+def check_mu(mu: float) -> None:
+    if not (isinstance(mu, (int, float)) and 0.0 < mu < 1.0):
+        raise ValueError(f"mu must be a number strictly between 0 and 1, got {mu!r}")
+
+
+def head_sizes(p: torch.Tensor, mu: float, crossing_in_head: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Head size ``|H|`` per row of ``p`` ``[N, V]`` and the smallest teacher probability in the head.
+
+    Only rows whose head is not yet resolved go to the next, larger ``topk``.
+    """
+    n, v = p.shape
+    size = torch.ones(n, dtype=torch.long, device=p.device)
+    smallest = torch.zeros(n, dtype=p.dtype, device=p.device)
+    todo = torch.arange(n, device=p.device)
+    k = min(_FIRST_K, v)
+    while todo.numel():
+        rows = p[todo]
+        top = rows.topk(k, dim=-1).values if k < v else rows.sort(dim=-1, descending=True).values
+        below = (top.cumsum(-1) <= mu).sum(-1)  # c is non-decreasing: the head is a prefix
+        resolved = (below < k) | (k == v)
+        h = below.clamp(min=1)
+        if crossing_in_head:
+            h = torch.where(below >= 1, below + 1, h).clamp(max=v)
+        idx = todo[resolved]
+        size[idx] = h[resolved]
+        smallest[idx] = top[resolved].gather(-1, h[resolved, None] - 1).squeeze(-1)
+        todo = todo[~resolved]
+        k = min(k * _GROWTH, v)
+    return size, smallest
+
+
+def head_mask(p: torch.Tensor, mu: float, crossing_in_head: bool = False) -> torch.Tensor:
+    """Boolean ``[N, V]``: membership of each vocabulary entry in the teacher's head."""
+    size, smallest = head_sizes(p, mu, crossing_in_head)
+    above = p > smallest[:, None]
+    at = p == smallest[:, None]
+    needed = size - above.sum(-1)  # how many entries equal to the boundary value belong to the head
+    return above | (at & (at.cumsum(-1) <= needed[:, None]))
+
+
+def _weights(g_head: torch.Tensor, g_all: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    fallback = g_all < FALLBACK_EPS
+    return torch.where(fallback, 0.5, g_head / torch.where(fallback, 1.0, g_all)), fallback
+
+
+def head_weights(rows: Rows, mu: float, crossing_in_head: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """AKL's detached head weight ``w_head = g_head / (g_head + g_tail)`` per row, and the 0/0 fallbacks.
+
+    Returns ``(w_head, fallback)``; where ``g_head + g_tail < 1e-12`` the weight is 0.5 and ``fallback``
+    is True.
+    """
+    with torch.no_grad():
+        detached = rows.detach()  # a fresh Rows: never fill the caller's cached p, q without their graph
+        p, q = detached.p, detached.q
+        gap = (p - q).abs()
+        g_head = torch.where(head_mask(p, mu, crossing_in_head), gap, 0.0).sum(-1)
+        return _weights(g_head, gap.sum(-1))
+
+
+@dataclass
+class HeadTail:
+    """Per-token head/tail statistics, each a float tensor of the logits' leading shape.
+
+    Masked positions hold NaN (``mask`` tells which are valid). ``argmax_agree`` and
+    ``weight_fallback`` are 1.0 / 0.0 on valid positions.
+
+    Fields: ``head_size`` |H|; ``p_head``, ``q_head`` teacher and student mass on the teacher's head;
+    ``p_tail``, ``q_tail`` the masses on the rest; ``g_head = sum_H |p - q|``, ``g_tail`` the same over the tail;
+    ``d_head = sum_H (p - q)`` the signed head gap; ``w_head = g_head / (g_head + g_tail)`` (0.5 when
+    both are 0, flagged in ``weight_fallback``); ``fkl``, ``rkl``; ``entropy_p``, ``entropy_q``;
+    ``argmax_agree``.
+    """
+
+    mask: torch.Tensor
+    head_size: torch.Tensor
+    p_head: torch.Tensor
+    q_head: torch.Tensor
+    p_tail: torch.Tensor
+    q_tail: torch.Tensor
+    g_head: torch.Tensor
+    g_tail: torch.Tensor
+    d_head: torch.Tensor
+    w_head: torch.Tensor
+    weight_fallback: torch.Tensor
+    fkl: torch.Tensor
+    rkl: torch.Tensor
+    entropy_p: torch.Tensor
+    entropy_q: torch.Tensor
+    argmax_agree: torch.Tensor
+
+    @classmethod
+    def statistics(cls) -> tuple[str, ...]:
+        """Names of the per-token statistics (every field but ``mask``)."""
+        return tuple(f.name for f in fields(cls) if f.name != "mask")
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, name) for name in self.statistics()}
+
+
+def head_tail_rows(rows: Rows, mu: float = 0.5, crossing_in_head: bool = False) -> dict[str, torch.Tensor]:
+    """The statistics of :class:`HeadTail` for ``[N, V]`` rows, as a dict of ``[N]`` tensors (no grad)."""
+    check_mu(mu)
+    with torch.no_grad():
+        rows = rows.detach()
+        p, q = rows.p, rows.q
+        head = head_mask(p, mu, crossing_in_head)
+        p_head = torch.where(head, p, 0.0).sum(-1)
+        q_head = torch.where(head, q, 0.0).sum(-1)
+        p_tail = torch.where(head, 0.0, p).sum(-1)
+        q_tail = torch.where(head, 0.0, q).sum(-1)
+        gap = (p - q).abs()
+        g_head = torch.where(head, gap, 0.0).sum(-1)
+        g_all = gap.sum(-1)
+        w_head, fallback = _weights(g_head, g_all)
+        entropy_p = -rows.vsum(p * rows.logp)
+        entropy_q = -rows.vsum(q * rows.logq)
+        return {
+            "head_size": head.sum(-1).to(p.dtype),
+            "p_head": p_head,
+            "q_head": q_head,
+            "p_tail": p_tail,
+            "q_tail": q_tail,
+            "g_head": g_head,
+            "g_tail": g_all - g_head,
+            "d_head": p_head - q_head,
+            "w_head": w_head,
+            "weight_fallback": fallback.to(p.dtype),
+            "fkl": -entropy_p - rows.vsum(p * rows.logq),
+            "rkl": -entropy_q - rows.vsum(q * rows.logp),
+            "entropy_p": entropy_p,
+            "entropy_q": entropy_q,
+            "argmax_agree": (p.argmax(-1) == q.argmax(-1)).to(p.dtype),
+        }
+
+
+def head_tail(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    mu: float = 0.5,
+    tau: float = 1.0,
+    crossing_in_head: bool = False,
+) -> HeadTail:
+    """Per-token head/tail statistics of ``p = softmax(teacher/tau)`` vs ``q = softmax(student/tau)``.
+
+    Logits are ``[..., V]``; ``mask`` (bool, leading shape) selects the tokens; masked positions are NaN
+    in every statistic. ``-inf`` entries are handled as in the divergences (removed from both sides).
+    """
+    check_mu(mu)
+    if not (isinstance(tau, (int, float)) and tau > 0):
+        raise ValueError(f"tau must be a positive number, got {tau!r}")
+    student_logits, teacher_logits, mask = check_pair(student_logits, teacher_logits, mask)
+    with torch.no_grad():
+        s, t, _ = gather_rows(student_logits.detach(), teacher_logits.detach(), mask)
+        stats = head_tail_rows(make_rows(s, t, tau), mu, crossing_in_head)
+        return HeadTail(mask=mask, **{k: scatter_rows(v, mask, float("nan")) for k, v in stats.items()})
