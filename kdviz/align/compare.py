@@ -21,7 +21,8 @@ class TokenizerReport:
     ``table``: one row per text -- characters, token counts of both sides and the count of each region
     kind (``one-to-one``, ``one-to-many``: B splits what A keeps whole, ``many-to-one``: B merges,
     ``many-to-many``, ``unmatched``) and ``one_to_one_rate`` (share of regions that are one-to-one).
-    ``longest``: the largest regions that are not one-to-one, with their text and both tokenisations.
+    ``longest``: the largest distinct regions that are not one-to-one, with their text, both tokenisations
+    (first occurrence) and ``count``, how many times that text formed such a region.
     ``summary``: vocabulary sizes (and padded LM-head rows when ``vocab_sizes`` was given), identical
     token strings, special-token differences, overall region counts and one-to-one rate.
     """
@@ -143,7 +144,8 @@ def compare_tokenizers(
     longest = pd.DataFrame(
         merged, columns=["text_index", "kind", "start", "end", "text", "tokens_a", "tokens_b", "n_tokens"]
     )
-    longest = longest.sort_values(["n_tokens", "end"], ascending=[False, True], kind="stable").head(top)
+    longest["count"] = longest.groupby("text")["text"].transform("size")
+    longest = longest.drop_duplicates("text").sort_values("n_tokens", ascending=False, kind="stable").head(top)
     totals = {kind: int(table[kind].sum()) for kind in KINDS}
     n_regions = sum(totals.values())
     summary = {

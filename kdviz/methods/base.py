@@ -1,0 +1,331 @@
+"""The data a KD method consumes (:class:`KDBatch`), what it returns (:class:`KDOutput`), the collator that
+builds batches from (prompt, response) pairs, and the :class:`Method` protocol.
+
+Conventions (METHODS.md section 0): labels follow Hugging Face -- ``labels[b, t] == input_ids[b, t]`` on
+trained tokens, ``-100`` elsewhere -- and logits at position ``t`` predict token ``t + 1``. Methods work
+on *next-token targets* ``targets[b, t] = labels[b, t + 1]`` (``-100`` in the last column), which have the
+shape of the logits; :func:`next_token_targets` makes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from kdviz.align.overlap import overlap_matrix
+from kdviz.align.tokens import Encoded, check_fast, encode_example, token_strings
+
+IGNORE = -100
+
+
+def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
+    """``targets[..., t] = labels[..., t + 1]``, last column ``-100``: the token each position predicts."""
+    pad = torch.full_like(labels[..., :1], IGNORE)
+    return torch.cat([labels[..., 1:], pad], dim=-1)
+
+
+@dataclass
+class KDBatch:
+    """A batch of (prompt, response) examples tokenised for a student and a teacher.
+
+    ``B`` examples, right-padded to ``T_s`` student tokens and ``T_t`` teacher tokens. With one tokenizer
+    the teacher fields are the student's tensors and ``T_t == T_s``.
+
+    Tensors (all on one device; :meth:`to` moves them):
+
+    - ``student_input_ids`` ``[B, T_s]`` long: the prompt tokens (preceded by the tokenizer's BOS, or
+      rendered with its chat template), then the response tokens, then EOS, then padding.
+    - ``student_attention_mask`` ``[B, T_s]`` long: 1 on real tokens, 0 on padding.
+    - ``student_labels`` ``[B, T_s]`` long, Hugging Face convention (unshifted): equal to
+      ``student_input_ids`` on response tokens (EOS included), ``-100`` on the prompt, its special tokens,
+      padding, and response tokens cut by truncation (see :class:`KDCollator`). Next-token targets:
+      :attr:`student_targets`.
+    - ``student_offsets`` ``[B, T_s, 2]`` long: character span ``[start, end)`` of each token in
+      ``texts[b]``; ``start == end`` (stored as ``(0, 0)``) for tokens without characters: BOS, EOS,
+      chat-template scaffolding, padding. Byte-level pieces of one character share that character's span.
+    - ``teacher_input_ids``, ``teacher_attention_mask``, ``teacher_labels``, ``teacher_offsets``: the same
+      for the teacher tokenizer, ``[B, T_t]`` (``[B, T_t, 2]``).
+    - ``alignment`` ``[B, T_s, T_t]`` bool: the ground truth of METHODS.md section 8 between *input
+      tokens*: ``alignment[b, i, j]`` is True when student token ``i`` and teacher token ``j`` share a
+      (non-whitespace) character (:func:`kdviz.align.overlap_matrix`). False on padding and special tokens.
+      Between *predicted tokens* (the rows/columns of logits and of CMA attention) use
+      :meth:`target_alignment`.
+
+    Display (Python lists, not moved by :meth:`to`):
+
+    - ``texts[b]``: ``prompt + response``, the string the offsets index.
+    - ``response_starts[b]``: the character where the response begins (``len(prompt)``).
+    - ``student_tokens[b]`` / ``teacher_tokens[b]``: vocabulary strings of the unpadded tokens.
+    - ``same_tokenizer``: True when the collator had one tokenizer.
+    """
+
+    student_input_ids: torch.Tensor
+    student_attention_mask: torch.Tensor
+    student_labels: torch.Tensor
+    student_offsets: torch.Tensor
+    teacher_input_ids: torch.Tensor
+    teacher_attention_mask: torch.Tensor
+    teacher_labels: torch.Tensor
+    teacher_offsets: torch.Tensor
+    alignment: torch.Tensor
+    texts: list[str] = field(default_factory=list)
+    response_starts: list[int] = field(default_factory=list)
+    student_tokens: list[list[str]] = field(default_factory=list)
+    teacher_tokens: list[list[str]] = field(default_factory=list)
+    same_tokenizer: bool = False
+
+    def __post_init__(self) -> None:
+        for side in ("student", "teacher"):
+            ids = getattr(self, f"{side}_input_ids")
+            if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
+                raise ValueError(f"{side}_input_ids must be a [B, T] tensor, got {_describe(ids)}")
+            if ids.is_floating_point() or ids.dtype == torch.bool:
+                raise TypeError(f"{side}_input_ids must hold integer token ids, got dtype {ids.dtype}")
+            for name, shape in (
+                (f"{side}_attention_mask", ids.shape),
+                (f"{side}_labels", ids.shape),
+                (f"{side}_offsets", (*ids.shape, 2)),
+            ):
+                value = getattr(self, name)
+                if not isinstance(value, torch.Tensor) or tuple(value.shape) != tuple(shape):
+                    raise ValueError(f"{name} must have shape {tuple(shape)}, got {_describe(value)}")
+                if value.is_floating_point():
+                    raise TypeError(f"{name} must be an integer tensor, got dtype {value.dtype}")
+                if value.device != ids.device:
+                    raise ValueError(f"{name} is on {value.device} but {side}_input_ids on {ids.device}")
+        b, t_s = self.student_input_ids.shape
+        b_t, t_t = self.teacher_input_ids.shape
+        if b_t != b:
+            raise ValueError(f"student has {b} examples but teacher has {b_t}")
+        if tuple(self.alignment.shape) != (b, t_s, t_t) or self.alignment.dtype != torch.bool:
+            raise ValueError(
+                f"alignment must be a bool tensor of shape {(b, t_s, t_t)}, got {_describe(self.alignment)}"
+            )
+        if self.teacher_input_ids.device != self.student_input_ids.device:
+            raise ValueError(
+                f"teacher tensors are on {self.teacher_input_ids.device}, student tensors on "
+                f"{self.student_input_ids.device}; build the batch on one device and move it with batch.to()"
+            )
+
+    @property
+    def batch_size(self) -> int:
+        return self.student_input_ids.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.student_input_ids.device
+
+    @property
+    def student_targets(self) -> torch.Tensor:
+        """``[B, T_s]``: the token each student position predicts (``-100`` where not trained)."""
+        return next_token_targets(self.student_labels)
+
+    @property
+    def teacher_targets(self) -> torch.Tensor:
+        """``[B, T_t]``: the token each teacher position predicts (``-100`` where not trained)."""
+        return next_token_targets(self.teacher_labels)
+
+    @property
+    def student_mask(self) -> torch.Tensor:
+        """``[B, T_s]`` bool: student positions whose prediction is trained (the response)."""
+        return self.student_targets != IGNORE
+
+    @property
+    def teacher_mask(self) -> torch.Tensor:
+        """``[B, T_t]`` bool: teacher positions whose prediction is trained (the response)."""
+        return self.teacher_targets != IGNORE
+
+    def target_alignment(self) -> torch.Tensor:
+        """``[B, T_s, T_t]`` ground truth between predicted tokens: ``alignment`` shifted by one on both axes.
+
+        Entry ``[b, i, j]`` says whether the token student position ``i`` predicts (token ``i + 1``)
+        overlaps the token teacher position ``j`` predicts. This is the reference for CMA's
+        ``t2s_weight`` and for position-level transport plans.
+        """
+        out = torch.zeros_like(self.alignment)
+        out[:, :-1, :-1] = self.alignment[:, 1:, 1:]
+        return out
+
+    def shares_tokenization(self) -> bool:
+        """True when student and teacher tokens are identical (one tokenizer, or two identical ones)."""
+        return self.same_tokenizer or (
+            self.student_input_ids.shape == self.teacher_input_ids.shape
+            and torch.equal(self.student_input_ids, self.teacher_input_ids)
+            and torch.equal(self.student_labels, self.teacher_labels)
+        )
+
+    def to(self, device: torch.device | str) -> KDBatch:
+        """A copy with every tensor on ``device``."""
+        moved = {
+            f.name: getattr(self, f.name).to(device)
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
+        return replace(self, **moved)
+
+
+def _describe(x) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"tensor of shape {tuple(x.shape)} and dtype {x.dtype}"
+    return type(x).__name__
+
+
+@dataclass
+class KDOutput:
+    """What every method returns.
+
+    - ``loss``: the scalar to backpropagate.
+    - ``terms``: ``dict[str, Tensor]`` of scalars -- every loss part (still attached to the graph, so any
+      one can be backpropagated on its own; detach before storing) and logged metrics (detached).
+    - ``diagnostics``: ``dict[str, Tensor]`` of detached per-token / per-pair tensors (e.g. ``t2s_weight``
+      ``[B, T_s, T_t]``, ``token_kd`` ``[B, T_s]``). Logits appear as references, not copies.
+    """
+
+    loss: torch.Tensor
+    terms: dict[str, torch.Tensor]
+    diagnostics: dict[str, torch.Tensor]
+
+
+@runtime_checkable
+class Method(Protocol):
+    """A KD method: an ``nn.Module`` called as ``method(batch, student_outputs=None, teacher_outputs=None)``.
+
+    Without outputs it runs the student (with gradients) and the teacher (eval mode, no gradients) on the
+    batch itself; given Hugging Face outputs (``.logits``, and ``.hidden_states`` where the method needs
+    them) computed elsewhere, it uses them instead. ``method.parameters()`` holds only the method's own
+    parameters (projectors), never the models', so give them their own optimizer parameter group.
+    """
+
+    def __call__(self, batch: KDBatch, student_outputs=None, teacher_outputs=None) -> KDOutput: ...
+
+
+def _pad(rows: Sequence[Sequence], value, width: int) -> torch.Tensor:
+    return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows], dtype=torch.long)
+
+
+def _pair(example) -> tuple[str, str]:
+    if isinstance(example, Mapping):
+        try:
+            return str(example["prompt"]), str(example["response"])
+        except KeyError as err:
+            raise KeyError(f"an example mapping needs 'prompt' and 'response' keys, got {list(example)}") from err
+    if isinstance(example, Sequence) and not isinstance(example, str) and len(example) == 2:
+        return str(example[0]), str(example[1])
+    raise TypeError(f"an example must be a (prompt, response) pair or a mapping, got {type(example).__name__}")
+
+
+class KDCollator:
+    """Build a :class:`KDBatch` from (prompt, response) pairs, for one tokenizer or a student/teacher pair.
+
+    ``collator = KDCollator(student_tokenizer, teacher_tokenizer=None, *, max_length=None, add_eos=True,
+    chat_template=False)``; ``batch = collator([(prompt, response), ...])`` (mappings with ``"prompt"`` and
+    ``"response"`` keys work too, so it can be a DataLoader's ``collate_fn``).
+
+    Each side tokenises the prompt and the response separately (as at generation time), so no token
+    straddles the boundary and both responses cover exactly the same characters: responses are aligned
+    by text, not by position. Prompts get the tokenizer's start tokens (BOS) or, with
+    ``chat_template=True``, the tokenizer's chat template (a single user turn plus the generation prompt;
+    template tokens get empty spans). ``add_eos`` appends EOS to the response (trained, no characters).
+
+    ``max_length`` truncates each side to that many tokens. When a side is cut, the labels of every
+    response token (on both sides) whose characters reach past the last character both sides still
+    cover are set to ``-100``, and so are the EOS tokens, so that both sides train on the same text.
+    Padding is on the right with the tokenizer's pad id (else EOS, else 0).
+    """
+
+    def __init__(
+        self,
+        student_tokenizer,
+        teacher_tokenizer=None,
+        *,
+        max_length: int | None = None,
+        add_eos: bool = True,
+        chat_template: bool = False,
+    ) -> None:
+        check_fast(student_tokenizer, "student_tokenizer")
+        if teacher_tokenizer is not None:
+            check_fast(teacher_tokenizer, "teacher_tokenizer")
+        if max_length is not None and max_length < 2:
+            raise ValueError(f"max_length must be at least 2, got {max_length}")
+        self.student_tokenizer = student_tokenizer
+        self.teacher_tokenizer = teacher_tokenizer
+        self.max_length = max_length
+        self.add_eos = add_eos
+        self.chat_template = chat_template
+
+    def _encode(self, tokenizer, prompt: str, response: str) -> Encoded:
+        return encode_example(
+            tokenizer,
+            prompt,
+            response,
+            add_eos=self.add_eos,
+            chat_template=self.chat_template,
+            max_length=self.max_length,
+        )
+
+    def __call__(self, examples: Sequence) -> KDBatch:
+        pairs = [_pair(e) for e in examples]
+        if not pairs:
+            raise ValueError("cannot collate an empty list of examples")
+        same = self.teacher_tokenizer is None or self.teacher_tokenizer is self.student_tokenizer
+        tok_s = self.student_tokenizer
+        tok_t = tok_s if same else self.teacher_tokenizer
+        enc_s = [self._encode(tok_s, p, r) for p, r in pairs]
+        enc_t = enc_s if same else [self._encode(tok_t, p, r) for p, r in pairs]
+        texts = [p + r for p, r in pairs]
+        labels_s = [_labels(s, t) for s, t in zip(enc_s, enc_t, strict=True)]
+        labels_t = labels_s if same else [_labels(t, s) for s, t in zip(enc_s, enc_t, strict=True)]
+        student = _side(tok_s, enc_s, labels_s)
+        teacher = student if same else _side(tok_t, enc_t, labels_t)
+        t_s, t_t = student[0].shape[1], teacher[0].shape[1]
+        alignment = torch.zeros(len(pairs), t_s, t_t, dtype=torch.bool)
+        for b, (s, t, text) in enumerate(zip(enc_s, enc_t, texts, strict=True)):
+            alignment[b, : len(s.ids), : len(t.ids)] = overlap_matrix(s.offsets, t.offsets, text)
+        return KDBatch(
+            *student,
+            *teacher,
+            alignment=alignment,
+            texts=texts,
+            response_starts=[len(p) for p, _ in pairs],
+            student_tokens=[token_strings(tok_s, e.ids) for e in enc_s],
+            teacher_tokens=[token_strings(tok_t, e.ids) for e in enc_t],
+            same_tokenizer=same,
+        )
+
+
+def _labels(own: Encoded, other: Encoded) -> list[int]:
+    """Labels of one side: ids on response tokens; -100 past the text both sides keep after truncation."""
+    limit = None
+    if own.truncated or other.truncated:
+        limit = min(_covered_end(e) for e in (own, other))
+    out = []
+    for tok, (s, e), is_response in zip(own.ids, own.offsets, own.response, strict=True):
+        keep = is_response and (limit is None or (s < e and e <= limit))
+        out.append(tok if keep else IGNORE)
+    return out
+
+
+def _covered_end(enc: Encoded) -> int:
+    """The last character a (possibly truncated) example still covers, or everything if not truncated."""
+    if not enc.truncated:
+        return max((e for _, e in enc.offsets), default=0)
+    ends = [e for (s, e), r in zip(enc.offsets, enc.response, strict=True) if r and s < e]
+    return max(ends) if ends else 0
+
+
+def _side(tokenizer, encs: Sequence[Encoded], labels: Sequence[list[int]]):
+    width = max(len(e.ids) for e in encs)
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    ids = _pad([e.ids for e in encs], pad_id, width)
+    mask = _pad([[1] * len(e.ids) for e in encs], 0, width)
+    lab = _pad(labels, IGNORE, width)
+    offsets = torch.zeros(len(encs), width, 2, dtype=torch.long)
+    for b, e in enumerate(encs):
+        spans = torch.tensor(e.offsets, dtype=torch.long).reshape(-1, 2)
+        offsets[b, : len(e.ids)] = torch.where(spans[:, :1] < spans[:, 1:], spans, 0)
+    return ids, mask, lab, offsets
