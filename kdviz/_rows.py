@@ -111,11 +111,15 @@ class Rows:
     support; entries outside the support (``keep`` False, where either logit was ``-inf``) hold 0 so
     that any arithmetic on them is finite, and every sum over the vocabulary goes through
     :meth:`vsum`, which drops them. ``keep`` is None when every entry is in the support.
+
+    ``want_grad`` asks a formula for its closed-form gradient ``dL/d(log q)`` next to its value (the
+    chunked engine's fast path); the plain path leaves it False and lets autograd differentiate.
     """
 
     logp: torch.Tensor
     logq: torch.Tensor
     keep: torch.Tensor | None
+    want_grad: bool = False
 
     @cached_property
     def p(self) -> torch.Tensor:
@@ -133,17 +137,17 @@ class Rows:
         return (term if self.keep is None else torch.where(self.keep, term, 0.0)).sum(-1)
 
     def detach(self) -> Rows:
-        return Rows(self.logp.detach(), self.logq.detach(), self.keep)
+        return Rows(self.logp.detach(), self.logq.detach(), self.keep, self.want_grad)
 
 
-def make_rows(student: torch.Tensor, teacher: torch.Tensor, tau: float) -> Rows:
+def make_rows(student: torch.Tensor, teacher: torch.Tensor, tau: float, want_grad: bool = False) -> Rows:
     """Build :class:`Rows` from already-checked ``[N, V]`` logits of valid tokens (any float dtype)."""
     dtype = compute_dtype(student.dtype)
     zs = student.to(dtype) / tau
     zt = teacher.to(dtype) / tau
     outside = torch.isneginf(zs) | torch.isneginf(zt)
     if not bool(outside.any()):
-        return Rows(torch.log_softmax(zt, -1), torch.log_softmax(zs, -1), None)
+        return Rows(torch.log_softmax(zt, -1), torch.log_softmax(zs, -1), None, want_grad)
     keep = ~outside
     empty = ~keep.any(-1)
     if bool(empty.any()):
@@ -154,7 +158,7 @@ def make_rows(student: torch.Tensor, teacher: torch.Tensor, tau: float) -> Rows:
     neg_inf = torch.tensor(float("-inf"), dtype=dtype, device=zs.device)
     logq = torch.log_softmax(torch.where(keep, zs, neg_inf), -1)
     logp = torch.log_softmax(torch.where(keep, zt, neg_inf), -1)
-    return Rows(torch.where(keep, logp, 0.0), torch.where(keep, logq, 0.0), keep)
+    return Rows(torch.where(keep, logp, 0.0), torch.where(keep, logq, 0.0), keep, want_grad)
 
 
 def gather_rows(

@@ -25,20 +25,35 @@ from collections.abc import Callable
 
 import torch
 
+from kdviz._chunked import chunked
 from kdviz._rows import Rows, check_options, check_pair, gather_rows, make_rows, reduce, scatter_rows
 from kdviz.headtail import check_mu, head_weights
 
-Formula = Callable[..., torch.Tensor]
+Formula = Callable[..., "Out"]
+Out = tuple[torch.Tensor, "torch.Tensor | None"]
+"""A formula's result: per-row values and, when ``rows.want_grad``, the closed form of ``dL/d(log q)``
+(None where a formula has none: the engine then differentiates that chunk with autograd)."""
 
 
-def _fkl(r: Rows, stats: dict) -> torch.Tensor:
+def _mix(w1, a: Out, w2, b: Out) -> Out:
+    """``w1 * a + w2 * b`` for values and gradients (weights: floats or per-row ``[N]`` tensors)."""
+    def col(w):
+        return w[:, None] if isinstance(w, torch.Tensor) else w
+
+    value = w1 * a[0] + w2 * b[0]
+    grad = None if a[1] is None or b[1] is None else col(w1) * a[1] + col(w2) * b[1]
+    return value, grad
+
+
+def _fkl(r: Rows, stats: dict) -> Out:
     """Forward KL: ``KL(p || q) = sum_v p (log p - log q)``."""
-    return r.vsum(r.p * (r.logp - r.logq))
+    return r.vsum(r.p * (r.logp - r.logq)), (-r.p if r.want_grad else None)
 
 
-def _rkl(r: Rows, stats: dict) -> torch.Tensor:
+def _rkl(r: Rows, stats: dict) -> Out:
     """Reverse KL: ``KL(q || p) = sum_v q (log q - log p)``."""
-    return r.vsum(r.q * (r.logq - r.logp))
+    log_ratio = r.logq - r.logp
+    return r.vsum(r.q * log_ratio), (r.q * (log_ratio + 1.0) if r.want_grad else None)
 
 
 def _unit_interval(name: str, value: float) -> None:
@@ -53,18 +68,18 @@ def _log_mixture(r: Rows, weight_p: float) -> torch.Tensor:
     return torch.logaddexp(r.logp + log_w, r.logq + log_1mw)
 
 
-def _sym_kl(r: Rows, stats: dict, lam: float = 0.5) -> torch.Tensor:
+def _sym_kl(r: Rows, stats: dict, lam: float = 0.5) -> Out:
     """Symmetric KL: ``(1 - lam) KL(p || q) + lam KL(q || p)``."""
     _unit_interval("lam", lam)
-    return (1.0 - lam) * _fkl(r, stats) + lam * _rkl(r, stats)
+    return _mix(1.0 - lam, _fkl(r, stats), lam, _rkl(r, stats))
 
 
-def _js(r: Rows, stats: dict) -> torch.Tensor:
+def _js(r: Rows, stats: dict) -> Out:
     """Jensen-Shannon: ``0.5 KL(p || m) + 0.5 KL(q || m)`` with ``m = (p + q) / 2``."""
     return _gjsd(r, stats, beta=0.5)
 
 
-def _gjsd(r: Rows, stats: dict, beta: float = 0.5) -> torch.Tensor:
+def _gjsd(r: Rows, stats: dict, beta: float = 0.5) -> Out:
     """Generalised JSD: ``beta KL(p || m) + (1 - beta) KL(q || m)``, ``m = beta p + (1 - beta) q``.
 
     The ends are special-cased as in GKD: ``beta=0`` is forward KL and ``beta=1`` reverse KL (the
@@ -76,27 +91,34 @@ def _gjsd(r: Rows, stats: dict, beta: float = 0.5) -> torch.Tensor:
     if beta == 1.0:
         return _rkl(r, stats)
     log_m = _log_mixture(r, beta)
-    return beta * r.vsum(r.p * (r.logp - log_m)) + (1.0 - beta) * r.vsum(r.q * (r.logq - log_m))
+    q_to_m = r.logq - log_m
+    value = beta * r.vsum(r.p * (r.logp - log_m)) + (1.0 - beta) * r.vsum(r.q * q_to_m)
+    return value, ((1.0 - beta) * r.q * q_to_m if r.want_grad else None)
 
 
-def _sfkl(r: Rows, stats: dict, a: float = 0.1) -> torch.Tensor:
+def _sfkl(r: Rows, stats: dict, a: float = 0.1) -> Out:
     """Skew forward KL: ``KL(p || a p + (1 - a) q)``."""
     _unit_interval("a", a)
-    return r.vsum(r.p * (r.logp - _log_mixture(r, a)))
+    log_m = _log_mixture(r, a)
+    value = r.vsum(r.p * (r.logp - log_m))
+    return value, (-(1.0 - a) * r.p * (r.logq - log_m).exp() if r.want_grad else None)
 
 
-def _srkl(r: Rows, stats: dict, a: float = 0.1) -> torch.Tensor:
+def _srkl(r: Rows, stats: dict, a: float = 0.1) -> Out:
     """Skew reverse KL: ``KL(q || (1 - a) p + a q)``."""
     _unit_interval("a", a)
-    return r.vsum(r.q * (r.logq - _log_mixture(r, 1.0 - a)))
+    q_to_m = r.logq - _log_mixture(r, 1.0 - a)
+    value = r.vsum(r.q * q_to_m)
+    return value, (r.q * (q_to_m + 1.0 - a * q_to_m.exp()) if r.want_grad else None)
 
 
-def _tvd(r: Rows, stats: dict) -> torch.Tensor:
+def _tvd(r: Rows, stats: dict) -> Out:
     """Total variation distance: ``0.5 sum_v |p - q|``."""
-    return 0.5 * r.vsum((r.p - r.q).abs())
+    diff = r.q - r.p
+    return 0.5 * r.vsum(diff.abs()), (0.5 * diff.sign() * r.q if r.want_grad else None)
 
 
-def _akl(r: Rows, stats: dict, mu: float = 0.5, crossing_in_head: bool = False) -> torch.Tensor:
+def _akl(r: Rows, stats: dict, mu: float = 0.5, crossing_in_head: bool = False) -> Out:
     """Adaptive KL: ``w_head KL(p || q) + (1 - w_head) KL(q || p)``, ``w_head = g_head / (g_head + g_tail)``.
 
     ``g_head = sum_{v in H} |p_v - q_v|`` over the teacher's head ``H`` (the top of ``p`` up to
@@ -107,35 +129,37 @@ def _akl(r: Rows, stats: dict, mu: float = 0.5, crossing_in_head: bool = False) 
     check_mu(mu)
     w_head, fallback = head_weights(r, mu, crossing_in_head)
     stats["akl_fallbacks"] = stats.get("akl_fallbacks", 0) + fallback.sum()
-    return w_head * _fkl(r, stats) + (1.0 - w_head) * _rkl(r, stats)
+    return _mix(w_head, _fkl(r, stats), 1.0 - w_head, _rkl(r, stats))
 
 
-def _abkd(r: Rows, stats: dict, alpha: float = 0.2, beta: float = 0.7) -> torch.Tensor:
+def _abkd(r: Rows, stats: dict, alpha: float = 0.2, beta: float = 0.7) -> Out:
     """Alpha-beta divergence (Cichocki et al. 2011; ABKD), ``p`` the teacher, ``q`` the student.
 
     ``-1/(a b) sum_v [p^a q^b - a/(a+b) p^(a+b) - b/(a+b) q^(a+b)]`` with ``a = alpha, b = beta``, and
     its analytic limits: ``b = 0``: ``1/a^2 sum [p^a log(p^a / q^a) - p^a + q^a]``;
     ``a = 0``: ``1/b^2 sum [q^b log(q^b / p^b) - q^b + p^b]``;
-    ``a + b = 0``: ``1/a^2 sum [log(q^a / p^a) + p^a / q^a - 1]``; ``a = b = 0``: ``1/2 sum (log p - log q)^2``.
-    ``(1, 0)`` is forward KL and ``(0, 1)`` reverse KL. Powers are taken in log space.
+    ``a + b = 0``: ``1/a^2 sum [log(q^a / p^a) + p^a / q^a - 1]``;
+    ``a = b = 0``: ``1/2 sum (log p - log q)^2``.
+    ``(1, 0)`` is forward KL and ``(0, 1)`` reverse KL. Powers are taken in log space. The chunked engine
+    differentiates it with autograd, chunk by chunk.
     """
     for name, value in (("alpha", alpha), ("beta", beta)):
         if not (isinstance(value, (int, float)) and math.isfinite(value)):
             raise ValueError(f"{name} must be a finite number, got {value!r}")
     a, b, lp, lq = alpha, beta, r.logp, r.logq
     if a == 0 and b == 0:
-        return 0.5 * r.vsum((lp - lq) ** 2)
+        return 0.5 * r.vsum((lp - lq) ** 2), None
     if b == 0:
         pa = (a * lp).exp()
-        return r.vsum(pa * a * (lp - lq) - pa + (a * lq).exp()) / a**2
+        return r.vsum(pa * a * (lp - lq) - pa + (a * lq).exp()) / a**2, None
     if a == 0:
         qb = (b * lq).exp()
-        return r.vsum(qb * b * (lq - lp) - qb + (b * lp).exp()) / b**2
+        return r.vsum(qb * b * (lq - lp) - qb + (b * lp).exp()) / b**2, None
     if a + b == 0:
-        return r.vsum(a * (lq - lp) + (a * (lp - lq)).exp() - 1.0) / a**2
+        return r.vsum(a * (lq - lp) + (a * (lp - lq)).exp() - 1.0) / a**2, None
     s = a + b
     term = (a * lp + b * lq).exp() - a / s * (s * lp).exp() - b / s * (s * lq).exp()
-    return -r.vsum(term) / (a * b)
+    return -r.vsum(term) / (a * b), None
 
 
 _FORMULAS: dict[str, Formula] = {
@@ -150,6 +174,10 @@ _FORMULAS: dict[str, Formula] = {
     "akl": _akl,
     "abkd": _abkd,
 }
+
+
+_AUTOGRAD_ONLY = {"abkd"}  # no closed-form gradient: the chunked engine uses autograd per chunk
+ENGINES = ("chunked", "plain")
 
 
 def _params_of(formula: Formula) -> dict[str, object]:
@@ -178,6 +206,8 @@ def divergence(
     num_items: int | float | torch.Tensor | None = None,
     trim_vocab: bool | int | None = None,
     stats: dict | None = None,
+    engine: str = "chunked",
+    chunk_rows: int | None = None,
     **params,
 ) -> torch.Tensor:
     """The divergence ``name`` between ``p = softmax(teacher / tau)`` and ``q = softmax(student / tau)``.
@@ -185,6 +215,12 @@ def divergence(
     ``student_logits`` and ``teacher_logits`` are ``[..., V]`` (typically ``[B, T, V]``). ``params``
     are the divergence's own (see ``DIVERGENCES[name].__doc__``). ``stats``, if a dict, receives
     counters such as ``"tokens"`` and ``"akl_fallbacks"``. The conventions are in the module docstring.
+
+    ``engine="chunked"`` (default, :mod:`kdviz._chunked`) walks the tokens in chunks of ``chunk_rows``
+    rows (chosen from V when None) and keeps only the gradient and one chunk in memory; it treats the
+    teacher as a constant, so a teacher that requires a gradient is routed to ``engine="plain"``, the
+    straightforward autograd reference. The chunked engine's backward can run once (no
+    ``retain_graph`` / double backward: use the plain engine for those).
     """
     formula = _formula(name)
     allowed = _params_of(formula)
@@ -195,14 +231,21 @@ def divergence(
             f"its parameters are {sorted(allowed) or 'none'}"
         )
     check_options(tau, reduction, num_items)
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     student_logits, teacher_logits, mask = check_pair(student_logits, teacher_logits, mask, trim_vocab)
     stats = {} if stats is None else stats
+    factor = tau**2 if tau_squared else 1.0
+    if engine == "chunked" and not (teacher_logits.requires_grad and torch.is_grad_enabled()):
+        return chunked(
+            formula, student_logits, teacher_logits, mask, tau=tau, reduction=reduction, factor=factor,
+            num_items=num_items, chunk_rows=chunk_rows, stats=stats, params=params,
+            closed_form=name not in _AUTOGRAD_ONLY,
+        )
     s, t, _ = gather_rows(student_logits, teacher_logits, mask)
-    values = formula(make_rows(s, t, tau), stats, **params)
+    values, _ = formula(make_rows(s, t, tau), stats, **params)
     stats["tokens"] = stats.get("tokens", 0) + values.shape[0]
-    if tau_squared:
-        values = values * tau**2
-    return reduce(scatter_rows(values, mask), mask, reduction, num_items)
+    return reduce(scatter_rows(values * factor, mask), mask, reduction, num_items)
 
 
 def _public(name: str, formula: Formula) -> Callable[..., torch.Tensor]:
@@ -214,13 +257,14 @@ def _public(name: str, formula: Formula) -> Callable[..., torch.Tensor]:
     loss.__doc__ = (
         f"{formula.__doc__}\n\n"
         f"Signature: ``{name}(student_logits, teacher_logits, mask=None, *, tau=1.0, reduction='mean', "
-        f"tau_squared=False, num_items=None, trim_vocab=None, stats=None{', ' + params if params else ''})``; "
+        f"tau_squared=False, num_items=None, trim_vocab=None, stats=None, engine='chunked', chunk_rows=None"
+        f"{', ' + params if params else ''})``; "
         "conventions in :mod:`kdviz.divergences`."
     )
     return loss
 
 
-DIVERGENCES: dict[str, Callable[..., torch.Tensor]] = {name: _public(name, f) for name, f in _FORMULAS.items()}
+DIVERGENCES: dict[str, Callable[..., torch.Tensor]] = {n: _public(n, f) for n, f in _FORMULAS.items()}
 """Registry: divergence name -> loss function ``(student_logits, teacher_logits, mask=None, **kw)``."""
 
 fkl = DIVERGENCES["fkl"]
