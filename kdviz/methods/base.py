@@ -104,11 +104,13 @@ class KDBatch:
             raise ValueError(
                 f"alignment must be a bool tensor of shape {(b, t_s, t_t)}, got {_describe(self.alignment)}"
             )
-        if self.teacher_input_ids.device != self.student_input_ids.device:
-            raise ValueError(
-                f"teacher tensors are on {self.teacher_input_ids.device}, student tensors on "
-                f"{self.student_input_ids.device}; build the batch on one device and move it with batch.to()"
-            )
+        for name in ("teacher_input_ids", "alignment"):
+            device = getattr(self, name).device
+            if device != self.student_input_ids.device:
+                raise ValueError(
+                    f"{name} is on {device}, the student tensors on {self.student_input_ids.device}; "
+                    "build the batch on one device and move it with batch.to()"
+                )
 
     @property
     def batch_size(self) -> int:
