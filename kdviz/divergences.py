@@ -188,10 +188,20 @@ def _params_of(formula: Formula) -> dict[str, object]:
     }
 
 
-def _formula(name: str) -> Formula:
+def lookup(name: str, params: dict) -> tuple[Formula, bool]:
+    """The formula registered as ``name`` after checking ``params`` against it, and whether it has a
+    closed-form gradient (else the chunked engine differentiates it with autograd)."""
     if name not in _FORMULAS:
         raise ValueError(f"unknown divergence {name!r}; valid names: {', '.join(_FORMULAS)}")
-    return _FORMULAS[name]
+    formula = _FORMULAS[name]
+    allowed = _params_of(formula)
+    unknown = set(params) - set(allowed)
+    if unknown:
+        raise TypeError(
+            f"divergence {name!r} got unknown parameter(s) {sorted(unknown)}; "
+            f"its parameters are {sorted(allowed) or 'none'}"
+        )
+    return formula, name not in _AUTOGRAD_ONLY
 
 
 def divergence(
@@ -222,14 +232,7 @@ def divergence(
     straightforward autograd reference. The chunked engine's backward can run once (no
     ``retain_graph`` / double backward: use the plain engine for those).
     """
-    formula = _formula(name)
-    allowed = _params_of(formula)
-    unknown = set(params) - set(allowed)
-    if unknown:
-        raise TypeError(
-            f"divergence {name!r} got unknown parameter(s) {sorted(unknown)}; "
-            f"its parameters are {sorted(allowed) or 'none'}"
-        )
+    formula, closed_form = lookup(name, params)
     check_options(tau, reduction, num_items)
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
@@ -240,7 +243,7 @@ def divergence(
         return chunked(
             formula, student_logits, teacher_logits, mask, tau=tau, reduction=reduction, factor=factor,
             num_items=num_items, chunk_rows=chunk_rows, stats=stats, params=params,
-            closed_form=name not in _AUTOGRAD_ONLY,
+            closed_form=closed_form,
         )
     s, t, _ = gather_rows(student_logits, teacher_logits, mask)
     values, _ = formula(make_rows(s, t, tau), stats, **params)
