@@ -1,0 +1,293 @@
+"""The run store writer: one directory per run, append-only stream files, metadata as JSON.
+
+Layout of a run directory (format version :data:`FORMAT_VERSION`)::
+
+    meta.json          format, format_version, kdviz_version, created, method, models, recorder, notes
+    <stream>.kdr       tables (scalars, head_tail, tokens, texts, ...): one frame per flushed batch of rows
+    matrices.kdr       one frame per matrix: values, optional reference, row/column token labels
+    replay/*.safetensors   batch slices saved when a loss term went non-finite
+
+``*.kdr`` files hold the checksummed frames of :mod:`kdviz.record.frames`; they are only ever appended
+to, so a crash (even ``SIGKILL``) loses at most what was not yet flushed, and a torn last frame is
+detected by the reader. ``meta.json`` is replaced atomically (write to a temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from kdviz.record.frames import encode
+
+FORMAT = "kdviz-run"
+FORMAT_VERSION = 1
+META_FILE = "meta.json"
+SUFFIX = ".kdr"
+MATRICES = "matrices"
+REPLAY_DIR = "replay"
+RESERVED = ("format", "format_version", "kdviz_version", "created", "sessions")
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+# The table streams the recorder writes: their columns (when empty) and the key that identifies a row.
+# A resumed run may write a key twice; readers keep the last row written.
+SCHEMAS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "scalars": (("step", "name", "value", "wall_time"), ("step", "name")),
+    "head_tail": (
+        ("step", "space", "statistic", "count", "mean", *(f"q{round(q * 100):02d}" for q in QUANTILES)),
+        ("step", "space", "statistic"),
+    ),
+    "tokens": (("step", "sample", "example_id", "position", "token"), ("step", "sample", "position")),
+    "texts": (("example_id", "side", "text"), ("example_id", "side")),
+    "vocab_map": (("step", "sample", "rank", "teacher_id", "student_id"), ("step", "sample", "rank")),
+    "events": (("step", "kind", "name", "detail"), ()),
+}
+
+
+def _json_default(value: Any) -> Any:
+    """JSON for the objects users put in metadata: models and tokenizers by name or path, tensors as lists."""
+    name = getattr(value, "name_or_path", None)
+    if isinstance(name, str) and name:
+        return name
+    if isinstance(value, (torch.Tensor, np.ndarray, np.generic)):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    return repr(value)
+
+
+def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    """Replace ``path`` with ``data`` as JSON so a reader sees the old or the new file, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, default=_json_default)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """Load and check ``meta.json`` of a run directory; errors name the file and the problem."""
+    meta_path = path / META_FILE
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{meta_path} is damaged (not valid JSON: {error})") from error
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{meta_path} is not a kdviz run's metadata (no 'format': {FORMAT!r})")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(
+            f"{meta_path} has format_version {version!r}; this kdviz reads versions up to {FORMAT_VERSION}. "
+            "Upgrade kdviz to read this run."
+        )
+    return meta
+
+
+def _prepare(path: Path, resume: bool, overwrite: bool) -> dict[str, Any] | None:
+    """Make ``path`` ready for writing; return the existing metadata when resuming."""
+    if resume and overwrite:
+        raise ValueError("resume=True and overwrite=True exclude each other: continue the run or replace it")
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"run directory {path} exists and is a file")
+    if (path / META_FILE).exists():
+        meta = read_meta(path)
+        if resume:
+            return meta
+        if not overwrite:
+            raise FileExistsError(
+                f"{path} already holds a kdviz run (created {meta.get('created')}); pass resume=True to "
+                "append to it or overwrite=True to replace it"
+            )
+        shutil.rmtree(path)
+    elif path.is_dir() and any(path.iterdir()):
+        raise FileExistsError(f"{path} is not empty and holds no kdviz run; choose an empty or new directory")
+    path.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def _column(name: str, values: Any) -> tuple[str, Any]:
+    """Classify one column: ``("array", 1-d ndarray)`` for numbers and booleans, ``("text", list)`` else."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    array = np.asarray(values)
+    if array.dtype.kind in "fiub":
+        if array.ndim != 1:
+            raise ValueError(f"column {name!r} must be one-dimensional, got shape {array.shape}")
+        return "array", array
+    return "text", [None if v is None else str(v) for v in values]
+
+
+class RunWriter:
+    """Append tables and matrices to a run directory.
+
+    Rows and matrices are buffered in memory and written by :meth:`flush` (one ``write`` per frame, so
+    the data is in the operating system's hands as soon as ``flush`` returns and survives the process
+    being killed; ``fsync=True`` also forces it to the disk on every flush).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        meta: Mapping[str, Any] | None = None,
+        resume: bool = False,
+        overwrite: bool = False,
+        fsync: bool = False,
+    ):
+        self.path = Path(path)
+        self.fsync = fsync
+        existing = _prepare(self.path, resume, overwrite)
+        session = {"started": _now(), "pid": os.getpid(), "resumed": existing is not None}
+        if existing is None:
+            import kdviz
+
+            bad = sorted(set(meta or {}) & set(RESERVED))
+            if bad:
+                raise ValueError(f"meta keys {bad} are reserved by the run store; rename them")
+            self.meta: dict[str, Any] = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "kdviz_version": kdviz.__version__,
+                "created": session["started"],
+                "sessions": [session],
+                **(meta or {}),
+            }
+        else:
+            self.meta = {**existing, **(meta or {}), "sessions": [*existing.get("sessions", []), session]}
+        write_json_atomic(self.path / META_FILE, self.meta)
+        self._rows: dict[str, list[dict[str, tuple[str, Any]]]] = {}
+        self._frames: dict[str, list[bytes]] = {}
+        self._files: dict[str, Any] = {}
+        self.bytes_written = 0
+        self.closed = False
+
+    def append_rows(self, stream: str, columns: Mapping[str, Any]) -> None:
+        """Buffer rows for table ``stream``: ``columns`` maps names to equal-length sequences/arrays."""
+        self.check_open()
+        if not stream.isidentifier() or stream == MATRICES:
+            raise ValueError(f"stream name {stream!r} must be an identifier other than {MATRICES!r}")
+        typed = {name: _column(name, values) for name, values in columns.items()}
+        lengths = {name: len(v) for name, (_, v) in typed.items()}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"columns of {stream!r} have different lengths: {lengths}")
+        if typed and next(iter(lengths.values())) > 0:
+            self._rows.setdefault(stream, []).append(typed)
+
+    def append_matrix(
+        self,
+        name: str,
+        step: int,
+        sample: int,
+        values: np.ndarray,
+        row_tokens: Sequence[str],
+        col_tokens: Sequence[str],
+        reference: np.ndarray | None = None,
+        **info: Any,
+    ) -> None:
+        """Buffer one matrix ``[R, C]`` with its row and column labels and optional reference ``[R, C]``."""
+        self.check_open()
+        values = np.asarray(values)
+        if values.ndim != 2 or values.shape != (len(row_tokens), len(col_tokens)):
+            raise ValueError(
+                f"matrix {name!r} has shape {values.shape} but {len(row_tokens)} row and "
+                f"{len(col_tokens)} column labels"
+            )
+        arrays = {"values": values}
+        if reference is not None:
+            reference = np.asarray(reference)
+            if reference.shape != values.shape:
+                raise ValueError(f"reference of {name!r} has shape {reference.shape}, values {values.shape}")
+            arrays["reference"] = reference
+        attrs = {
+            "name": name,
+            "step": int(step),
+            "sample": int(sample),
+            "row_tokens": [str(t) for t in row_tokens],
+            "col_tokens": [str(t) for t in col_tokens],
+            "info": json.loads(json.dumps(info, default=_json_default)),
+        }
+        self._frames.setdefault(MATRICES, []).append(encode(attrs, arrays))
+
+    def update_meta(self, **fields: Any) -> None:
+        """Merge ``fields`` into ``meta.json`` (rewritten atomically)."""
+        self.meta.update(fields)
+        write_json_atomic(self.path / META_FILE, self.meta)
+
+    def save_tensors(self, name: str, tensors: Mapping[str, torch.Tensor], info: Mapping[str, Any]) -> Path:
+        """Save tensors as ``replay/<name>.safetensors`` (atomically), ``info`` in its JSON metadata."""
+        folder = self.path / REPLAY_DIR
+        folder.mkdir(exist_ok=True)
+        target = folder / f"{name}.safetensors"
+        tmp = folder / f".{name}.tmp"
+        flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        save_file(flat, str(tmp), metadata={"info": json.dumps(dict(info), default=_json_default)})
+        os.replace(tmp, target)
+        return target
+
+    def flush(self) -> None:
+        """Write everything buffered: one frame per table batch (per column set) and per matrix."""
+        if self.closed:
+            return
+        for stream, chunks in self._rows.items():
+            frames = self._frames.setdefault(stream, [])
+            groups: dict[tuple, list] = {}
+            for chunk in chunks:
+                groups.setdefault(tuple((k, kind) for k, (kind, _) in chunk.items()), []).append(chunk)
+            for key, group in groups.items():
+                frames.append(_table_frame(key, group))
+        self._rows.clear()
+        for stream, frames in self._frames.items():
+            if frames:
+                self._write(stream, b"".join(frames))
+        self._frames.clear()
+
+    def _write(self, stream: str, data: bytes) -> None:
+        f = self._files.get(stream)
+        if f is None:
+            f = self._files[stream] = open(self.path / f"{stream}{SUFFIX}", "ab", buffering=0)
+        view = memoryview(data)
+        while view:
+            view = view[f.write(view) :]
+        if self.fsync:
+            os.fsync(f.fileno())
+        self.bytes_written += len(data)
+
+    def close(self) -> None:
+        """Flush, sync the stream files to disk and close them. Idempotent."""
+        if self.closed:
+            return
+        self.flush()
+        for f in self._files.values():
+            os.fsync(f.fileno())
+            f.close()
+        self._files.clear()
+        self.closed = True
+
+    def check_open(self) -> None:
+        """Raise ``RuntimeError`` if the writer was closed."""
+        if self.closed:
+            raise RuntimeError(f"the run writer for {self.path} is closed")
+
+
+def _table_frame(key: tuple, chunks: list[dict[str, tuple[str, Any]]]) -> bytes:
+    arrays, text = {}, {}
+    for name, kind in key:
+        parts = [chunk[name][1] for chunk in chunks]
+        if kind == "array":
+            arrays[name] = np.concatenate(parts)
+        else:
+            text[name] = [v for part in parts for v in part]
+    return encode({"kind": "table", "columns": [name for name, _ in key], "text": text}, arrays)
+
+
+def _now() -> str:
+    return datetime.fromtimestamp(time.time(), tz=timezone.utc).isoformat(timespec="milliseconds")
