@@ -34,6 +34,7 @@ class BatchView:
         self.out = out
         self.terms: dict[str, torch.Tensor] = dict(getattr(out, "terms", None) or {})
         self.diagnostics: dict[str, Any] = dict(getattr(out, "diagnostics", None) or {})
+        self._masks: dict[str, torch.Tensor | None] = {}
 
     @cached_property
     def batch_size(self) -> int | None:
@@ -49,6 +50,11 @@ class BatchView:
 
     def mask(self, side: str) -> torch.Tensor | None:
         """``[B, T]`` bool: positions whose next-token prediction is trained (the response)."""
+        if side not in self._masks:
+            self._masks[side] = self._find_mask(side)
+        return self._masks[side]
+
+    def _find_mask(self, side: str) -> torch.Tensor | None:
         mask = _tensor(getattr(self.batch, f"{side}_mask", None))
         if mask is not None:
             return mask.bool()
