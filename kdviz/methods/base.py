@@ -180,15 +180,18 @@ class KDOutput:
     """What every method returns.
 
     - ``loss``: the scalar to backpropagate.
-    - ``terms``: ``dict[str, Tensor]`` of scalars -- every loss part (still attached to the graph, so any
-      one can be backpropagated on its own; detach before storing) and logged metrics (detached).
+    - ``terms``: ``dict[str, Tensor]`` of detached scalars: every loss part and logged metric.
     - ``diagnostics``: ``dict[str, Tensor]`` of detached per-token / per-pair tensors (e.g. ``t2s_weight``
       ``[B, T_s, T_t]``, ``token_kd`` ``[B, T_s]``). Logits appear as references, not copies.
+    - ``parts``: the loss parts as scalars still attached to the graph (same names as in ``terms``), to
+      backpropagate or differentiate one part on its own, e.g. to see which parameters it trains.
+      Optional for a method; never store them (they keep the graph alive).
     """
 
     loss: torch.Tensor
     terms: dict[str, torch.Tensor]
     diagnostics: dict[str, torch.Tensor]
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @runtime_checkable

@@ -68,14 +68,14 @@ class CMA(DSKD):
     ``get_output_embeddings()`` and ``output_hidden_states=True``; the method runs them unless their
     outputs are passed to ``method(batch, student_outputs=..., teacher_outputs=...)``.
 
-    Terms, in addition to DSKD's: ``kept_fraction`` (share of response tokens passing the accuracy filter)
-    and the alignment scores of ``t2s_weight`` against the character-overlap ground truth
+    Terms, in addition to DSKD's (where ``kept_fraction`` is the share of response tokens passing the
+    accuracy filter): the alignment scores of ``t2s_weight`` against the character-overlap ground truth
     (:func:`kdviz.align.alignment_scores`): ``align_argmax_overlap``, ``align_overlap_mass``,
     ``align_row_entropy``, ``align_scored_rows``. Diagnostics, in addition: ``t2s_weight``
     ``[B, T_s, T_t]``, ``s2t_weight`` ``[B, T_t, T_s]`` (rows outside the response are meaningless: drop
     them with ``student_mask`` / ``teacher_mask``; row ``i`` is labelled by ``student_target_ids[:, i]``),
-    ``t2s_reference`` ``[B, T_s, T_t]`` (the ground truth between predicted tokens, response columns only)
-    and ``t2s_kept`` ``[B, T_s]``.
+    and ``t2s_reference`` ``[B, T_s, T_t]`` (the ground truth between predicted tokens, response columns
+    only).
     """
 
     def __init__(

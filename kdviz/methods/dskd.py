@@ -61,12 +61,13 @@ class DSKD(nn.Module):
     ``method(batch, student_outputs=None, teacher_outputs=None)`` runs the student and the teacher itself
     unless their outputs (with ``hidden_states``) are passed.
 
-    Terms: ``loss``, ``ce``, ``kd``, ``t2s_ce``, ``t2s_kd``, ``s2t_kd`` (attached to the graph),
-    ``t2s_acc`` (argmax of ``t2s_logits`` equals the label), ``s2t_acc`` (argmax of ``s2t_logits`` equals
-    the teacher's argmax), ``max_t2s_prob`` (mean max probability of ``softmax(t2s_logits)``).
-    Diagnostics: ``token_kd`` ``[B, T_s]`` (per-token ``t2s_kd``), ``token_s2t_kd`` ``[B, T_t]``,
-    ``token_ce``, the masks (``student_mask``, ``teacher_mask``), token ids (``*_input_ids``,
-    ``*_target_ids``) and logits (``student_logits``, ``teacher_logits``, ``t2s_logits``).
+    Terms: ``loss``, ``ce``, ``kd``, ``t2s_ce``, ``t2s_kd``, ``s2t_kd`` (also in ``out.parts``, attached
+    to the graph), ``t2s_acc`` (argmax of ``t2s_logits`` equals the label), ``s2t_acc`` (argmax of
+    ``s2t_logits`` equals the teacher's argmax), ``max_t2s_prob`` (mean max probability of
+    ``softmax(t2s_logits)``), ``kept_fraction`` (share of response tokens in ``t2s_kd``: 1 without CMA's
+    accuracy filter). Diagnostics: ``token_kd`` ``[B, T_s]`` (per-token ``t2s_kd``), ``token_s2t_kd``
+    ``[B, T_t]``, ``token_ce``, the masks (``student_mask``, ``teacher_mask``, ``t2s_kept``), token ids
+    (``*_input_ids``, ``*_target_ids``) and logits (``student_logits``, ``teacher_logits``, ``t2s_logits``).
     """
 
     acc_filter = False
@@ -149,20 +150,16 @@ class DSKD(nn.Module):
         s2t_kd = token_s2t.sum() / mask_t.sum().clamp(min=1)
         kd = t2s_kd + t2s_ce + s2t_kd
         loss = self.ce_weight * ce + self.kd_weight * kd
+        parts = {"ce": ce, "kd": kd, "t2s_ce": t2s_ce, "t2s_kd": t2s_kd, "s2t_kd": s2t_kd}
         with torch.no_grad():
             terms = {
-                "loss": loss,
-                "ce": ce,
-                "kd": kd,
-                "t2s_ce": t2s_ce,
-                "t2s_kd": t2s_kd,
-                "s2t_kd": s2t_kd,
+                "loss": loss.detach(),
+                **{name: value.detach() for name, value in parts.items()},
                 "t2s_acc": masked_mean(t2s_correct, mask_s),
                 "s2t_acc": masked_mean(s2t_logits.argmax(-1) == z_t.argmax(-1), mask_t),
                 "max_t2s_prob": masked_mean(t2s_logits.softmax(-1).amax(-1), mask_s),
+                "kept_fraction": masked_mean(kept, mask_s),
             }
-            if self.acc_filter:
-                terms["kept_fraction"] = masked_mean(kept, mask_s)
         diagnostics = {
             "token_kd": token_kd.detach(),
             "token_s2t_kd": token_s2t.detach(),
@@ -176,10 +173,9 @@ class DSKD(nn.Module):
             "student_logits": z_s.detach(),
             "teacher_logits": z_t,
             "t2s_logits": t2s_logits.detach(),
+            "t2s_kept": kept,
         }
-        if self.acc_filter:
-            diagnostics["t2s_kept"] = kept
-        return KDOutput(loss, terms, diagnostics)
+        return KDOutput(loss, terms, diagnostics, parts)
 
     def _divergence(self, name: str, student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor):
         params = self.divergence_params if name == self.divergence else {}

@@ -33,9 +33,10 @@ class VanillaKD(nn.Module):
     outputs are always passed. The batch must have one tokenization for both (use :class:`CMA` otherwise).
     It has no parameters of its own.
 
-    Terms: ``loss``, ``ce``, ``kd``, ``student_acc`` (argmax equals the label), ``top1_agreement`` (student
-    and teacher argmax agree). Diagnostics: ``token_kd`` and ``token_ce`` ``[B, T]``, ``student_mask``,
-    ``student_input_ids``, ``student_target_ids``, ``student_logits``, ``teacher_logits``.
+    Terms: ``loss``, ``ce``, ``kd`` (also in ``parts``, attached), ``student_acc`` (argmax equals the
+    label), ``top1_agreement`` (student and teacher argmax agree). Diagnostics: ``token_kd`` and
+    ``token_ce`` ``[B, T]``, ``student_mask``, ``student_input_ids``, ``student_target_ids``,
+    ``student_logits``, ``teacher_logits``.
     """
 
     def __init__(
@@ -83,12 +84,12 @@ class VanillaKD(nn.Module):
         )
         kd = token_kd.sum() / mask.sum().clamp(min=1)
         loss = self.ce_weight * ce + self.kd_weight * kd
+        parts = {"ce": ce, "kd": kd}
         with torch.no_grad():
             student_argmax = z_s.argmax(-1)
             terms = {
-                "loss": loss,
-                "ce": ce,
-                "kd": kd,
+                "loss": loss.detach(),
+                **{name: value.detach() for name, value in parts.items()},
                 "student_acc": masked_mean(student_argmax == targets, mask),
                 "top1_agreement": masked_mean(student_argmax == z_t.argmax(-1), mask),
             }
@@ -101,4 +102,4 @@ class VanillaKD(nn.Module):
             "student_logits": z_s.detach(),
             "teacher_logits": z_t,
         }
-        return KDOutput(loss, terms, diagnostics)
+        return KDOutput(loss, terms, diagnostics, parts)
