@@ -137,7 +137,7 @@ def test_loss_equals_independent_recomputation(batch, key_norm, value_target, ac
     if acc_filter:
         assert 0 < float(out.terms["kept_fraction"]) < 1 and float(out.terms["t2s_kd"]) > 0
     # running the models itself gives the same loss as the precomputed outputs
-    assert float(m(batch).loss) == pytest.approx(float(out.loss), rel=1e-5)
+    assert m(batch).loss.item() == pytest.approx(out.loss.item(), rel=1e-5)
 
 
 def nonzero_grads(term: torch.Tensor, params: list[torch.nn.Parameter]) -> bool:
@@ -238,7 +238,7 @@ def test_all_masked_batch_and_batch_of_one(collate):
     empty = KDCollator(unigram_tokenizer(), bpe_tokenizer(), add_eos=False)([("Q: who moves?\nA:", "")] * 2)
     m = make()
     out = m(empty)
-    assert float(out.loss) == 0.0
+    assert out.loss.item() == 0.0
     out.loss.backward()
     for p in [*m.parameters(), *m.student.parameters()]:
         assert p.grad is None or (torch.isfinite(p.grad).all() and float(p.grad.abs().max()) == 0.0)
