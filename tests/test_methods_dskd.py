@@ -53,7 +53,7 @@ def test_loss_equals_independent_recomputation(batch):
     assert float(out.terms["kept_fraction"]) == 1.0
     d = out.diagnostics
     assert d["token_kd"].shape == batch.student_input_ids.shape and not d["token_kd"][~ok].any()
-    assert d["t2s_logits"].shape == s.logits.shape
+    assert d["t2s_logits"].shape == s.logits.shape and torch.allclose(d["s2t_logits"], s2t, atol=1e-5)
 
 
 def nonzero_grads(term, params) -> bool:

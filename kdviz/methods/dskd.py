@@ -67,7 +67,8 @@ class DSKD(nn.Module):
     ``softmax(t2s_logits)``), ``kept_fraction`` (share of response tokens in ``t2s_kd``: 1 without CMA's
     accuracy filter). Diagnostics: ``token_kd`` ``[B, T_s]`` (per-token ``t2s_kd``), ``token_s2t_kd``
     ``[B, T_t]``, ``token_ce``, the masks (``student_mask``, ``teacher_mask``, ``t2s_kept``), token ids
-    (``*_input_ids``, ``*_target_ids``) and logits (``student_logits``, ``teacher_logits``, ``t2s_logits``).
+    (``*_input_ids``, ``*_target_ids``) and logits (``student_logits``, ``teacher_logits``, ``t2s_logits``
+    ``[B, T_s, V_s]``, ``s2t_logits`` ``[B, T_t, V_t]``).
     """
 
     acc_filter = False
@@ -173,6 +174,7 @@ class DSKD(nn.Module):
             "student_logits": z_s.detach(),
             "teacher_logits": z_t,
             "t2s_logits": t2s_logits.detach(),
+            "s2t_logits": s2t_logits.detach(),
             "t2s_kept": kept,
         }
         return KDOutput(loss, terms, diagnostics, parts)
