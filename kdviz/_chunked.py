@@ -32,13 +32,14 @@ def auto_chunk_rows(vocab: int) -> int:
 
 def chunk_value_and_grad(
     formula: Callable, student: torch.Tensor, teacher: torch.Tensor, tau: float, stats: dict, params: dict,
-    positions: torch.Tensor, grad: str | None = "closed",
+    positions: torch.Tensor, grad: str | None = "closed", out: torch.Tensor | None = None, scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-row values ``[c]`` and ``dL/dz_student`` ``[c, V]`` (compute dtype) of one chunk of raw logits.
+    """Per-row values ``[c]`` and ``scale * dL/dz_student`` ``[c, V]`` of one chunk of raw logits.
 
     ``grad``: ``"closed"`` (the formula's closed form), ``"autograd"`` (this chunk only) or None.
-    A non-finite value triggers the input check on this chunk only (``positions`` name the rows), so a
-    NaN or ``+inf`` logit is reported with its index without a separate pass over every input.
+    ``out``, if given, receives the gradient (any float dtype; written once). A non-finite value
+    triggers the input check on this chunk only (``positions`` name the rows), so a NaN or ``+inf``
+    logit is reported with its index without a separate pass over every input.
     """
     if grad == "autograd":
         with torch.enable_grad():
@@ -46,14 +47,25 @@ def chunk_value_and_grad(
             values, _ = formula(make_rows(leaf, teacher, tau), stats, **params)
             _check_chunk(values, student, teacher, positions)
             (dz,) = torch.autograd.grad(values.sum(), leaf)
-        return values.detach(), dz
-    with torch.no_grad():
-        rows = make_rows(student, teacher, tau, want_grad=grad == "closed")
-        values, grad_logq = formula(rows, stats, **params)
-        _check_chunk(values, student, teacher, positions)
-        if grad is None:
-            return values, None
-        return values, (grad_logq - rows.q * grad_logq.sum(-1, keepdim=True)) / tau
+        dz.mul_(scale)
+    else:
+        with torch.no_grad():
+            rows = make_rows(student, teacher, tau, want_grad=grad == "closed")
+            values, grad_logq = formula(rows, stats, **params)
+            _check_chunk(values, student, teacher, positions)
+            if grad is None:
+                return values, None
+            # through log_softmax(z / tau): dL/dz = (g - q * sum_v g) / tau, assembled in one buffer
+            same = out is not None and out.dtype == grad_logq.dtype
+            dz = torch.addcmul(grad_logq, rows.q, grad_logq.sum(-1, keepdim=True), value=-1.0,
+                               out=out if same else None)
+            dz.mul_(scale / tau)
+            if same:
+                return values, out
+    if out is not None:
+        out.copy_(dz)
+        return values, out
+    return values, dz
 
 
 def _check_chunk(values, student, teacher, positions) -> None:
@@ -62,29 +74,54 @@ def _check_chunk(values, student, teacher, positions) -> None:
         check_finite("teacher_logits", teacher, positions)
 
 
+class RowChunks:
+    """The valid rows of ``[..., V]`` tensors, chunk by chunk: a view when a chunk's rows are contiguous
+    in memory (the usual case), a gathered copy otherwise."""
+
+    def __init__(self, mask: torch.Tensor, chunk_rows: int):
+        self.positions = mask.nonzero()
+        self.flat = mask.flatten().nonzero().squeeze(1)
+        self.chunk_rows = chunk_rows
+
+    def __iter__(self):
+        for start in range(0, self.flat.shape[0], self.chunk_rows):
+            ids = self.flat[start : start + self.chunk_rows]
+            first, last = int(ids[0]), int(ids[-1])
+            contiguous = last - first + 1 == ids.shape[0]
+            yield (slice(first, last + 1) if contiguous else ids), self.positions[start : start + self.chunk_rows]
+
+    @staticmethod
+    def read(x: torch.Tensor, rows, positions: torch.Tensor) -> torch.Tensor:
+        if x.is_contiguous():
+            flat = x.view(-1, x.shape[-1])
+            return flat[rows] if isinstance(rows, slice) else flat.index_select(0, rows)
+        return x[tuple(positions.T)]
+
+
 class _ChunkedDivergence(torch.autograd.Function):
     """Forward: values and the scaled gradient, chunk by chunk. Backward: scale the stored gradient."""
 
     @staticmethod
-    def forward(ctx, student, teacher, positions, formula, params, tau, factor, scale, chunk_rows, stats, grad_mode):
+    def forward(ctx, student, teacher, mask, formula, params, tau, factor, scale, chunk_rows, stats, grad_mode):
         # scale: the reduction's factor (1/count for mean, 1 for sum) or None for reduction="none"
-        need_grad = grad_mode is not None
-        index = tuple(positions.T)
-        values = torch.zeros(student.shape[:-1], dtype=compute_dtype(student.dtype), device=student.device)
-        grad = torch.zeros_like(student) if need_grad else None
+        values = torch.zeros(mask.numel(), dtype=compute_dtype(student.dtype), device=student.device)
+        grad = torch.zeros(student.shape, dtype=student.dtype, device=student.device) if grad_mode else None
+        grad_rows = None if grad is None else grad.view(-1, student.shape[-1])
         grad_scale = factor * (1.0 if scale is None else scale)
-        for start in range(0, positions.shape[0], chunk_rows):
-            rows = tuple(i[start : start + chunk_rows] for i in index)
+        for rows, positions in RowChunks(mask, chunk_rows):
+            target = None
+            if grad_rows is not None:
+                target = grad_rows[rows] if isinstance(rows, slice) else None
             v, g = chunk_value_and_grad(
-                formula, student[rows], teacher[rows], tau, stats, params, positions[start : start + chunk_rows],
-                grad_mode,
+                formula, RowChunks.read(student, rows, positions), RowChunks.read(teacher, rows, positions), tau,
+                stats, params, positions, grad_mode, out=target, scale=grad_scale,
             )
             values[rows] = v
-            if need_grad:
-                grad[rows] = (g * grad_scale).to(grad.dtype)
+            if g is not None and target is None:
+                grad_rows.index_copy_(0, rows, g.to(grad.dtype))
         ctx.grad = grad
         ctx.per_token = scale is None
-        values = values * factor
+        values = values.view(mask.shape) * factor
         return values if scale is None else values.sum() * scale
 
     @staticmethod
@@ -102,7 +139,6 @@ class _ChunkedDivergence(torch.autograd.Function):
             grad.mul_(grad_out.to(grad.dtype))
         return grad, *([None] * 10)
 
-
 def chunked(
     formula: Callable, student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, *, tau: float,
     reduction: str, factor: float, num_items, chunk_rows: int | None, stats: dict, params: dict,
@@ -114,20 +150,20 @@ def chunked(
     ``"mean"``/``"sum"``, the per-token tensor for ``"none"``. ``closed_form=False`` differentiates each
     chunk with autograd (formulas without a closed-form gradient).
     """
-    positions = mask.nonzero()
     chunk_rows = chunk_rows or auto_chunk_rows(student.shape[-1])
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be a positive number of token rows, got {chunk_rows}")
+    count = int(mask.sum())
     if reduction == "none":
         scale = None
     elif reduction == "sum":
         scale = 1.0
     else:
-        scale = 1.0 / float(num_items if num_items is not None else max(positions.shape[0], 1))
-    stats["tokens"] = stats.get("tokens", 0) + positions.shape[0]
+        scale = 1.0 / float(num_items if num_items is not None else max(count, 1))
+    stats["tokens"] = stats.get("tokens", 0) + count
     grad_mode = None
     if torch.is_grad_enabled() and student.requires_grad:
         grad_mode = "closed" if closed_form else "autograd"
     return _ChunkedDivergence.apply(
-        student, teacher.detach(), positions, formula, params, tau, factor, scale, chunk_rows, stats, grad_mode
+        student, teacher.detach(), mask, formula, params, tau, factor, scale, chunk_rows, stats, grad_mode
     )

@@ -140,15 +140,20 @@ class Rows:
         return Rows(self.logp.detach(), self.logq.detach(), self.keep, self.want_grad)
 
 
+def _has_neg_inf(x: torch.Tensor) -> bool:
+    """One reduction pass, no boolean temporary (NaN gives False: it is reported from the values)."""
+    return x.numel() > 0 and bool(x.detach().min() == float("-inf"))
+
+
 def make_rows(student: torch.Tensor, teacher: torch.Tensor, tau: float, want_grad: bool = False) -> Rows:
     """Build :class:`Rows` from already-checked ``[N, V]`` logits of valid tokens (any float dtype)."""
     dtype = compute_dtype(student.dtype)
-    zs = student.to(dtype) / tau
-    zt = teacher.to(dtype) / tau
-    outside = torch.isneginf(zs) | torch.isneginf(zt)
-    if not bool(outside.any()):
+    zs, zt = student.to(dtype), teacher.to(dtype)
+    if tau != 1:
+        zs, zt = zs / tau, zt / tau
+    if not (_has_neg_inf(zs) or _has_neg_inf(zt)):  # the common case: no support mask at all
         return Rows(torch.log_softmax(zt, -1), torch.log_softmax(zs, -1), None, want_grad)
-    keep = ~outside
+    keep = ~(torch.isneginf(zs) | torch.isneginf(zt))
     empty = ~keep.any(-1)
     if bool(empty.any()):
         raise ValueError(
