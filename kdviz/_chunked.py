@@ -105,8 +105,11 @@ class _ChunkedDivergence(torch.autograd.Function):
     def forward(ctx, student, teacher, mask, formula, params, tau, factor, scale, chunk_rows, stats, grad_mode):
         # scale: the reduction's factor (1/count for mean, 1 for sum) or None for reduction="none"
         values = torch.zeros(mask.numel(), dtype=compute_dtype(student.dtype), device=student.device)
-        grad = torch.zeros(student.shape, dtype=student.dtype, device=student.device) if grad_mode else None
-        grad_rows = None if grad is None else grad.view(-1, student.shape[-1])
+        grad = grad_rows = None
+        if grad_mode:  # every valid row is written below: only the masked rows need zeros
+            grad = torch.empty(student.shape, dtype=student.dtype, device=student.device)
+            grad_rows = grad.view(-1, student.shape[-1])
+            grad_rows.index_fill_(0, (~mask.flatten()).nonzero().squeeze(1), 0)
         grad_scale = factor * (1.0 if scale is None else scale)
         for rows, positions in RowChunks(mask, chunk_rows):
             target = None
