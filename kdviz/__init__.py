@@ -1,9 +1,34 @@
-"""kdviz: knowledge distillation losses, instrumentation and visual diagnostics for language models."""
+"""kdviz: knowledge distillation losses, instrumentation and visual diagnostics for language models.
 
+- Losses: :func:`divergence` / :data:`DIVERGENCES` (same vocabulary), :func:`fused_divergence` (from hidden
+  states, without the logits), :mod:`kdviz.methods` (VanillaKD, DSKD, CMA, ... as ``nn.Module``).
+- Alignment between two tokenizers: :mod:`kdviz.align` (:func:`compare_tokenizers` first).
+- Recording: :class:`Recorder` writes a run directory; :func:`open_run` reads it as pandas / numpy.
+"""
+
+from kdviz import align, methods
+from kdviz.align import compare_tokenizers
 from kdviz.divergences import DIVERGENCES, divergence
 from kdviz.fused import fused_divergence
 from kdviz.headtail import HeadTail, head_tail
+from kdviz.methods import KDBatch, KDCollator, KDOutput
+from kdviz.record import Recorder, open_run
 
 __version__ = "0.1.0"
 
-__all__ = ["DIVERGENCES", "HeadTail", "__version__", "divergence", "fused_divergence", "head_tail"]
+__all__ = [
+    "DIVERGENCES",
+    "HeadTail",
+    "KDBatch",
+    "KDCollator",
+    "KDOutput",
+    "Recorder",
+    "__version__",
+    "align",
+    "compare_tokenizers",
+    "divergence",
+    "fused_divergence",
+    "head_tail",
+    "methods",
+    "open_run",
+]
