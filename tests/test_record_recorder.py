@@ -8,6 +8,7 @@ import torch
 
 from kdviz.headtail import HeadTail, head_tail
 from kdviz.record import Recorder, load_replay, open_run
+from kdviz.record.probes import _strided
 from tests.record_fakes import PROMPT, T_S, T_T, FakeOutput, make_batch, make_output
 
 
@@ -192,3 +193,12 @@ def test_bad_arguments(tmp_path):
     assert seen == [15.0, 30.0]  # resumed: tokens_seen continues
     Recorder(tmp_path / "run", overwrite=True).close()
     assert open_run(tmp_path / "run").scalars.empty
+
+
+def test_head_tail_aggregates_are_capped_to_strided_tokens():
+    mask = torch.zeros(4, 300, dtype=torch.bool)
+    mask[:, 10:] = True
+    thinned = _strided(mask, 256)
+    assert int(thinned.sum()) == 256 and not bool((thinned & ~mask).any())
+    assert thinned[0].any() and thinned[-1].any()  # spread over the whole batch
+    torch.testing.assert_close(_strided(mask[:1, :20], 256), mask[:1, :20])

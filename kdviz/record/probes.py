@@ -14,8 +14,9 @@ probe          runs              records
                                  file of the batch rows, once per term); at recorded steps NaN counts
                                  of per-token diagnostics, ``numerics/empty_masks`` (rows with no
                                  trained token) and ``numerics/akl_fallbacks`` (AKL 0/0 weights)
-``head_tail``  recorded steps    METHODS.md section 2 statistics: count, mean and quantiles over the
-                                 step's trained tokens (``head_tail`` table), per token for the samples
+``head_tail``  recorded steps    METHODS.md section 2 statistics: mean and quantiles over the step's
+                                 trained tokens (at most 256, evenly strided; ``count`` is the number
+                                 of trained tokens) in the ``head_tail`` table; per token for samples
 ``alignment``  recorded steps    ``t2s_weight`` / ``s2t_weight`` of the samples cropped to response
                                  rows and columns, with the ground truth and its scores
 ``transport``  recorded steps    ``transport_plan`` / ``transport_cost`` of the samples and the top-k
@@ -54,7 +55,7 @@ HEAD_TAIL_SPACES = (
 ALIGNMENTS = (("t2s_weight", "student", "teacher"), ("s2t_weight", "teacher", "student"))
 TRANSPORTS = ("transport_plan", "transport_cost")
 TOPK_IDS = ("teacher_topk_ids", "student_topk_ids")
-MAX_AGGREGATE_TOKENS = 2048  # head/tail aggregates use at most this many tokens (evenly strided)
+MAX_AGGREGATE_TOKENS = 256  # head/tail quantiles use at most this many tokens per step (evenly strided)
 
 
 class Sample(NamedTuple):
@@ -155,43 +156,48 @@ def _offending_rows(view: BatchView) -> list[int]:
 
 # recorded steps --------------------------------------------------------------------------------------
 def probe_head_tail(view: BatchView, rec: StepRecord) -> str | None:
-    found = False
+    per_token_done = False
     for space, s_name, t_name, side in HEAD_TAIL_SPACES:
         s, t = view.diagnostics.get(s_name), view.diagnostics.get(t_name)
-        if not (isinstance(s, torch.Tensor) and isinstance(t, torch.Tensor) and s.shape == t.shape):
-            continue
-        if s.dim() != 3:
+        if not (isinstance(s, torch.Tensor) and isinstance(t, torch.Tensor) and s.shape == t.shape and s.dim() == 3):
             continue
         mask = view.mask(side)
         if mask is None or mask.shape != s.shape[:2]:
-            mask = torch.ones(s.shape[:2], dtype=torch.bool, device=s.device)
-        _aggregate(rec, space, s.detach(), t.detach(), mask.to(s.device))
-        if not found and side == "student":
-            rows = [x.row for x in rec.samples]
-            stats = head_tail(s.detach()[rows], t.detach()[rows], mask.to(s.device)[rows]).as_dict()
-            for k, sample in enumerate(rec.samples):
-                for name, values in stats.items():
-                    rec.token_column(sample, name, values[k])
+            mask = torch.ones(s.shape[:2], dtype=torch.bool)
+        mask = mask.to(s.device)
+        chosen = _strided(mask, MAX_AGGREGATE_TOKENS)
+        wanted = chosen.clone()
+        rows = [x.row for x in rec.samples] if not per_token_done and side == "student" else []
+        wanted[rows] |= mask[rows]
+        # one pass over the aggregated tokens and the sampled sequences' tokens
+        stats = head_tail(s.detach(), t.detach(), wanted).as_dict()
+        if bool(chosen.any()):
+            names = list(stats)
+            table = torch.stack([stats[n][chosen].float() for n in names])  # [S, N]
+            levels = torch.tensor(QUANTILES, device=table.device)
+            quantiles = torch.nanquantile(table, levels, dim=1)  # [Q, S]
+            rec.head_tail.append((space, names, int(mask.sum()), table.nanmean(1), quantiles.T))
+        for sample in rec.samples if rows else []:
+            for name, values in stats.items():
+                rec.token_column(sample, name, values[sample.row])
+        if rows:
             rec.notes["head_tail_token_space"] = space
-            found = True
+            per_token_done = True
     if rec.head_tail:
         return None
     return "no pair of logits with equal shapes among student_logits, teacher_logits, t2s_logits, s2t_logits"
 
 
-def _aggregate(rec: StepRecord, space: str, s: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> None:
-    s_rows, t_rows = s[mask], t[mask]
-    count = s_rows.shape[0]
-    if count == 0:
-        return
-    if count > MAX_AGGREGATE_TOKENS:
-        keep = torch.linspace(0, count - 1, MAX_AGGREGATE_TOKENS, device=s.device).long()
-        s_rows, t_rows = s_rows[keep], t_rows[keep]
-    stats = head_tail(s_rows, t_rows).as_dict()
-    names = list(stats)
-    table = torch.stack([stats[n].float() for n in names])  # [S, N]
-    quantiles = torch.nanquantile(table, torch.tensor(QUANTILES, device=table.device), dim=1)  # [Q, S]
-    rec.head_tail.append((space, names, count, table.nanmean(1), quantiles.T))
+def _strided(mask: torch.Tensor, limit: int) -> torch.Tensor:
+    """``mask`` thinned to at most ``limit`` True entries, evenly spaced in row-major order."""
+    count = int(mask.sum())
+    if count <= limit:
+        return mask.clone()
+    flat = mask.flatten().nonzero().flatten()
+    keep = flat[torch.linspace(0, count - 1, limit, device=mask.device).long()]
+    out = torch.zeros(mask.numel(), dtype=torch.bool, device=mask.device)
+    out[keep] = True
+    return out.view_as(mask)
 
 
 def probe_alignment(view: BatchView, rec: StepRecord) -> str | None:

@@ -1,0 +1,179 @@
+"""Cost of the Recorder on a training step, and the run store's size.
+
+A distillation step of small GPT-2 models built from ``GPT2Config`` (random weights, no download): the
+teacher forward under no grad, the student forward, a VanillaKD-style loss (forward KL + CE, computed
+inline), backward, an AdamW step. Three variants, interleaved in rounds in one process so they see the
+same machine: no recorder, the Recorder with all probes at ``every=10, samples=2`` (target: step time
+ratio <= 1.05), and at ``every=1``.
+
+A randomly initialised teacher predicts an almost uniform distribution (entropy ~ log V), so its
+head (METHODS.md section 2) holds thousands of tokens and the head/tail statistics cost far more than on
+a trained model. ``--sharpness`` (default 8) scales the teacher's LM head so that its entropy is closer
+to a trained LM's (~5 nats at V = 8192, still flatter than real models); ``--sharpness 1`` shows that
+worst case. The step also emits a cross-model weight ``t2s_weight`` (computed
+from the hidden states under no grad, in every variant) so the alignment probe has work to do.
+
+Printed: median seconds per step, the ratio to the bare step, the share of the step spent inside
+``Recorder.log`` (a less noisy view of the same overhead) and bytes on disk per 1,000 steps.
+
+    python benchmarks/bench_recorder.py               # ~2 minutes on 2 cores
+    python benchmarks/bench_recorder.py --quick       # a smoke test of the harness
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from kdviz.record import Recorder, open_run
+
+
+@dataclass
+class Batch:
+    """The KDBatch fields the probes read (one tokenizer: the teacher fields are the student's)."""
+
+    student_input_ids: torch.Tensor
+    student_labels: torch.Tensor
+    teacher_input_ids: torch.Tensor
+    teacher_labels: torch.Tensor
+    alignment: torch.Tensor
+    texts: list[str] = field(default_factory=list)
+    student_tokens: list[list[str]] = field(default_factory=list)
+    teacher_tokens: list[list[str]] = field(default_factory=list)
+
+
+@dataclass
+class Output:
+    loss: torch.Tensor
+    terms: dict[str, torch.Tensor]
+    diagnostics: dict[str, torch.Tensor]
+
+
+def make_batches(n: int, b: int, t: int, vocab: int, prompt: int) -> list[Batch]:
+    g = torch.Generator().manual_seed(0)
+    batches = []
+    for k in range(n):
+        ids = torch.randint(0, vocab, (b, t), generator=g)
+        labels = ids.clone()
+        labels[:, :prompt] = -100
+        tokens = [[f"tok{i}" for i in row] for row in ids.tolist()]
+        eye = torch.eye(t, dtype=torch.bool).expand(b, t, t).clone()
+        texts = [f"example {k}-{r}" for r in range(b)]
+        batches.append(Batch(ids, labels, ids, labels, eye, texts, tokens, tokens))
+    return batches
+
+
+def kd_step(student, teacher, opt, batch: Batch) -> Output:
+    """One VanillaKD-style step (FKL + CE on the response), returning a KDOutput look-alike."""
+    with torch.no_grad():
+        t_out = teacher(batch.teacher_input_ids, output_hidden_states=True)
+    s_out = student(batch.student_input_ids, output_hidden_states=True)
+    targets = torch.full_like(batch.student_labels, -100)
+    targets[:, :-1] = batch.student_labels[:, 1:]
+    mask = targets != -100
+    logq, logp = F.log_softmax(s_out.logits, -1), F.log_softmax(t_out.logits, -1)
+    token_kd = (logp.exp() * (logp - logq)).sum(-1)
+    token_ce = F.cross_entropy(s_out.logits.transpose(1, 2), targets, reduction="none")
+    n = mask.sum().clamp(min=1)
+    kd, ce = (token_kd * mask).sum() / n, (token_ce * mask).sum() / n
+    loss = 0.5 * kd + 0.5 * ce
+    loss.backward()
+    with torch.no_grad():
+        h_s, h_t = s_out.hidden_states[-1], t_out.hidden_states[-1][..., : s_out.hidden_states[-1].shape[-1]]
+        t2s_weight = (h_s @ h_t.transpose(1, 2) / h_s.shape[-1] ** 0.5).softmax(-1)
+    return Output(
+        loss=loss,
+        terms={"kd": kd, "ce": ce, "acc": (s_out.logits.argmax(-1) == targets)[mask].float().mean()},
+        diagnostics={
+            "student_logits": s_out.logits.detach(),
+            "teacher_logits": t_out.logits,
+            "token_kd": token_kd.detach(),
+            "token_ce": token_ce.detach(),
+            "t2s_weight": t2s_weight,
+        },
+    )
+
+
+def run_round(models, batches, steps: int, start: int, recorder: Recorder | None) -> tuple[float, float]:
+    """Train ``steps`` steps; return (wall seconds, seconds spent inside ``Recorder.log``)."""
+    student, teacher, opt = models
+    inside = 0.0
+    t0 = time.perf_counter()
+    for k in range(steps):
+        step = start + k
+        out = kd_step(student, teacher, opt, batches[step % len(batches)])
+        if recorder is not None:
+            r0 = time.perf_counter()
+            recorder.log(step, batches[step % len(batches)], out, optimizer=opt)
+            inside += time.perf_counter() - r0
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return time.perf_counter() - t0, inside
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and few rounds")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=20, help="steps per round (a multiple of 10)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--sharpness", type=float, default=8.0, help="scale of the teacher's LM head")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    b, t, vocab, rounds, steps = 8, 64, 8192, args.rounds, args.steps
+    if args.quick:
+        b, t, vocab, rounds, steps = 2, 16, 512, 2, 10
+    common = {"vocab_size": vocab, "n_positions": t, "n_head": 4, "bos_token_id": 0, "eos_token_id": 0}
+    student = GPT2LMHeadModel(GPT2Config(n_embd=128, n_layer=2, **common))
+    teacher = GPT2LMHeadModel(GPT2Config(n_embd=256, n_layer=4, tie_word_embeddings=False, **common)).eval()
+    with torch.no_grad():
+        teacher.lm_head.weight.mul_(args.sharpness)
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-4)
+    models = (student, teacher, opt)
+    batches = make_batches(8, b, t, vocab, prompt=t // 4)
+    print(
+        f"student {sum(p.numel() for p in student.parameters()) / 1e6:.1f}M params, teacher "
+        f"{sum(p.numel() for p in teacher.parameters()) / 1e6:.1f}M, batch {b}x{t}, vocab {vocab}, "
+        f"teacher sharpness {args.sharpness}, {torch.get_num_threads()} thread(s), {rounds} rounds x {steps} steps"
+    )
+    run_round(models, batches, 3, 0, None)  # warm-up
+
+    with tempfile.TemporaryDirectory() as tmp:
+        recorders = {
+            "every=10": Recorder(Path(tmp) / "every10", every=10, samples=2),
+            "every=1": Recorder(Path(tmp) / "every1", every=1, samples=2),
+        }
+        times: dict[str, list[float]] = {"bare": [], **{name: [] for name in recorders}}
+        inside: dict[str, list[float]] = {name: [] for name in recorders}
+        for r in range(rounds):
+            for name in times:
+                rec = recorders.get(name)
+                wall, spent = run_round(models, batches, steps, r * steps, rec)
+                times[name].append(wall / steps)
+                if rec is not None:
+                    inside[name].append(spent / steps)
+        for rec in recorders.values():
+            rec.close()
+        bare = statistics.median(times["bare"])
+        print(f"\n{'variant':<10} {'s/step':>9} {'ratio':>7} {'in log()':>9} {'bytes/1000 steps':>17}")
+        print(f"{'bare':<10} {bare:9.4f} {1.0:7.3f}")
+        for name, rec in recorders.items():
+            per_step = statistics.median(times[name])
+            share = statistics.median(inside[name]) / bare
+            size = open_run(rec.path).size_bytes / rec.stats["steps_logged"] * 1000
+            print(f"{name:<10} {per_step:9.4f} {per_step / bare:7.3f} {share:9.2%} {size / 1e6:14.2f} MB")
+        print("\nratio: median step time with the recorder / without (target <= 1.05 at every=10);")
+        print("in log(): median time inside Recorder.log as a share of the bare step.")
+
+
+if __name__ == "__main__":
+    main()
