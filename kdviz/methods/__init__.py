@@ -1,5 +1,6 @@
 """Knowledge-distillation methods: each an ``nn.Module`` called as ``method(batch)`` returning a ``KDOutput``.
 
+- :class:`SFT`: cross-entropy on the gold response only, the floor KD is compared with.
 - :class:`VanillaKD`: same tokenizer, any divergence of :data:`kdviz.DIVERGENCES`.
 - :class:`DSKD`: dual-space KD, same tokenizer (METHODS.md section 3).
 - :class:`CMA`: DSKD with cross-model attention, different tokenizers (section 4).
@@ -10,6 +11,18 @@ Batches come from :class:`KDCollator`; see :class:`KDBatch` for the fields.
 from kdviz.methods.base import IGNORE, KDBatch, KDCollator, KDOutput, Method, next_token_targets
 from kdviz.methods.cma import CMA
 from kdviz.methods.dskd import DSKD
+from kdviz.methods.sft import SFT
 from kdviz.methods.vanilla import VanillaKD
 
-__all__ = ["CMA", "DSKD", "IGNORE", "KDBatch", "KDCollator", "KDOutput", "Method", "VanillaKD", "next_token_targets"]
+__all__ = [
+    "CMA",
+    "DSKD",
+    "IGNORE",
+    "KDBatch",
+    "KDCollator",
+    "KDOutput",
+    "Method",
+    "SFT",
+    "VanillaKD",
+    "next_token_targets",
+]

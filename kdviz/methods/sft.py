@@ -1,0 +1,48 @@
+"""Supervised fine-tuning on the gold responses: the floor every KD method is compared with."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from kdviz.methods._common import attach_models, check_devices, cross_entropy, masked_mean
+from kdviz.methods.base import KDBatch, KDOutput
+
+
+class SFT(nn.Module):
+    """``loss = CE(z_s, y)``, the token mean over the response; no teacher is run.
+
+    ``SFT(student=None, teacher=None)`` (a teacher is accepted and ignored, so that every method is built
+    alike). ``method(batch, student_outputs=None)``. Terms: ``loss``, ``ce``, ``student_acc``.
+    Diagnostics: ``token_ce`` ``[B, T]``, ``student_mask``, ``student_input_ids``, ``student_target_ids``,
+    ``student_logits``.
+    """
+
+    def __init__(self, student: nn.Module | None = None, teacher: nn.Module | None = None) -> None:
+        super().__init__()
+        attach_models(self, student, teacher)
+
+    def forward(self, batch: KDBatch, student_outputs=None, teacher_outputs=None) -> KDOutput:
+        if student_outputs is None:
+            if self.student is None:
+                raise ValueError("pass student_outputs=..., or build SFT with a student model")
+            check_devices(batch, student=self.student)
+            student_outputs = self.student(
+                input_ids=batch.student_input_ids, attention_mask=batch.student_attention_mask
+            )
+        z_s = student_outputs.logits
+        targets = batch.student_targets
+        mask = targets != -100
+        ce, token_ce = cross_entropy(z_s, targets)
+        terms = {
+            "loss": ce.detach(),
+            "ce": ce.detach(),
+            "student_acc": masked_mean(z_s.detach().argmax(-1) == targets, mask),
+        }
+        diagnostics = {
+            "token_ce": token_ce.detach(),
+            "student_mask": mask,
+            "student_input_ids": batch.student_input_ids,
+            "student_target_ids": targets,
+            "student_logits": z_s.detach(),
+        }
+        return KDOutput(ce, terms, diagnostics, {"ce": ce})
