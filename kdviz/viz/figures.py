@@ -1,0 +1,808 @@
+"""Plotly figures of a recorded run: pure functions from the run store's tidy data to ``go.Figure``.
+
+Each function reads a :class:`~kdviz.record.Run` (or a :class:`~kdviz.record.Matrix`, or plain tensors and
+token strings) and returns a new figure; nothing is displayed and nothing is cached, so a figure works the
+same in a script, a test, a notebook, a widget and a static report.
+
+Token strings are shown as text, never interpreted: every label goes through :func:`token_label`, which
+HTML-escapes it (plotly renders labels as a small subset of HTML) and makes whitespace visible.
+
+Display limit: a matrix is sent to the browser whole up to :data:`MAX_AXIS` rows and columns
+(``300 x 300 = 90,000`` cells); a larger one is binned into at most ``MAX_AXIS`` blocks per axis (block
+mean for the weights, "any" for the ground truth) and the title says so.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from kdviz.align.overlap import KINDS, overlap_matrix, regions
+from kdviz.record.reader import Matrix, Run
+
+MAX_AXIS = 300
+TOKENS_PER_LINE = 16
+KIND_COLOURS = {
+    "one-to-one": "#9ecae1",
+    "one-to-many": "#fdae6b",
+    "many-to-one": "#a1d99b",
+    "many-to-many": "#bcbddc",
+    "unmatched": "#d9d9d9",
+}
+SIDE_COLOURS = {"teacher": "#1f77b4", "student": "#d62728"}
+
+
+# labels ---------------------------------------------------------------------------------------------
+def token_label(token: object) -> str:
+    """``token`` as safe display text: HTML-escaped, newlines and tabs visible, empty as ``∅``."""
+    text = str(token)
+    if not text:
+        return "∅"
+    return html.escape(text.replace("\n", "↵").replace("\t", "⇥"), quote=False)
+
+
+def position_labels(tokens: Sequence[str], positions: Sequence[int] | None = None) -> list[str]:
+    """Unique axis labels ``"<position> <token>"`` (plotly merges equal category labels)."""
+    positions = range(len(tokens)) if positions is None else positions
+    return [f"{p} {token_label(t)}" for p, t in zip(positions, tokens, strict=True)]
+
+
+def run_label(run: Run) -> str:
+    """A short, escaped name for a run: its method name (when recorded) and directory name."""
+    method = run.meta.get("method")
+    name = method.get("name") if isinstance(method, Mapping) else method
+    return token_label(f"{name} · {run.path.name}" if name else run.path.name)
+
+
+def _as_runs(runs: Run | Mapping[str, Run] | Sequence[Run]) -> dict[str, Run]:
+    if isinstance(runs, Run):
+        return {run_label(runs): runs}
+    if isinstance(runs, Mapping):
+        return {token_label(k): v for k, v in runs.items()}
+    out: dict[str, Run] = {}
+    for run in runs:
+        label = run_label(run)
+        out[label if label not in out else f"{label} ({len(out)})"] = run
+    return out
+
+
+def message_figure(text: str, title: str = "") -> go.Figure:
+    """An empty figure that explains, in its middle, why there is nothing to show."""
+    fig = go.Figure()
+    fig.add_annotation(text=token_label(text), showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    fig.update_layout(title=title, xaxis_visible=False, yaxis_visible=False, height=220)
+    return fig
+
+
+# loss terms over steps ----------------------------------------------------------------------------------
+def smooth(values: Sequence[float] | np.ndarray, weight: float = 0.9) -> np.ndarray:
+    """Debiased exponential moving average (as TensorBoard): ``m_t = w m_{t-1} + (1-w) x_t``, divided by
+    ``1 - w^t`` so the first points are not pulled towards 0. Non-finite values are skipped (kept as NaN)."""
+    if not 0.0 <= weight < 1.0:
+        raise ValueError(f"smoothing weight must be in [0, 1), got {weight!r}")
+    x = np.asarray(values, dtype=np.float64)
+    out = np.full_like(x, np.nan)
+    mean, count = 0.0, 0
+    for i, v in enumerate(x):
+        if not math.isfinite(v):
+            continue
+        count += 1
+        mean = weight * mean + (1.0 - weight) * v
+        out[i] = mean / (1.0 - weight**count)
+    return out
+
+
+X_AXES = {"step": "step", "tokens": "tokens seen", "wall_time": "wall time (s)"}
+DEFAULT_TERMS = ("loss", "kd", "ce")
+
+
+def _x_values(scalars: pd.DataFrame, steps: pd.Series, x: str) -> np.ndarray:
+    if x == "step":
+        return steps.to_numpy()
+    if x == "tokens":
+        seen = scalars[scalars["name"] == "tokens_seen"].set_index("step")["value"]
+        return steps.map(seen).to_numpy()
+    start = scalars["wall_time"].min()
+    times = scalars.groupby("step")["wall_time"].first()
+    return (steps.map(times) - start).to_numpy()
+
+
+def loss_terms(
+    runs: Run | Mapping[str, Run] | Sequence[Run],
+    terms: Sequence[str] | None = None,
+    *,
+    x: str = "step",
+    smoothing: float = 0.9,
+    log_y: bool = False,
+    clip_outliers: bool = False,
+) -> go.Figure:
+    """Loss terms over training: a faint raw trace and its debiased EMA (:func:`smooth`) per run and term.
+
+    ``runs``: one run, several (overlaid), or a mapping label -> run. ``terms``: scalar names (default:
+    ``loss``, ``kd``, ``ce`` where present, else every non-diagnostic scalar). ``x``: ``"step"``,
+    ``"tokens"`` (tokens seen) or ``"wall_time"``. ``log_y``: log scale (also a button on the figure).
+    ``clip_outliers``: fit the y range to the 1st-99th percentile of the raw values.
+    """
+    if x not in X_AXES:
+        raise ValueError(f"x must be one of {list(X_AXES)}, got {x!r}")
+    fig = go.Figure()
+    palette = plotly_default_colors()
+    shown: list[np.ndarray] = []
+    k = 0
+    for label, run in _as_runs(runs).items():
+        scalars = run.scalars
+        names = list(terms) if terms else [t for t in DEFAULT_TERMS if t in set(scalars["name"])]
+        if not names:
+            names = sorted(n for n in set(scalars["name"]) if "/" not in n and n not in ("lr", "tokens_seen"))
+        for name in names:
+            rows = scalars[scalars["name"] == name]
+            if rows.empty:
+                continue
+            colour = palette[k % len(palette)]
+            k += 1
+            xs, ys = _x_values(scalars, rows["step"], x), rows["value"].to_numpy()
+            shown.append(ys)
+            legend = f"{label}: {token_label(name)}"
+            fig.add_trace(
+                go.Scattergl(
+                    x=xs,
+                    y=ys,
+                    mode="lines",
+                    line={"color": colour, "width": 1},
+                    opacity=0.25,
+                    name=f"{legend} (raw)",
+                    legendgroup=legend,
+                    showlegend=False,
+                    hoverinfo="skip",
+                )
+            )
+            fig.add_trace(
+                go.Scattergl(
+                    x=xs,
+                    y=smooth(ys, smoothing),
+                    mode="lines",
+                    line={"color": colour, "width": 2},
+                    name=legend,
+                    legendgroup=legend,
+                    hovertemplate=f"{legend}<br>{X_AXES[x]} %{{x}}<br>smoothed %{{y:.4g}}<extra></extra>",
+                )
+            )
+    if not fig.data:
+        return message_figure("no loss terms recorded yet", "loss terms")
+    fig.update_layout(
+        title=f"loss terms (EMA {smoothing:g}, raw faint)",
+        xaxis_title=X_AXES[x],
+        yaxis_title="value",
+        yaxis_type="log" if log_y else "linear",
+        height=360,
+        margin={"t": 60, "b": 40},
+        updatemenus=[
+            {
+                "type": "buttons",
+                "direction": "right",
+                "x": 1.0,
+                "y": 1.15,
+                "xanchor": "right",
+                "buttons": [
+                    {"label": "linear", "method": "relayout", "args": [{"yaxis.type": "linear"}]},
+                    {"label": "log", "method": "relayout", "args": [{"yaxis.type": "log"}]},
+                ],
+            }
+        ],
+    )
+    if clip_outliers:
+        values = np.concatenate(shown)
+        values = values[np.isfinite(values)]
+        if values.size:
+            low, high = np.percentile(values, [1, 99])
+            pad = 0.05 * (high - low or abs(high) or 1.0)
+            if log_y:
+                low = max(low, np.min(values[values > 0])) if (values > 0).any() else low
+                fig.update_yaxes(range=[math.log10(max(low, 1e-12)), math.log10(max(high, 1e-12)) + 0.05])
+            else:
+                fig.update_yaxes(range=[low - pad, high + pad])
+    return fig
+
+
+def plotly_default_colors() -> list[str]:
+    """Plotly's default qualitative colour sequence."""
+    return ["#636efa", "#EF553B", "#00cc96", "#ab63fa", "#FFA15A", "#19d3f3", "#FF6692", "#B6E880", "#FF97FF"]
+
+
+# head / tail ------------------------------------------------------------------------------------------
+def _space(table: pd.DataFrame, space: str | None) -> str | None:
+    spaces = list(dict.fromkeys(table["space"])) if "space" in table.columns else []
+    if space is not None:
+        if space not in spaces:
+            raise KeyError(f"no head/tail statistics in space {space!r}; recorded spaces: {spaces}")
+        return space
+    for preferred in ("shared", "t2s", "s2t"):
+        if preferred in spaces:
+            return preferred
+    return spaces[0] if spaces else None
+
+
+def head_tail_steps(run: Run, space: str | None = None) -> go.Figure:
+    """Head/tail statistics over steps (METHODS.md section 2), mean over each step's trained tokens.
+
+    Rows: teacher vs student mass on the teacher's head and tail (``p_head``, ``q_head``, ``p_tail``,
+    ``q_tail``); the gaps ``g_head``, ``g_tail`` (unsigned) and the signed head gap ``d_head`` (the signed
+    tail gap is ``-d_head``); AKL's head weight ``w_head`` as bands (5-95 % and 25-75 % of tokens) around
+    its median. ``space``: ``shared`` / ``t2s`` / ``s2t`` (default: the first recorded).
+    """
+    table = run.head_tail()
+    space = _space(table, space)
+    if space is None:
+        return message_figure(
+            run.meta.get("notes", {}).get("head_tail", "no head/tail statistics recorded"), "head / tail"
+        )
+    table = table[table["space"] == space]
+    wide = table.pivot_table(index="step", columns="statistic", values="mean")
+    steps = wide.index.to_numpy()
+    fig = make_subplots(
+        rows=3,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.07,
+        subplot_titles=(
+            "probability mass on the teacher's head / tail",
+            "gaps |p - q| (signed: d)",
+            "AKL head weight w_head (bands: 5-95 %, 25-75 % of tokens)",
+        ),
+    )
+    masses = (
+        ("p_head", "teacher head p(H)", "teacher", "solid"),
+        ("q_head", "student on head q(H)", "student", "solid"),
+        ("p_tail", "teacher tail p(T)", "teacher", "dot"),
+        ("q_tail", "student on tail q(T)", "student", "dot"),
+    )
+    for stat, name, side, dash in masses:
+        if stat in wide:
+            fig.add_trace(
+                go.Scatter(x=steps, y=wide[stat], name=name, line={"color": SIDE_COLOURS[side], "dash": dash}),
+                row=1,
+                col=1,
+            )
+    gaps = (
+        ("g_head", "g_head", "#2ca02c", "solid"),
+        ("g_tail", "g_tail", "#9467bd", "solid"),
+        ("d_head", "d_head (signed)", "#2ca02c", "dash"),
+    )
+    for stat, name, colour, dash in gaps:
+        if stat in wide:
+            fig.add_trace(
+                go.Scatter(x=steps, y=wide[stat], name=name, line={"color": colour, "dash": dash}), row=2, col=1
+            )
+    if "d_head" in wide:
+        fig.add_trace(
+            go.Scatter(
+                x=steps, y=-wide["d_head"], name="d_tail = -d_head (signed)", line={"color": "#9467bd", "dash": "dash"}
+            ),
+            row=2,
+            col=1,
+        )
+    w = table[table["statistic"] == "w_head"].sort_values("step")
+    if not w.empty:
+        for low, high, alpha in (("q05", "q95", 0.15), ("q25", "q75", 0.3)):
+            fig.add_trace(
+                go.Scatter(x=w["step"], y=w[high], line={"width": 0}, showlegend=False, hoverinfo="skip"), row=3, col=1
+            )
+            fig.add_trace(
+                go.Scatter(
+                    x=w["step"],
+                    y=w[low],
+                    fill="tonexty",
+                    line={"width": 0},
+                    fillcolor=f"rgba(255,127,14,{alpha})",
+                    name=f"w_head {low}-{high}",
+                ),
+                row=3,
+                col=1,
+            )
+        fig.add_trace(
+            go.Scatter(x=w["step"], y=w["q50"], name="w_head median", line={"color": "#ff7f0e"}), row=3, col=1
+        )
+    fig.update_yaxes(title_text="mass", row=1, col=1)
+    fig.update_yaxes(title_text="gap", row=2, col=1)
+    fig.update_yaxes(title_text="w_head", range=[0, 1], row=3, col=1)
+    fig.update_xaxes(title_text="step", row=3, col=1)
+    fig.update_layout(
+        title=f"head / tail over steps (space {token_label(space)})", height=620, margin={"t": 70, "b": 40}
+    )
+    return fig
+
+
+def _sample_rows(tokens: pd.DataFrame, step: int, sample: int) -> pd.DataFrame:
+    rows = tokens[(tokens["step"] == step) & (tokens["sample"] == sample)]
+    return rows.sort_values("position")
+
+
+def head_tail_tokens(run: Run, step: int, sample: int = 0) -> go.Figure:
+    """Head/tail statistics per token of one sampled sequence at ``step``: head masses of both models,
+    the head and tail gaps (stacked) and ``w_head``; x labels are the predicted tokens."""
+    rows = _sample_rows(run.head_tail(per_token=True), step, sample)
+    if rows.empty or "g_head" not in rows:
+        return message_figure(
+            f"no per-token head/tail statistics for sample {sample} at step {step}", "head / tail per token"
+        )
+    labels = position_labels(rows["token"].tolist(), rows["position"].tolist())
+    fig = make_subplots(
+        rows=3,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.06,
+        subplot_titles=("head mass: teacher p(H) vs student q(H)", "gaps (stacked)", "w_head"),
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=labels,
+            y=rows["p_head"],
+            mode="lines+markers",
+            name="p(H) teacher",
+            line={"color": SIDE_COLOURS["teacher"]},
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=labels,
+            y=rows["q_head"],
+            mode="lines+markers",
+            name="q(H) student",
+            line={"color": SIDE_COLOURS["student"]},
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(go.Bar(x=labels, y=rows["g_head"], name="g_head", marker_color="#2ca02c"), row=2, col=1)
+    fig.add_trace(go.Bar(x=labels, y=rows["g_tail"], name="g_tail", marker_color="#9467bd"), row=2, col=1)
+    fig.add_trace(
+        go.Scatter(x=labels, y=rows["w_head"], mode="lines+markers", name="w_head", line={"color": "#ff7f0e"}),
+        row=3,
+        col=1,
+    )
+    fig.update_layout(
+        barmode="stack",
+        height=560,
+        title=f"head / tail per token · step {step} · sample {sample}",
+        margin={"t": 70, "b": 40},
+    )
+    fig.update_yaxes(range=[0, 1], row=3, col=1)
+    fig.update_xaxes(title_text="predicted token", tickangle=-60, row=3, col=1)
+    return fig
+
+
+# matrices -----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MatrixView:
+    """What a heatmap of a :class:`Matrix` shows: possibly binned values, axis labels, ground-truth cells."""
+
+    z: np.ndarray
+    x: list[str]
+    y: list[str]
+    ref_x: list[str]
+    ref_y: list[str]
+    binned: bool
+    shape: tuple[int, int]
+
+
+def _bins(n: int, limit: int) -> np.ndarray:
+    """Start index of each of ``min(n, limit)`` nearly equal blocks of ``range(n)``."""
+    return np.linspace(0, n, min(n, limit) + 1).astype(int)
+
+
+def _block_reduce(a: np.ndarray, rows: np.ndarray, cols: np.ndarray, how: str) -> np.ndarray:
+    """Reduce ``a`` over the blocks given by the boundaries ``rows`` x ``cols`` (``mean`` or ``any``)."""
+    r = (
+        np.add.reduceat(a.astype(np.float64), rows[:-1], axis=0)
+        if how == "mean"
+        else np.maximum.reduceat(a, rows[:-1], 0)
+    )
+    r = np.add.reduceat(r, cols[:-1], axis=1) if how == "mean" else np.maximum.reduceat(r, cols[:-1], axis=1)
+    if how == "mean":
+        r = r / np.outer(np.diff(rows), np.diff(cols))
+    return r
+
+
+def _binned_labels(labels: list[str], bounds: np.ndarray) -> list[str]:
+    return [
+        f"{labels[a]} … {labels[b - 1]}" if b - a > 1 else labels[a]
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+
+
+def matrix_view(matrix: Matrix, limit: int = MAX_AXIS) -> MatrixView:
+    """The display form of ``matrix``: labels ``"<position> <token>"`` and, when an axis is longer than
+    ``limit``, block means (ground truth: any) over at most ``limit`` blocks per axis."""
+    values = np.asarray(matrix.values, dtype=np.float32)
+    r, c = values.shape
+    x = position_labels(matrix.col_tokens, matrix.info.get("cols") or None)
+    y = position_labels(matrix.row_tokens, matrix.info.get("rows") or None)
+    reference = None if matrix.reference is None else np.asarray(matrix.reference).astype(bool)
+    binned = r > limit or c > limit
+    if binned:
+        rows, cols = _bins(r, limit), _bins(c, limit)
+        values = _block_reduce(values, rows, cols, "mean").astype(np.float32)
+        x, y = _binned_labels(x, cols), _binned_labels(y, rows)
+        reference = None if reference is None else _block_reduce(reference, rows, cols, "any").astype(bool)
+    ref_y, ref_x = ([], []) if reference is None else np.nonzero(reference)
+    return MatrixView(values, x, y, [x[j] for j in ref_x], [y[i] for i in ref_y], binned, (r, c))
+
+
+def _scores_text(info: Mapping) -> str:
+    parts = []
+    for key in ("argmax_overlap", "overlap_mass"):
+        value = info.get(key)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            parts.append(f"{key.replace('_', ' ')} {value:.2f}")
+    return " · ".join(parts)
+
+
+def matrix_title(matrix: Matrix, view: MatrixView | None = None) -> str:
+    """Title of a matrix heatmap: its name, step, sample and example, scores, and whether it was binned."""
+    bits = [f"{token_label(matrix.name)} · step {matrix.step} · sample {matrix.sample}"]
+    if matrix.info.get("example_id"):
+        bits.append(f"example {token_label(matrix.info['example_id'])}")
+    scores = _scores_text(matrix.info)
+    if scores:
+        bits.append(scores)
+    if view is not None and view.binned:
+        bits.append(f"binned from {view.shape[0]}x{view.shape[1]}")
+    return " · ".join(bits)
+
+
+AXIS_NAMES = {"student": "student token (predicted)", "teacher": "teacher token (predicted)"}
+
+
+def _heatmap_trace(view: MatrixView, row_name: str, col_name: str, colorscale: str, **kwargs) -> go.Heatmap:
+    return go.Heatmap(
+        z=view.z,
+        x=view.x,
+        y=view.y,
+        colorscale=colorscale,
+        zmin=0,
+        hovertemplate=f"{row_name} %{{y}}<br>{col_name} %{{x}}<br>weight %{{z:.4f}}<extra></extra>",
+        **kwargs,
+    )
+
+
+def _reference_trace(view: MatrixView) -> go.Scatter:
+    return go.Scatter(
+        x=view.ref_x,
+        y=view.ref_y,
+        mode="markers",
+        name="character overlap (ground truth)",
+        marker={"symbol": "square-open", "size": 9, "color": "#00e5ff", "line": {"width": 1.5}},
+        hoverinfo="skip",
+    )
+
+
+def alignment_heatmap(matrix: Matrix, *, limit: int = MAX_AXIS, colorscale: str = "Viridis") -> go.Figure:
+    """An alignment matrix (CMA's ``t2s_weight``, ``s2t_weight``) as a heatmap.
+
+    Rows and columns are labelled ``"<position> <predicted token>"``; hover shows both tokens with their
+    positions and the weight; the character-overlap ground truth is outlined with open squares; the
+    alignment scores are in the title. Axes longer than ``limit`` are binned (:func:`matrix_view`).
+    """
+    view = matrix_view(matrix, limit)
+    row_side, col_side = matrix.info.get("row_side", "student"), matrix.info.get("col_side", "teacher")
+    fig = go.Figure(_heatmap_trace(view, row_side, col_side, colorscale, colorbar={"title": "weight"}))
+    fig.add_trace(_reference_trace(view))
+    fig.update_layout(
+        title=matrix_title(matrix, view),
+        xaxis={"title": AXIS_NAMES.get(col_side, col_side), "type": "category", "tickangle": -60},
+        yaxis={"title": AXIS_NAMES.get(row_side, row_side), "type": "category", "autorange": "reversed"},
+        height=max(420, min(900, 14 * len(view.y) + 200)),
+        legend={"orientation": "h", "y": -0.25},
+        margin={"t": 60},
+    )
+    return fig
+
+
+def transport_figure(plan: Matrix, cost: Matrix | None = None, *, limit: int = MAX_AXIS) -> go.Figure:
+    """A transport plan ``P [T_t, T_s]`` (teacher rows, student columns) with both token sequences, the
+    ground-truth overlap outlined, and the cost matrix ``C`` beside it when given."""
+    views = [matrix_view(plan, limit)] + ([matrix_view(cost, limit)] if cost is not None else [])
+    fig = make_subplots(
+        rows=1,
+        cols=len(views),
+        horizontal_spacing=0.12,
+        subplot_titles=[f"plan P · {_scores_text(plan.info) or 'no ground truth'}"]
+        + (["cost C"] if cost is not None else []),
+    )
+    fig.add_trace(
+        _heatmap_trace(
+            views[0], "teacher", "student", "Blues", colorbar={"title": "P", "x": 0.44 if cost is not None else 1.02}
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(_reference_trace(views[0]), row=1, col=1)
+    if cost is not None:
+        trace = _heatmap_trace(views[1], "teacher", "student", "Reds", colorbar={"title": "C"})
+        trace.hovertemplate = trace.hovertemplate.replace("weight", "cost")
+        fig.add_trace(trace, row=1, col=2)
+    for col in range(1, len(views) + 1):
+        fig.update_xaxes(title_text="student token", type="category", tickangle=-60, row=1, col=col)
+        fig.update_yaxes(title_text="teacher token", type="category", autorange="reversed", row=1, col=col)
+    fig.update_layout(
+        title=matrix_title(plan, views[0]).replace(token_label(plan.name), "transport plan", 1),
+        height=max(420, min(900, 14 * len(views[0].y) + 200)),
+        legend={"orientation": "h", "y": -0.3},
+    )
+    return fig
+
+
+def vocab_map_table(
+    run: Run,
+    step: int | None = None,
+    sample: int = 0,
+    *,
+    teacher_tokens: Sequence[str] | Mapping[int, str] | None = None,
+    student_tokens: Sequence[str] | Mapping[int, str] | None = None,
+) -> go.Figure:
+    """The recorded top-k teacher <-> student id map (``vocab_map`` table) at ``step`` as a table of token
+    strings (ids when no vocabulary is given; pass ``tokenizer.convert_ids_to_tokens`` results or an
+    id -> string mapping)."""
+    table = run.table("vocab_map")
+    if table.empty:
+        return message_figure(
+            "no top-k vocabulary map recorded (only optimal-transport methods record one)", "vocabulary map"
+        )
+    steps = sorted(table["step"].unique())
+    step = steps[-1] if step is None else max((s for s in steps if s <= step), default=steps[0])
+    rows = table[(table["step"] == step) & (table["sample"] == sample)].sort_values("rank")
+
+    def name(vocab, i: int) -> str:
+        if vocab is None:
+            return str(i)
+        try:
+            return f"{token_label(vocab[i])} ({i})"
+        except (IndexError, KeyError):
+            return str(i)
+
+    cells = [
+        rows["rank"].tolist(),
+        [name(teacher_tokens, int(i)) for i in rows["teacher_id"]],
+        [name(student_tokens, int(i)) for i in rows["student_id"]],
+    ]
+    fig = go.Figure(go.Table(header={"values": ["rank", "teacher token", "student token"]}, cells={"values": cells}))
+    fig.update_layout(
+        title=f"top-k vocabulary map · step {int(step)} · sample {sample}", height=min(700, 120 + 24 * len(rows))
+    )
+    return fig
+
+
+# tokens ------------------------------------------------------------------------------------------------
+def top_tokens(logits, id_to_token, k: int = 5) -> list[list[tuple[str, float]]]:
+    """Top-``k`` next tokens with probabilities per position of ``logits [T, V]`` (a tensor or array);
+    ``id_to_token`` maps a list of ids to strings (e.g. ``tokenizer.convert_ids_to_tokens``)."""
+    import torch
+
+    probs = torch.as_tensor(logits).float().softmax(-1)
+    values, ids = probs.topk(min(k, probs.shape[-1]), dim=-1)
+    return [list(zip(id_to_token(i.tolist()), v.tolist(), strict=True)) for i, v in zip(ids, values, strict=True)]
+
+
+def _top_text(entries: Sequence[tuple[str, float]]) -> str:
+    return "<br>".join(f"  {token_label(t)} {p:.3f}" for t, p in entries)
+
+
+TOKEN_VALUES = {"token_kd": "KD loss", "token_ce": "CE loss", "fkl": "FKL", "rkl": "RKL", "rkl_share": "RKL share"}
+
+
+def token_losses(
+    run: Run,
+    step: int,
+    sample: int = 0,
+    *,
+    value: str = "token_kd",
+    top: Mapping[int, tuple[Sequence[tuple[str, float]], Sequence[tuple[str, float]]]] | None = None,
+    per_line: int = TOKENS_PER_LINE,
+) -> go.Figure:
+    """The response of one sampled sequence as tokens coloured by a per-token quantity.
+
+    ``value``: a column of the tokens table (``token_kd``, ``token_ce``, ``fkl``, ``rkl``, ...) or
+    ``"rkl_share"`` (``rkl / (fkl + rkl)``: red where the student over-covers, blue where it under-covers).
+    ``top``: optional ``position -> (teacher top-k, student top-k)`` lists of ``(token, probability)``
+    (see :func:`top_tokens`), shown on hover. Tokens wrap every ``per_line``.
+    """
+    rows = _sample_rows(run.tokens(), step, sample)
+    if value == "rkl_share" and {"fkl", "rkl"} <= set(rows.columns):
+        rows = rows.assign(rkl_share=rows["rkl"] / (rows["fkl"] + rows["rkl"]).where(lambda s: s > 0))
+    if rows.empty or value not in rows.columns:
+        have = [
+            c for c in rows.columns if c not in ("step", "sample", "example_id", "position", "token", "input_token")
+        ]
+        return message_figure(
+            f"no per-token {value!r} for sample {sample} at step {step} (recorded: {have})", "per-token loss"
+        )
+    n = len(rows)
+    lines = max(1, math.ceil(n / per_line))
+    z = np.full((lines, per_line), np.nan)
+    text = np.full((lines, per_line), "", dtype=object)
+    hover = np.full((lines, per_line), "", dtype=object)
+    for k, row in enumerate(rows.itertuples(index=False)):
+        i, j = divmod(k, per_line)
+        v = getattr(row, value)
+        z[i, j] = v
+        text[i, j] = token_label(row.token)
+        tip = f"position {row.position}<br>predicts {token_label(row.token)}"
+        if hasattr(row, "input_token"):
+            tip += f" (after {token_label(row.input_token)})"
+        tip += f"<br>{TOKEN_VALUES.get(value, token_label(value))} {v:.4f}"
+        if top and int(row.position) in top:
+            teacher, student = top[int(row.position)]
+            tip += f"<br>teacher top-{len(teacher)}:<br>{_top_text(teacher)}"
+            tip += f"<br>student top-{len(student)}:<br>{_top_text(student)}"
+        hover[i, j] = tip
+    share = value == "rkl_share"
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            text=text,
+            customdata=hover,
+            texttemplate="%{text}",
+            textfont={"size": 12},
+            colorscale="RdBu_r" if share else "YlOrRd",
+            zmid=0.5 if share else None,
+            hovertemplate="%{customdata}<extra></extra>",
+            xgap=2,
+            ygap=2,
+            colorbar={"title": TOKEN_VALUES.get(value, token_label(value))},
+        )
+    )
+    example = rows["example_id"].iloc[0]
+    fig.update_layout(
+        title=f"{TOKEN_VALUES.get(value, token_label(value))} per token · step {step} · sample {sample} · "
+        f"example {token_label(example)}",
+        xaxis={"visible": False},
+        yaxis={"visible": False, "autorange": "reversed"},
+        height=120 + 36 * lines,
+        margin={"t": 50, "b": 10},
+    )
+    return fig
+
+
+def tokenizer_comparison(
+    text: str,
+    offsets_a: Sequence[tuple[int, int]],
+    offsets_b: Sequence[tuple[int, int]],
+    tokens_a: Sequence[str],
+    tokens_b: Sequence[str],
+    *,
+    names: tuple[str, str] = ("student", "teacher"),
+) -> go.Figure:
+    """One text as two tokenisations aligned by characters (x axis: character index), each token a box
+    coloured by the kind of region it belongs to (one-to-one, one-to-many = B splits, many-to-one = B
+    merges, many-to-many, unmatched); the characters themselves on a third row."""
+    overlap = overlap_matrix(offsets_a, offsets_b, text)
+    kind_a, kind_b = ["unmatched"] * len(tokens_a), ["unmatched"] * len(tokens_b)
+    for region in regions(offsets_a, offsets_b, text, overlap):
+        for i in region.rows:
+            kind_a[i] = region.kind
+        for j in region.cols:
+            kind_b[j] = region.kind
+    fig = go.Figure()
+    legend_done: set[str] = set()
+    for side, offsets, tokens, kinds in (
+        (names[0], offsets_a, tokens_a, kind_a),
+        (names[1], offsets_b, tokens_b, kind_b),
+    ):
+        for kind in KINDS:
+            idx = [k for k, (s, e) in enumerate(offsets) if kinds[k] == kind and e > s]
+            if not idx:
+                continue
+            fig.add_trace(
+                go.Bar(
+                    y=[token_label(side)] * len(idx),
+                    x=[offsets[k][1] - offsets[k][0] for k in idx],
+                    base=[offsets[k][0] for k in idx],
+                    orientation="h",
+                    name=kind,
+                    legendgroup=kind,
+                    showlegend=kind not in legend_done,
+                    marker={"color": KIND_COLOURS[kind], "line": {"color": "#333", "width": 1}},
+                    text=[token_label(tokens[k]) for k in idx],
+                    textposition="inside",
+                    insidetextanchor="middle",
+                    customdata=[[k, offsets[k][0], offsets[k][1], kind] for k in idx],
+                    hovertemplate=f"{token_label(side)} token %{{customdata[0]}}: %{{text}}<br>"
+                    "characters %{customdata[1]}-%{customdata[2]}<br>%{customdata[3]}<extra></extra>",
+                )
+            )
+            legend_done.add(kind)
+    chars = [token_label(ch) if not ch.isspace() else "·" for ch in text]
+    fig.add_trace(
+        go.Scatter(
+            x=[k + 0.5 for k in range(len(text))],
+            y=["text"] * len(text),
+            mode="text",
+            text=chars,
+            showlegend=False,
+            hovertemplate="character %{x:.0f}: %{text}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        barmode="overlay",
+        title=f"tokenizer comparison · {len(tokens_a)} {token_label(names[0])} vs "
+        f"{len(tokens_b)} {token_label(names[1])} tokens",
+        xaxis={"title": "character", "range": [0, max(len(text), 1)]},
+        yaxis={
+            "title": "",
+            "categoryorder": "array",
+            "categoryarray": ["text", token_label(names[1]), token_label(names[0])],
+        },
+        height=300,
+        legend={"orientation": "h", "y": -0.35},
+        margin={"t": 50},
+    )
+    return fig
+
+
+# numerics and results ----------------------------------------------------------------------------------
+NUMERIC_PREFIXES = ("grad_norm/", "numerics/", "lr")
+
+
+def numerics(run: Run) -> go.Figure:
+    """Gradient norms, learning rates and numerical events (non-finite terms, NaN counts, empty masks,
+    AKL 0/0 fallbacks) over steps."""
+    scalars = run.scalars
+    names = sorted(n for n in set(scalars["name"]) if n.startswith(NUMERIC_PREFIXES))
+    if not names:
+        return message_figure("no gradient norms, learning rates or numerics recorded", "numerics")
+    groups = (("gradient norm", "grad_norm/"), ("learning rate", "lr"), ("numerical events (counts)", "numerics/"))
+    present = [(t, p) for t, p in groups if any(n.startswith(p) for n in names)]
+    fig = make_subplots(
+        rows=len(present), cols=1, shared_xaxes=True, subplot_titles=[t for t, _ in present], vertical_spacing=0.08
+    )
+    for row, (_, prefix) in enumerate(present, start=1):
+        for name in (n for n in names if n.startswith(prefix)):
+            sel = scalars[scalars["name"] == name]
+            fig.add_trace(
+                go.Scattergl(x=sel["step"], y=sel["value"], mode="lines", name=token_label(name)), row=row, col=1
+            )
+    fig.update_xaxes(title_text="step", row=len(present), col=1)
+    fig.update_layout(title="numerics", height=180 + 170 * len(present), margin={"t": 70})
+    return fig
+
+
+RESULT_TERMS = (
+    "loss",
+    "kd",
+    "ce",
+    "student_acc",
+    "top1_agreement",
+    "t2s_acc",
+    "s2t_acc",
+    "alignment/t2s_weight/argmax_overlap",
+    "alignment/t2s_weight/overlap_mass",
+)
+
+
+def results_table(runs: Run | Mapping[str, Run] | Sequence[Run], last: int = 10) -> pd.DataFrame:
+    """One row per run: method, steps, tokens seen and the mean of each main term over its last ``last``
+    logged steps (labels escaped for display)."""
+    rows = []
+    for label, run in _as_runs(runs).items():
+        scalars = run.scalars
+        row: dict[str, object] = {"run": label}
+        steps = sorted(scalars["step"].unique())
+        row["steps"] = int(steps[-1]) + 1 if steps else 0
+        seen = scalars.loc[scalars["name"] == "tokens_seen", "value"]
+        row["tokens seen"] = int(seen.iloc[-1]) if len(seen) else None
+        tail = scalars[scalars["step"].isin(steps[-last:])]
+        means = tail.groupby("name")["value"].mean()
+        for term in RESULT_TERMS:
+            if term in means:
+                row[term.replace("alignment/t2s_weight/", "align ")] = round(float(means[term]), 4)
+        rows.append(row)
+    return pd.DataFrame(rows)
