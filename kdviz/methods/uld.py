@@ -1,0 +1,245 @@
+"""Universal logit distillation (ULD, METHODS.md section 5): a Wasserstein-1 distance between sorted
+distributions, which needs no shared vocabulary.
+
+At each paired position, with ``q = softmax(z_s / tau)`` ``[V_s]`` and ``p = softmax(z_t / tau)`` ``[V_t]``
+sorted in descending order and the shorter zero-padded to ``V = max(V_s, V_t)``::
+
+    W1 = sum_{i < V} |q_(i) - p_(i)|        (= V * ot.wasserstein_1d(q_pad, p_pad))
+    loss = ce_weight * CE(z_s, y) + kd_weight * mean_{paired positions} W1
+
+The gradient is closed-form: ``dW1/dq_(i) = sign(q_(i) - p_(i))`` pushed back through the sort and the
+softmax. With ``top_k = k`` the sum runs over the ``k`` largest entries of each side plus one residual
+term ``|(1 - sum_k q) - (1 - sum_k p)|`` (a lower bound of the exact value; never the default).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kdviz._chunked import auto_chunk_rows
+from kdviz._rows import compute_dtype
+from kdviz.align.positions import index_pairs, overlap_pairs
+from kdviz.align.scores import alignment_scores
+from kdviz.methods._common import attach_models, check_weights, cross_entropy, masked_mean, run_models
+from kdviz.methods.base import KDBatch, KDOutput
+
+POSITIONS = ("index", "offsets")
+
+
+def _w1_chunk(z_s: torch.Tensor, z_t: torch.Tensor, tau: float, top_k: int | None):
+    """Per-row W1 ``[c]`` and ``dW1/dz_s`` ``[c, V_s]`` of one chunk (float32; float64 stays float64)."""
+    dtype = compute_dtype(z_s.dtype)
+    q = torch.softmax(z_s.to(dtype) / tau, -1)
+    p = torch.softmax(z_t.to(dtype) / tau, -1)
+    if top_k is None:
+        q_sorted, order = q.sort(-1, descending=True)
+        p_sorted = p.sort(-1, descending=True).values
+        common = min(q.shape[-1], p.shape[-1])
+        diff = q_sorted[:, :common] - p_sorted[:, :common]
+        values = diff.abs().sum(-1) + q_sorted[:, common:].sum(-1) + p_sorted[:, common:].sum(-1)
+        sign = torch.ones_like(q_sorted)  # past V_t the teacher is padded with zeros: d|q - 0|/dq = 1
+        sign[:, :common] = diff.sign()
+        g = torch.empty_like(q).scatter_(-1, order, sign)
+    else:
+        q_top, order = q.topk(top_k, -1)
+        p_top = p.topk(top_k, -1).values
+        diff = q_top - p_top
+        residual = p_top.sum(-1) - q_top.sum(-1)  # (1 - sum_k q) - (1 - sum_k p)
+        values = diff.abs().sum(-1) + residual.abs()
+        g = residual.sign()[:, None].expand_as(q).clone().scatter_(-1, order, diff.sign())
+    grad = q * (g - (q * g).sum(-1, keepdim=True)) / tau
+    return values, grad
+
+
+class _SortedW1(torch.autograd.Function):
+    """Rows of student and teacher logits -> per-row W1, with the gradient computed chunk by chunk."""
+
+    @staticmethod
+    def forward(ctx, z_s, z_t, tau, top_k, chunk_rows):
+        n = z_s.shape[0]
+        values = z_s.new_empty(n, dtype=compute_dtype(z_s.dtype))
+        grad = torch.empty_like(z_s)
+        for start in range(0, n, chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            values[rows], g = _w1_chunk(z_s[rows], z_t[rows], tau, top_k)
+            grad[rows] = g
+        ctx.save_for_backward(grad)
+        return values
+
+    @staticmethod
+    def backward(ctx, grad_values):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_values[:, None].to(grad.dtype), None, None, None, None
+
+
+def sorted_w1(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    tau: float = 1.0,
+    top_k: int | None = None,
+    chunk_rows: int | None = None,
+) -> torch.Tensor:
+    """Per-row ULD distance ``[N]`` between rows of ``student_logits [N, V_s]`` and ``teacher_logits [N, V_t]``.
+
+    Exact (full sort) unless ``top_k`` is given (top-k plus residual, see the module docstring). Gradients
+    reach the student logits only; the teacher is a constant. Rows are processed in chunks of
+    ``chunk_rows`` (default: about 4 MiB of float32 per intermediate).
+    """
+    if student_logits.dim() != 2 or teacher_logits.dim() != 2 or len(student_logits) != len(teacher_logits):
+        raise ValueError(
+            f"expected [N, V_s] and [N, V_t] logits, got {tuple(student_logits.shape)} and "
+            f"{tuple(teacher_logits.shape)}"
+        )
+    v_s, v_t = student_logits.shape[-1], teacher_logits.shape[-1]
+    if top_k is not None and not (isinstance(top_k, int) and 0 < top_k <= min(v_s, v_t)):
+        raise ValueError(
+            f"top_k={top_k!r} must be a positive integer no larger than both vocabularies (V_s={v_s}, V_t={v_t})"
+        )
+    for name, x in (("student_logits", student_logits), ("teacher_logits", teacher_logits)):
+        if bool(torch.isnan(x).any()):
+            first = torch.isnan(x).nonzero()[0].tolist()
+            raise ValueError(f"{name} contains NaN (first at index {first})")
+    if len(student_logits) == 0:
+        return student_logits.new_zeros(0, dtype=torch.float32) + 0 * student_logits.sum()
+    chunk = chunk_rows or auto_chunk_rows(max(v_s, v_t))
+    return _SortedW1.apply(student_logits, teacher_logits.detach(), tau, top_k, chunk)
+
+
+def target_spans(offsets: torch.Tensor) -> torch.Tensor:
+    """``[B, T, 2]`` character spans of the token each position predicts (offsets shifted by one)."""
+    out = torch.zeros_like(offsets)
+    out[:, :-1] = offsets[:, 1:]
+    return out
+
+
+class ULD(nn.Module):
+    """Universal logit distillation: sorted-distribution W1 at paired positions, for any two vocabularies.
+
+    ``ULD(student=None, teacher=None, *, positions="index", ce_weight=1.0, kd_weight=1.5, tau=1.0,
+    top_k=None, ranks=10, chunk_rows=None)``
+
+    - ``positions``: ``"index"`` (published) pairs the ``k``-th response position of each side, over
+      ``min(len_s, len_t)`` positions; ``"offsets"`` pairs each student position with the teacher
+      position whose predicted token overlaps its own the most in characters (EOS with EOS).
+    - ``ce_weight``, ``kd_weight``: the paper's 1.0 and 1.5; ``tau`` divides both sides (1.0).
+    - ``top_k``: None (default) for the exact full sort; an integer for the top-k-plus-residual
+      approximation.
+    - ``ranks``: how many ranks of each side to record in the diagnostics.
+
+    The method has no parameters; it runs the models it holds unless given their outputs.
+
+    Terms: ``loss``, ``ce``, ``kd`` (also in ``parts``), ``paired_fraction`` (share of student response
+    positions with a teacher partner), ``student_acc``, and the pairing's scores against the
+    character-overlap ground truth (``align_argmax_overlap``, ``align_overlap_mass``,
+    ``align_row_entropy``, ``align_scored_rows``). Diagnostics: ``token_kd`` and ``token_ce`` ``[B, T_s]``,
+    ``pair_index`` ``[B, T_s]`` (teacher position or -1), ``pairing`` ``[B, T_s, T_t]`` (one-hot rows),
+    the rank matching ``rank_ids_student`` / ``rank_ids_teacher`` ``[B, T_s, r]`` (ids at ranks
+    ``0..r-1``, -1 where unpaired) with ``rank_probs_student`` / ``rank_probs_teacher``, the masks,
+    ``student_target_ids`` and both logits.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module | None = None,
+        teacher: nn.Module | None = None,
+        *,
+        positions: str = "index",
+        ce_weight: float = 1.0,
+        kd_weight: float = 1.5,
+        tau: float = 1.0,
+        top_k: int | None = None,
+        ranks: int = 10,
+        chunk_rows: int | None = None,
+    ) -> None:
+        super().__init__()
+        check_weights(ce_weight, kd_weight, tau)
+        if positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
+        if top_k is not None and not (isinstance(top_k, int) and top_k > 0):
+            raise ValueError(f"top_k must be None (exact) or a positive integer, got {top_k!r}")
+        if not (isinstance(ranks, int) and ranks > 0):
+            raise ValueError(f"ranks must be a positive integer, got {ranks!r}")
+        self.positions, self.top_k, self.ranks, self.chunk_rows = positions, top_k, ranks, chunk_rows
+        self.ce_weight, self.kd_weight, self.tau = ce_weight, kd_weight, tau
+        attach_models(self, student, teacher)
+
+    def extra_repr(self) -> str:
+        return (
+            f"positions={self.positions!r}, ce_weight={self.ce_weight}, kd_weight={self.kd_weight}, "
+            f"tau={self.tau}, top_k={self.top_k}"
+        )
+
+    def pair_index(self, batch: KDBatch) -> torch.Tensor:
+        """``[B, T_s]``: the teacher position paired with each student position (-1: none)."""
+        mask_s, mask_t = batch.student_mask, batch.teacher_mask
+        if self.positions == "offsets":
+            return overlap_pairs(
+                target_spans(batch.student_offsets),
+                target_spans(batch.teacher_offsets),
+                mask_s,
+                mask_t,
+                batch.target_alignment(),
+            )
+        s_pos, t_pos, valid = index_pairs(mask_s, mask_t)
+        pair = torch.full(mask_s.shape, -1, dtype=torch.long, device=mask_s.device)
+        rows = torch.arange(len(pair), device=pair.device)[:, None].expand_as(s_pos)
+        pair[rows[valid], s_pos[valid]] = t_pos[valid]
+        return pair
+
+    def forward(self, batch: KDBatch, student_outputs=None, teacher_outputs=None) -> KDOutput:
+        s_out, t_out = run_models(self, batch, student_outputs, teacher_outputs, hidden=False)
+        z_s, z_t = s_out.logits, t_out.logits.detach()
+        targets, mask_s, mask_t = batch.student_targets, batch.student_mask, batch.teacher_mask
+        pair = self.pair_index(batch)
+        paired = pair >= 0
+        b_idx, s_idx = paired.nonzero(as_tuple=True)
+        t_idx = pair[b_idx, s_idx]
+        values = sorted_w1(
+            z_s[b_idx, s_idx], z_t[b_idx, t_idx], tau=self.tau, top_k=self.top_k, chunk_rows=self.chunk_rows
+        )
+        kd = values.sum() / paired.sum().clamp(min=1)
+        ce, token_ce = cross_entropy(z_s, targets)
+        loss = self.ce_weight * ce + self.kd_weight * kd
+        parts = {"ce": ce, "kd": kd}
+        with torch.no_grad():
+            token_kd = torch.zeros(mask_s.shape, device=z_s.device).index_put((b_idx, s_idx), values.detach())
+            pairing = torch.zeros(*mask_s.shape, z_t.shape[1], device=z_s.device)
+            pairing[b_idx, s_idx, t_idx] = 1.0
+            reference = batch.target_alignment() & mask_t[:, None, :]
+            scores = alignment_scores(pairing, reference, mask_s)
+            terms = {
+                "loss": loss.detach(),
+                **{name: value.detach() for name, value in parts.items()},
+                "paired_fraction": masked_mean(paired, mask_s),
+                "student_acc": masked_mean(z_s.argmax(-1) == targets, mask_s),
+                **{f"align_{name}": value for name, value in scores.items()},
+            }
+            diagnostics = {
+                "token_kd": token_kd,
+                "token_ce": token_ce.detach(),
+                "pair_index": pair,
+                "pairing": pairing,
+                **self._rank_matching(z_s, z_t, b_idx, s_idx, t_idx),
+                "student_mask": mask_s,
+                "teacher_mask": mask_t,
+                "student_target_ids": targets,
+                "student_logits": z_s.detach(),
+                "teacher_logits": z_t,
+            }
+        return KDOutput(loss, terms, diagnostics, parts)
+
+    def _rank_matching(self, z_s, z_t, b_idx, s_idx, t_idx) -> dict[str, torch.Tensor]:
+        """Top-``r`` ids and probabilities of both sides at each paired student position (rank ``i`` is
+        compared with rank ``i``)."""
+        r = min(self.ranks, z_s.shape[-1], z_t.shape[-1])
+        shape = (*z_s.shape[:2], r)
+        out = {}
+        for side, logits, rows in (("student", z_s, s_idx), ("teacher", z_t, t_idx)):
+            top = torch.softmax(logits[b_idx, rows].float() / self.tau, -1).topk(r, -1)
+            ids = torch.full(shape, -1, dtype=torch.long, device=z_s.device)
+            probs = torch.zeros(shape, device=z_s.device)
+            ids[b_idx, s_idx], probs[b_idx, s_idx] = top.indices, top.values
+            out[f"rank_ids_{side}"], out[f"rank_probs_{side}"] = ids, probs
+        return out
