@@ -31,8 +31,8 @@ class Transport:
     """A batch of plans ``[B, N, M]`` and what the solver did.
 
     ``value`` ``[B]`` is ``<P_b, C_b>`` (attached to ``C`` according to ``grad``); ``iterations`` the
-    number of Sinkhorn rounds run; ``marginal_error`` the largest absolute deviation of a row or column
-    sum of any plan from its marginal, relative to the marginal's total mass.
+    number of Sinkhorn rounds run; ``marginal_error`` the largest deviation of a row or column sum of any
+    plan from its marginal, relative to that marginal entry (``|P 1 - a|_i / a_i``).
     """
 
     plan: torch.Tensor
@@ -104,8 +104,7 @@ def sinkhorn_plans(
     plan = plan.index_copy(0, live, p.to(plan.dtype))
     value = value.index_copy(0, live, live_value.to(value.dtype))
     with torch.no_grad():
-        scale = a.sum(-1, keepdim=True)
-        error = torch.maximum(
-            ((p.sum(-1) - a) / scale).abs().amax(), ((p.sum(-2) - w) / w.sum(-1, keepdim=True)).abs().amax()
-        )
+        row_error = torch.where(a > 0, (p.sum(-1) - a).abs() / a.clamp_min(1e-30), 0.0).amax()
+        col_error = torch.where(w > 0, (p.sum(-2) - w).abs() / w.clamp_min(1e-30), 0.0).amax()
+        error = torch.maximum(row_error, col_error)
     return Transport(plan, value, int(result.log["n_iter"]) + 1, float(error))

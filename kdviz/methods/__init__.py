@@ -4,6 +4,9 @@
 - :class:`VanillaKD`: same tokenizer, any divergence of :data:`kdviz.DIVERGENCES`.
 - :class:`DSKD`: dual-space KD, same tokenizer (METHODS.md section 3).
 - :class:`CMA`: DSKD with cross-model attention, different tokenizers (section 4).
+- :class:`ULD`: universal logit distillation, W1 between sorted distributions (section 5).
+- :class:`MinED`: minimum-edit-distance token alignment and vocabulary map (section 6).
+- :class:`MultiLevelOT`: token- and sequence-level optimal transport, HAD + SL + SD (section 7).
 
 Batches come from :class:`KDCollator`; see :class:`KDBatch` for the fields.
 """
@@ -11,7 +14,10 @@ Batches come from :class:`KDCollator`; see :class:`KDBatch` for the fields.
 from kdviz.methods.base import IGNORE, KDBatch, KDCollator, KDOutput, Method, next_token_targets
 from kdviz.methods.cma import CMA
 from kdviz.methods.dskd import DSKD
+from kdviz.methods.mined import MinED
+from kdviz.methods.multilevel_ot import MultiLevelOT
 from kdviz.methods.sft import SFT
+from kdviz.methods.uld import ULD
 from kdviz.methods.vanilla import VanillaKD
 
 __all__ = [
@@ -22,7 +28,10 @@ __all__ = [
     "KDCollator",
     "KDOutput",
     "Method",
+    "MinED",
+    "MultiLevelOT",
     "SFT",
+    "ULD",
     "VanillaKD",
     "next_token_targets",
 ]
