@@ -202,3 +202,14 @@ def test_head_tail_aggregates_are_capped_to_strided_tokens():
     assert int(thinned.sum()) == 256 and not bool((thinned & ~mask).any())
     assert thinned[0].any() and thinned[-1].any()  # spread over the whole batch
     torch.testing.assert_close(_strided(mask[:1, :20], 256), mask[:1, :20])
+
+
+def test_head_tail_uses_the_shared_vocabulary_alone_when_present(tmp_path):
+    out = make_output(0)
+    logits = out.diagnostics["student_logits"]
+    out.diagnostics["teacher_logits"] = logits.flip(-1)  # same vocabulary and length as the student
+    out.diagnostics["s2t_logits"] = logits
+    with Recorder(tmp_path / "run", every=1) as rec:
+        rec.log(0, make_batch(), out)
+    run = open_run(tmp_path / "run")
+    assert set(run.head_tail()["space"]) == {"shared"} and run.meta["notes"]["head_tail_token_space"] == "shared"

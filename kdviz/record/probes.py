@@ -26,10 +26,11 @@ probe          runs              records
 =============  ================  ===================================================================
 
 Head/tail spaces: ``shared`` compares ``student_logits`` with ``teacher_logits`` when the vocabularies
-are the same (teacher's head in the common vocabulary); ``t2s`` compares ``student_logits`` with
-``t2s_logits`` (DSKD/CMA's teacher projected into the student vocabulary); ``s2t`` compares
-``s2t_logits`` with ``teacher_logits`` (the student projected into the teacher vocabulary). Every space
-whose pair is present with equal shapes is aggregated; the per-token columns come from the first one.
+are the same (the teacher's head in the common vocabulary); it is the only space recorded when present.
+Otherwise (different vocabularies) every projected space present is recorded: ``t2s`` compares
+``student_logits`` with ``t2s_logits`` (DSKD/CMA's teacher projected into the student vocabulary) and
+``s2t`` compares ``s2t_logits`` with ``teacher_logits`` (the student projected into the teacher
+vocabulary). The per-token columns come from the first space on the student's positions.
 """
 
 from __future__ import annotations
@@ -155,12 +156,19 @@ def _offending_rows(view: BatchView) -> list[int]:
 
 
 # recorded steps --------------------------------------------------------------------------------------
-def probe_head_tail(view: BatchView, rec: StepRecord) -> str | None:
-    per_token_done = False
+def _logit_pairs(view: BatchView) -> list[tuple[str, torch.Tensor, torch.Tensor, str]]:
+    """The head/tail spaces present: ``shared`` alone when it exists, else the projected ones."""
+    found = []
     for space, s_name, t_name, side in HEAD_TAIL_SPACES:
         s, t = view.diagnostics.get(s_name), view.diagnostics.get(t_name)
-        if not (isinstance(s, torch.Tensor) and isinstance(t, torch.Tensor) and s.shape == t.shape and s.dim() == 3):
-            continue
+        if isinstance(s, torch.Tensor) and isinstance(t, torch.Tensor) and s.shape == t.shape and s.dim() == 3:
+            found.append((space, s.detach(), t.detach(), side))
+    return found[:1] if found and found[0][0] == "shared" else found
+
+
+def probe_head_tail(view: BatchView, rec: StepRecord) -> str | None:
+    per_token_done = False
+    for space, s, t, side in _logit_pairs(view):
         mask = view.mask(side)
         if mask is None or mask.shape != s.shape[:2]:
             mask = torch.ones(s.shape[:2], dtype=torch.bool)
@@ -170,7 +178,7 @@ def probe_head_tail(view: BatchView, rec: StepRecord) -> str | None:
         rows = [x.row for x in rec.samples] if not per_token_done and side == "student" else []
         wanted[rows] |= mask[rows]
         # one pass over the aggregated tokens and the sampled sequences' tokens
-        stats = head_tail(s.detach(), t.detach(), wanted).as_dict()
+        stats = head_tail(s, t, wanted).as_dict()
         if bool(chosen.any()):
             names = list(stats)
             table = torch.stack([stats[n][chosen].float() for n in names])  # [S, N]
