@@ -100,7 +100,7 @@ class Panel:
         tab: int | None,
     ):
         self.build, self.steps, self.tab = build, steps, tab
-        self.shown = self._key(step, sample)
+        self.shown: tuple[int | None, int] | None = self._key(step, sample)
         self.widget = go.FigureWidget(build(self.shown[0], sample))
 
     def _key(self, step: int | None, sample: int) -> tuple[int | None, int]:
@@ -350,9 +350,11 @@ class Dashboard(_Views):
         self.run.refresh()
         if len(self.run.scalars) == before:
             return False
+        for panel in self.panels:
+            panel.shown = None  # hidden tabs redraw when shown
         self.controls.set_steps(_recorded_steps(self.run))
         self._header()
-        self.update(force=True)
+        self.update()
         return True
 
     def start(self, interval: float = 2.0) -> None:
