@@ -1,0 +1,99 @@
+"""Batched position transport (kdviz.align.transport) against POT's single-problem ``ot.sinkhorn``."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import ot
+import pytest
+import torch
+
+from kdviz.align.transport import sinkhorn_plans
+
+LENGTHS = [(7, 9), (4, 5), (9, 3), (0, 3)]
+
+
+def padded_problem(dtype=torch.float64):
+    torch.manual_seed(0)
+    cost = torch.rand(len(LENGTHS), 9, 9, dtype=dtype) * 2
+    rows = torch.zeros(len(LENGTHS), 9, dtype=torch.bool)
+    cols = torch.zeros_like(rows)
+    for b, (n, m) in enumerate(LENGTHS):
+        rows[b, :n], cols[b, :m] = True, True
+    return cost, rows, cols
+
+
+def pot_plan(cost: np.ndarray, reg: float, n_iter: int) -> np.ndarray:
+    """``ot.sinkhorn`` (log domain) with uniform marginals. POT's single solver updates ``v`` first and the
+    batch solver ``u`` first, so the oracle solves the transposed problem: the same iterates."""
+    n, m = cost.shape
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = ot.sinkhorn(np.ones(m) / m, np.ones(n) / n, cost.T, reg, method="sinkhorn_log",
+                           numItermax=n_iter, stopThr=0.0)
+    return plan.T
+
+
+@pytest.mark.parametrize("n_iter", [1, 20, 200])
+def test_each_padded_plan_equals_pot_sinkhorn(n_iter):
+    cost, rows, cols = padded_problem()
+    found = sinkhorn_plans(cost, rows, cols, reg=0.1, n_iter=n_iter)
+    assert found.iterations == n_iter
+    for b, (n, m) in enumerate(LENGTHS):
+        plan = found.plan[b]
+        assert float(plan[n:].abs().sum() + plan[:, m:].abs().sum()) == 0.0
+        if n == 0:
+            assert float(found.value[b]) == 0.0
+            continue
+        want = pot_plan(cost[b, :n, :m].numpy(), 0.1, n_iter)
+        np.testing.assert_allclose(plan[:n, :m].numpy(), want, atol=1e-12)  # float64: to rounding
+        assert float(found.value[b]) == pytest.approx(float((plan * cost[b]).sum()), rel=1e-12)
+
+
+def test_float32_and_the_reported_marginal_error():
+    cost, rows, cols = padded_problem(torch.float32)
+    found = sinkhorn_plans(cost, rows, cols, reg=0.1, n_iter=20)
+    worst = 0.0
+    for b, (n, m) in enumerate(LENGTHS[:3]):
+        want = pot_plan(cost[b, :n, :m].double().numpy(), 0.1, 20)
+        np.testing.assert_allclose(found.plan[b, :n, :m].numpy(), want, atol=1e-6)  # float32 tolerance
+        plan = found.plan[b, :n, :m].double()
+        worst = max(worst, float((plan.sum(1) * n - 1).abs().max()), float((plan.sum(0) * m - 1).abs().max()))
+    assert found.marginal_error == pytest.approx(worst, rel=1e-3, abs=1e-6)
+    assert found.marginal_error < 0.1
+
+
+def test_unit_mass_and_early_stop():
+    cost, rows, _ = padded_problem()
+    found = sinkhorn_plans(cost, rows, rows, reg=0.1, n_iter=500, tol=1e-9, mass="unit")
+    assert found.iterations < 500 and found.marginal_error < 1e-6
+    for b, (n, _) in enumerate(LENGTHS):
+        plan = found.plan[b, :n, :n]
+        assert torch.allclose(plan.sum(0), torch.ones(n, dtype=plan.dtype), atol=1e-8)
+        assert torch.allclose(plan.sum(1), torch.ones(n, dtype=plan.dtype), atol=1e-6)
+    with pytest.raises(ValueError, match="as many rows as columns"):
+        sinkhorn_plans(*padded_problem(), mass="unit")
+
+
+def test_gradients_envelope_and_autodiff():
+    cost, rows, cols = padded_problem(torch.float32)
+    for grad in ("envelope", "autodiff"):
+        leaf = cost.clone().requires_grad_()
+        found = sinkhorn_plans(leaf, rows, cols, reg=0.1, n_iter=20, grad=grad)
+        found.value.sum().backward()
+        assert torch.isfinite(leaf.grad).all()
+        assert float(leaf.grad[~(rows[:, :, None] & cols[:, None, :])].abs().max()) == 0.0
+        if grad == "envelope":  # d<P, C>/dC with P held fixed is P itself
+            assert torch.allclose(leaf.grad, found.plan.detach())
+
+
+def test_all_empty_and_bad_arguments():
+    cost = torch.rand(2, 3, 3)
+    empty = torch.zeros(2, 3, dtype=torch.bool)
+    found = sinkhorn_plans(cost, empty, empty)
+    assert float(found.plan.abs().sum()) == 0.0 and found.iterations == 0
+    with pytest.raises(ValueError, match="row_mask"):
+        sinkhorn_plans(cost, empty[:, :2], empty)
+    with pytest.raises(ValueError, match="reg must be positive"):
+        sinkhorn_plans(cost, empty, empty, reg=0.0)
