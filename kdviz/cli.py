@@ -1,4 +1,4 @@
-"""The ``kdviz`` command line: ``kdviz demo``."""
+"""The ``kdviz`` command line: ``kdviz demo`` (distil the embedded teacher with every method) and ``kdviz toy``."""
 
 from __future__ import annotations
 
@@ -63,7 +63,8 @@ def divergence_table(mu: float = 0.5) -> pd.DataFrame:
     return table
 
 
-def demo(args: argparse.Namespace) -> None:
+def toy(args: argparse.Namespace) -> None:
+    """Print every divergence and the head/tail statistics on the toy teacher/student pairs."""
     table = divergence_table(args.mu)
     pd.set_option("display.width", 200)
     print("Toy teacher: an 80-class discretised half-Gaussian (sigma 16), as in the AKL paper.\n")
@@ -76,14 +77,47 @@ def demo(args: argparse.Namespace) -> None:
           "'head right' and 'tail right' rows.")
 
 
+QUICK = {"steps": 40, "eval_examples": 100}
+
+
+def demo(args: argparse.Namespace) -> None:
+    """Distil the teacher into the students with every method; print the results table."""
+    from kdviz.train.demo import DEMO_METHODS, check_methods, default_setup, run_demo
+    from kdviz.train.loop import TrainConfig
+
+    names = check_methods(args.methods or list(DEMO_METHODS))
+    steps = args.steps or (QUICK["steps"] if args.quick else 300)
+    eval_examples = QUICK["eval_examples"] if args.quick else 500
+    setup = default_setup(args.teacher, args.student)
+    print(f"kdviz demo: {len(names)} methods x {steps} steps, batch {args.batch_size}, "
+          f"evaluated on {eval_examples} test examples; runs under {args.out}/\n")
+    config = TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    table = run_demo(setup, names, args.out, config, eval_examples=eval_examples)
+    pd.set_option("display.width", 200)
+    print("\n" + table.round(1).to_string(index=False))
+    print(f"\nRuns recorded under {args.out}/ (one directory per method). Open them in JupyterLab with "
+          "kdviz.viz.dashboard(kdviz.open_run(path)), e.g. in notebooks/dashboard.ipynb.")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="kdviz", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    demo_parser = commands.add_parser("demo", help="compare every divergence on toy teacher/student pairs")
-    demo_parser.add_argument("--mu", type=float, default=0.5, help="head mass threshold (default 0.5)")
+    demo_parser = commands.add_parser("demo", help="distil the embedded teacher with every method, compare")
+    demo_parser.add_argument("--quick", action="store_true", help="a reduced budget: about a minute per method")
+    demo_parser.add_argument("--methods", nargs="+", help="which methods (default: all)")
+    demo_parser.add_argument("--steps", type=int, help="optimizer steps per method (default 300; --quick 40)")
+    demo_parser.add_argument("--batch-size", type=int, default=16)
+    demo_parser.add_argument("--lr", type=float, default=3e-3, help="student learning rate")
+    demo_parser.add_argument("--seed", type=int, default=0)
+    demo_parser.add_argument("--teacher", help="a Hugging Face id or local path instead of the embedded teacher")
+    demo_parser.add_argument("--student", help="a Hugging Face id or local path instead of an embedded student")
+    demo_parser.add_argument("--out", default="runs/demo", help="where the runs are recorded (default runs/demo)")
     demo_parser.set_defaults(run=demo)
+    toy_parser = commands.add_parser("toy", help="compare every divergence on toy teacher/student pairs")
+    toy_parser.add_argument("--mu", type=float, default=0.5, help="head mass threshold (default 0.5)")
+    toy_parser.set_defaults(run=toy)
     args = parser.parse_args(argv)
-    if not 0 < args.mu < 1 or math.isnan(args.mu):
+    if args.command == "toy" and (not 0 < args.mu < 1 or math.isnan(args.mu)):
         parser.error("--mu must be strictly between 0 and 1")
     args.run(args)
 
