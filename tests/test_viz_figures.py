@@ -11,7 +11,7 @@ from kdviz.record import Matrix, open_run
 from kdviz.viz import figures as F
 from kdviz.viz import toy
 from tests.kd_helpers import bpe_tokenizer, unigram_tokenizer
-from tests.viz_runs import INJECTED, cma_run, fake_run, vanilla_run
+from tests.viz_runs import INJECTED, cma_run, fake_run, ot_run, vanilla_run
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +22,11 @@ def cma():
 @pytest.fixture(scope="module")
 def vanilla():
     return open_run(vanilla_run())
+
+
+@pytest.fixture(scope="module")
+def ot():
+    return open_run(ot_run())
 
 
 @pytest.fixture(scope="module")
@@ -120,20 +125,26 @@ def test_large_matrices_are_binned():
     assert small.z.shape == (5, 4) and not small.binned and small.ref_x == []
 
 
-def test_transport_plan_cost_and_vocab_map(fake):
-    plan, cost = fake.matrix("transport_plan", 2, 0), fake.matrix("transport_cost", 2, 0)
+def test_transport_plan_cost_and_vocab_map(ot):
+    plan, cost = ot.matrix("transport_plan", 2, 0), ot.matrix("transport_cost", 2, 0)
+    assert plan.values.shape == cost.values.shape and len(plan.row_tokens) == plan.values.shape[0]
     fig = F.transport_figure(plan, cost)
     assert [t.type for t in fig.data] == ["heatmap", "scatter", "heatmap"]
     np.testing.assert_allclose(fig.data[0].z, plan.values, rtol=1e-6)
     np.testing.assert_allclose(fig.data[2].z, cost.values, rtol=1e-6)
+    assert list(fig.data[0].y) == F.position_labels(plan.row_tokens, plan.info["rows"])  # teacher tokens
+    assert any("Ġ" in y for y in fig.data[0].y) and any("▁" in x for x in fig.data[0].x)
     assert "cost %{z" in fig.data[2].hovertemplate and fig.layout.xaxis2.title.text == "student token"
     assert fig.layout.yaxis.title.text == "teacher token" and "transport plan" in fig.layout.title.text
-    vocab = {i: f"tok{i}" for i in range(20)}
-    table = F.vocab_map_table(fake, 2, 0, teacher_tokens=vocab, student_tokens=[f"s{i}" for i in range(20)])
-    rows = fake.table("vocab_map").query("step == 2 and sample == 0")
+    assert len(fig.data[1].x) == int(plan.reference.sum())
+    teacher_vocab = bpe_tokenizer().convert_ids_to_tokens(list(range(len(bpe_tokenizer()))))
+    student_vocab = {i: t for t, i in unigram_tokenizer().get_vocab().items()}
+    table = F.vocab_map_table(ot, 2, 0, teacher_tokens=teacher_vocab, student_tokens=student_vocab)
+    rows = ot.table("vocab_map").query("step == 2 and sample == 0")
     cells = table.data[0].cells.values
-    assert list(cells[1]) == [f"tok{i} ({i})" for i in rows["teacher_id"]]
-    assert list(cells[2]) == [f"s{i} ({i})" for i in rows["student_id"]]
+    assert len(rows) == 20 and list(cells[0]) == list(range(20))
+    assert list(cells[1]) == [f"{F.token_label(teacher_vocab[i])} ({i})" for i in rows["teacher_id"]]
+    assert list(cells[2]) == [f"{F.token_label(student_vocab[i])} ({i})" for i in rows["student_id"]]
     assert list(table.data[0].header.values) == ["rank", "teacher token", "student token"]
 
 
@@ -199,7 +210,6 @@ def test_injected_tokens_never_reach_figures_raw(fake):
     figures = [
         F.alignment_heatmap(fake.matrix("t2s_weight", 3, 0)),
         F.token_losses(fake, 3, 0),
-        F.transport_figure(fake.matrix("transport_plan", 3, 0)),
         F.loss_terms(fake),
     ]
     for fig in figures:

@@ -15,7 +15,7 @@ from kdviz.viz import compare, dashboard, inspect_tokenizers, playground
 from kdviz.viz.widgets import refresh_figure
 from tests.kd_helpers import bpe_tokenizer, unigram_tokenizer
 from tests.record_fakes import make_batch, make_output
-from tests.viz_runs import cma_run, fake_run, vanilla_run
+from tests.viz_runs import cma_run, fake_run, ot_run, vanilla_run
 
 TABS = ["Overview", "Head/Tail", "Alignment", "Transport", "Tokens", "Numerics"]
 
@@ -108,12 +108,19 @@ def test_live_dashboard_follows_a_run_being_written(tmp_path):
     assert 3 in d.controls.slider.options and _errors(d) == ""
 
 
-def test_transport_tab_and_injected_tokens():
-    d = dashboard(open_run(fake_run()))
-    transport = d.tabs.children[TABS.index("Transport")]
-    plan, vocab = transport.children
+def test_transport_tab():
+    d = dashboard(open_run(ot_run()))
+    assert "No alignment matrices" in d.tabs.children[TABS.index("Alignment")].value
+    plan, vocab = d.tabs.children[TABS.index("Transport")].children
     assert [t.type for t in plan.data] == ["heatmap", "scatter", "heatmap"]
-    assert vocab.data[0].type == "table"
+    assert vocab.data[0].type == "table" and "step 4" in vocab.layout.title.text
+    d.tabs.selected_index = TABS.index("Transport")
+    d.controls.slider.value = 2
+    assert "step 2" in plan.layout.title.text and "step 2" in vocab.layout.title.text and _errors(d) == ""
+
+
+def test_injected_run_name_is_escaped():
+    d = dashboard(open_run(fake_run()))
     assert "&lt;script&gt;" in d.header.value and "<script>" not in d.header.value
 
 

@@ -3,8 +3,9 @@
 - ``cma``: CMA between the tiny Llama student (Unigram) and GPT-2 teacher (byte-level BPE), 6 steps,
   recorded every 2 steps with 2 samples: alignment matrices, head/tail (t2s and s2t spaces), tokens.
 - ``vanilla``: VanillaKD with AKL on one tokenizer: head/tail in the shared space, token_kd, no alignment.
-- ``fake``: the recorder tests' synthetic batches with transport plans, costs and a top-k id map, and
-  token strings that try to inject HTML (``<img src=x onerror=...>``, ``<script>``).
+- ``ot``: MultiLevelOT between the same two tiny models: transport plans, cost matrices, top-k id maps.
+- ``fake``: the recorder tests' synthetic batches with token strings that try to inject HTML
+  (``<img src=x onerror=...>``, ``<script>``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from kdviz.methods import CMA, KDCollator, VanillaKD
+from kdviz.methods import CMA, KDCollator, MultiLevelOT, VanillaKD
 from kdviz.record import Recorder
 from tests.kd_helpers import bpe_tokenizer, pairs, student_model, teacher_model, unigram_tokenizer
 from tests.record_fakes import make_batch, make_output
@@ -64,6 +65,15 @@ def vanilla_run() -> Path:
     method = VanillaKD(student_model(len(tok)), teacher_model(len(tok)), divergence="akl")
     batches = [collate(pairs(3, seed=100 + k)) for k in range(2)]
     return _train(method, method.student.parameters(), batches, root() / "vanilla", "VanillaKD-AKL")
+
+
+@cache
+def ot_run() -> Path:
+    torch.manual_seed(5)
+    collate = KDCollator(unigram_tokenizer(), bpe_tokenizer())
+    method = MultiLevelOT(student_model(len(unigram_tokenizer())), teacher_model(len(bpe_tokenizer())), top_k=20)
+    batches = [collate(pairs(3, seed=100 + k)) for k in range(2)]
+    return _train(method, method.student.parameters(), batches, root() / "ot", "MultiLevelOT")
 
 
 def injected_batch():

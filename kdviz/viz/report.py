@@ -120,6 +120,8 @@ def _run_sections(run: Run, label: str, max_steps: int) -> list[str]:
         fig = stepped_figure(build, pick_steps(steps, max_steps))
         if fig is not None:
             out.append(_figure_html(fig))
+    if not run.table("vocab_map").empty:
+        out.append(_figure_html(F.vocab_map_table(run)))
     for probe, present in (
         ("alignment", "t2s_weight" in run.matrix_names()),
         ("transport", "transport_plan" in run.matrix_names()),
@@ -142,7 +144,8 @@ def report(
 
     Contents: the results table, the loss terms of all runs overlaid, then per run the head/tail
     statistics over steps, the alignment heatmap, transport plan and per-token views of sample 0 with a
-    client-side step slider (at most ``max_steps`` steps each), and the numerics.
+    client-side step slider (at most ``max_steps`` steps each), the last top-k vocabulary map (ids), and
+    the numerics.
     """
     named = F._as_runs(runs)
     if not named:
