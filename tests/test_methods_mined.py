@@ -1,0 +1,158 @@
+"""MinED (METHODS.md section 6): a hand-made alignment with a hand-computed target, a real tokenizer pair
+(vocabulary map through the cache), empty sides and bad arguments."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdviz.align.vocab_map import VocabMap, vocab_map
+from kdviz.methods import IGNORE, KDBatch, KDCollator, MinED
+from tests.kd_helpers import bpe_tokenizer, pairs, student_model, teacher_model, unigram_tokenizer
+
+STUDENT_VOCAB = ["<pad>", "<s>", "</s>", "▁Q", "▁The", "▁ca", "t", "▁sleeps"]
+TEACHER_VOCAB = ["<eos>", "Q", "ĠThe", "Ġcat", "Ġsleeps", "Ġthe"]
+STUDENT_TOKENS = ["<s>", "▁Q", "▁The", "▁ca", "t", "▁sleeps", "</s>"]
+TEACHER_TOKENS = ["Q", "ĠThe", "Ġcat", "Ġsleeps", "<eos>"]
+
+
+def hand_batch() -> KDBatch:
+    """One example: prompt "Q", response "The cat sleeps" (+ EOS), tokenised by hand."""
+    s_ids = torch.tensor([[STUDENT_VOCAB.index(t) for t in STUDENT_TOKENS]])
+    t_ids = torch.tensor([[TEACHER_VOCAB.index(t) for t in TEACHER_TOKENS]])
+    s_labels, t_labels = s_ids.clone(), t_ids.clone()
+    s_labels[0, :2], t_labels[0, :1] = IGNORE, IGNORE
+    return KDBatch(
+        s_ids, torch.ones_like(s_ids), s_labels, torch.zeros(1, 7, 2, dtype=torch.long),
+        t_ids, torch.ones_like(t_ids), t_labels, torch.zeros(1, 5, 2, dtype=torch.long),
+        alignment=torch.zeros(1, 7, 5, dtype=torch.bool),
+        student_tokens=[STUDENT_TOKENS], teacher_tokens=[TEACHER_TOKENS],
+    )
+
+
+def hand_map() -> VocabMap:
+    # <eos> -> </s>, Q -> ▁Q, ĠThe -> ▁The, Ġcat -> ▁ca (not exact), Ġsleeps -> ▁sleeps, Ġthe -> ▁The (collision)
+    ids = np.array([2, 3, 4, 5, 7, 4])
+    return VocabMap(ids, np.array([False, True, True, False, True, False]), "t", "s")
+
+
+def test_hand_made_alignment_and_target():
+    batch = hand_batch()
+    torch.manual_seed(0)
+    z_s = torch.randn(1, 7, 8, requires_grad=True)
+    z_t = torch.randn(1, 5, 6)
+    z_t[0, 0] = torch.tensor([0.0, -5.0, 3.0, -5.0, 1.0, 2.0])  # top 3: ĠThe (3), Ġthe (2), Ġsleeps (1)
+    method = MinED(vocab_map=hand_map(), top_k=3)
+    out = method(batch, SimpleNamespace(logits=z_s), SimpleNamespace(logits=z_t))
+    # predicted tokens: student ▁The ▁ca t ▁sleeps </s> (positions 1..5); teacher ĠThe Ġcat Ġsleeps <eos> (0..3)
+    path = out.diagnostics["dtw_path"][0].nonzero().tolist()
+    assert path == [[1, 0], [2, 1], [3, 1], [4, 2], [5, 3]]
+    assert out.diagnostics["aligned_teacher_position"][0].tolist() == [-1, 0, -1, -1, 2, 3, -1]
+    assert float(out.terms["one_to_one_share"]) == pytest.approx(3 / 5)
+    assert float(out.terms["vocab_exact_share"]) == pytest.approx(3 / 6)
+
+    want = torch.full((7, 8), -1e5)
+    want[1, 4], want[1, 7] = 3.0, 1.0  # ĠThe and Ġthe collide on ▁The: the max
+    for s_pos, t_pos in ((4, 2), (5, 3)):
+        for v in z_t[0, t_pos].topk(3).indices.tolist():
+            sid = int(hand_map().ids[v])
+            want[s_pos, sid] = max(float(want[s_pos, sid]), float(z_t[0, t_pos, v]))
+    want[2, 5], want[3, 6] = 0.0, 0.0  # many-to-one positions: one-hot on the gold token
+    torch.testing.assert_close(out.diagnostics["mapped_teacher_logits"][0, 1:6], want[1:6])
+
+    logp = F.log_softmax(want[1:6] / 2.0, -1)
+    logq = F.log_softmax(z_s[0, 1:6].detach() / 2.0, -1)
+    fkl = (logp.exp() * (logp - logq)).sum(-1)
+    assert float(out.terms["kd"]) == pytest.approx(float(fkl.mean()), rel=1e-5)
+    ce = F.cross_entropy(z_s[0, 1:6].detach(), torch.tensor([4, 5, 6, 7, 2]))
+    assert float(out.terms["ce"]) == pytest.approx(float(ce), rel=1e-5)
+    assert float(out.terms["loss"]) == pytest.approx(0.5 * float(ce) + 0.5 * float(fkl.mean()), rel=1e-5)
+    # moved ids: 3 teacher ids at each of 3 positions, exact for ĠThe, Ġsleeps, Q, not Ġthe, Ġcat, <eos>
+    moved = [z_t[0, j].topk(3).indices.tolist() for j in (0, 2, 3)]
+    exact_share = np.mean([hand_map().exact[v] for ids in moved for v in ids])
+    assert float(out.terms["moved_exact_share"]) == pytest.approx(exact_share)
+    out.loss.backward()
+    assert torch.isfinite(z_s.grad).all() and z_s.grad[0, 0].abs().sum() == 0
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return KDCollator(unigram_tokenizer(), bpe_tokenizer())(pairs(3))
+
+
+def random_outputs(batch, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    b, t_s = batch.student_input_ids.shape
+    z_s = torch.randn(b, t_s, len(unigram_tokenizer()), generator=g).requires_grad_()
+    z_t = torch.randn(b, batch.teacher_input_ids.shape[1], len(bpe_tokenizer()), generator=g) * 3
+    return SimpleNamespace(logits=z_s), SimpleNamespace(logits=z_t)
+
+
+def test_real_tokenizers_and_the_cache(batch, tmp_path):
+    method = MinED(student_tokenizer=unigram_tokenizer(), teacher_tokenizer=bpe_tokenizer(), cache_dir=tmp_path)
+    assert not method.map.from_cache and method.map.path.parent == tmp_path
+    again = MinED(student_tokenizer=unigram_tokenizer(), teacher_tokenizer=bpe_tokenizer(), cache_dir=tmp_path)
+    assert again.map.from_cache and np.array_equal(again.map.ids, method.map.ids)
+    s_out, t_out = random_outputs(batch)
+    out = method(batch, s_out, t_out)
+    d = out.diagnostics
+    mask_s, mask_t = batch.student_mask, batch.teacher_mask
+    assert d["dtw_path"].shape == (*mask_s.shape, mask_t.shape[1])
+    assert not d["dtw_path"][~mask_s].any() and not d["dtw_path"].transpose(1, 2)[~mask_t].any()
+    aligned = d["one_to_one"]
+    assert torch.equal(aligned, d["aligned_teacher_position"] >= 0) and not aligned[~mask_s].any()
+    assert float(out.terms["one_to_one_share"]) == pytest.approx(float(aligned.sum() / mask_s.sum()))
+    assert 0 < float(out.terms["one_to_one_share"]) < 1
+    assert float(out.terms["vocab_exact_share"]) == pytest.approx(method.map.exact_share)
+    target = d["mapped_teacher_logits"]
+    kept = (target > -1e5).sum(-1)
+    assert ((kept[aligned] >= 1) & (kept[aligned] <= 10)).all()
+    gold = batch.student_targets
+    rest = mask_s & ~aligned
+    assert (kept[rest] == 1).all() and (target[rest].argmax(-1) == gold[rest]).all()
+    for name in ("loss", "ce", "kd", "align_argmax_overlap", "align_overlap_mass"):
+        assert torch.isfinite(out.terms[name]), name
+    assert all(not v.requires_grad for v in d.values())
+    out.loss.backward()
+    assert torch.isfinite(s_out.logits.grad).all()
+
+
+def test_empty_response_on_one_side_gives_zero_kd(batch, tmp_path):
+    method = MinED(vocab_map=vocab_map(bpe_tokenizer(), unigram_tokenizer(), cache_dir=tmp_path))
+    for side in ("teacher", "student"):
+        empty = replace(batch, **{f"{side}_labels": torch.full_like(getattr(batch, f"{side}_labels"), IGNORE)})
+        s_out, t_out = random_outputs(empty)
+        out = method(empty, s_out, t_out)
+        assert float(out.terms["kd"]) == 0.0 and torch.isfinite(out.loss), side
+        out.loss.backward()
+        assert torch.isfinite(s_out.logits.grad).all()
+    one = replace(batch, teacher_labels=batch.teacher_labels.clone())
+    one.teacher_labels[0] = IGNORE  # only the first example loses its teacher response
+    out = method(one, *random_outputs(one))
+    assert float(out.terms["kd"]) > 0 and float(out.diagnostics["token_kd"][0].abs().sum()) == 0.0
+
+
+def test_bad_arguments(batch, tmp_path):
+    with pytest.raises(ValueError, match="needs vocab_map"):
+        MinED(student_tokenizer=unigram_tokenizer())
+    with pytest.raises(ValueError, match="top_k must be a positive integer"):
+        MinED(vocab_map=hand_map(), top_k=0)
+    method = MinED(vocab_map=hand_map(), top_k=7)
+    batch_h = hand_batch()
+    with pytest.raises(ValueError, match=r"top_k=7 is larger than the teacher vocabulary \(V_t=6\)"):
+        method(batch_h, SimpleNamespace(logits=torch.randn(1, 7, 8)), SimpleNamespace(logits=torch.randn(1, 5, 6)))
+
+
+def test_runs_the_models(batch, tmp_path):
+    student, teacher = student_model(len(unigram_tokenizer())), teacher_model(len(bpe_tokenizer()))
+    method = MinED(student, teacher, student_tokenizer=unigram_tokenizer(), teacher_tokenizer=bpe_tokenizer(),
+                   cache_dir=tmp_path)
+    out = method(batch)
+    out.loss.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
