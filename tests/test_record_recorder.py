@@ -213,3 +213,19 @@ def test_head_tail_uses_the_shared_vocabulary_alone_when_present(tmp_path):
         rec.log(0, make_batch(), out)
     run = open_run(tmp_path / "run")
     assert set(run.head_tail()["space"]) == {"shared"} and run.meta["notes"]["head_tail_token_space"] == "shared"
+
+
+def test_full_size_plans_are_cropped_to_both_responses(tmp_path):
+    out = make_output(0)  # MultiLevelOT's layout: plan and cost matrix [B, T_t, T_s], sequence cost [B]
+    full = torch.rand(3, T_T, T_S)
+    out.diagnostics.update(transport_plan=full, cost_matrix=full * 2, transport_cost=torch.tensor([1.0, 2.0, 3.0]))
+    with Recorder(tmp_path / "run", every=1) as rec:
+        rec.log(0, make_batch(), out)
+    run = open_run(tmp_path / "run")
+    rows, cols = list(range(PROMPT - 1, T_T - 1)), list(range(PROMPT - 1, T_S - 1))
+    plan, cost = run.matrix("transport_plan", 0, 1), run.matrix("transport_cost", 0, 1)
+    np.testing.assert_allclose(plan.values, full[1][rows][:, cols].numpy())
+    np.testing.assert_allclose(cost.values, 2 * plan.values)
+    np.testing.assert_array_equal(plan.reference, make_batch().alignment[1, 1:, 1:].T[rows][:, cols].numpy())
+    assert plan.row_tokens == make_batch().teacher_tokens[1][PROMPT:] and plan.info["sequence_cost"] == 2.0
+    assert run.scalars.set_index("name").loc["diag/transport_cost", "value"] == 2.0

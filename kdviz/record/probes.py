@@ -8,7 +8,8 @@ sentence saying what is missing; the recorder writes it once into the run metada
 =============  ================  ===================================================================
 probe          runs              records
 =============  ================  ===================================================================
-``terms``      every step        ``loss``, every ``out.terms`` entry, 0-d diagnostics (``diag/<name>``),
+``terms``      every step        ``loss``, every ``out.terms`` entry, 0-d and per-sequence ``[B]``
+                                 diagnostics (their batch mean, ``diag/<name>``),
                                  ``lr``, ``grad_norm/<group>``, ``tokens_seen`` (scalars)
 ``numerics``   every step        ``numerics/nonfinite/<term>`` when a term is NaN/inf (and a replay
                                  file of the batch rows, once per term); at recorded steps NaN counts
@@ -19,8 +20,11 @@ probe          runs              records
                                  of trained tokens) in the ``head_tail`` table; per token for samples
 ``alignment``  recorded steps    ``t2s_weight`` / ``s2t_weight`` of the samples cropped to response
                                  rows and columns, with the ground truth and its scores
-``transport``  recorded steps    ``transport_plan`` / ``transport_cost`` of the samples and the top-k
-                                 id maps (``vocab_map`` table)
+``transport``  recorded steps    the samples' plan ``transport_plan`` and cost matrix (stored as
+                                 ``transport_cost``, read from ``cost_matrix`` or a 3-d
+                                 ``transport_cost``), teacher rows x student columns cropped to both
+                                 responses, with the ground truth; a per-sequence ``transport_cost``
+                                 ``[B]`` goes to the matrices' info; top-k id maps (``vocab_map``)
 ``token_loss`` recorded steps    every per-token diagnostic ``[B, T_s]`` (``token_kd``, ...) and
                                  ``token_ce`` of the samples, with their text (``texts`` table)
 =============  ================  ===================================================================
@@ -54,7 +58,9 @@ HEAD_TAIL_SPACES = (
     ("s2t", "s2t_logits", "teacher_logits", "teacher"),
 )
 ALIGNMENTS = (("t2s_weight", "student", "teacher"), ("s2t_weight", "teacher", "student"))
-TRANSPORTS = ("transport_plan", "transport_cost")
+# store name -> diagnostics it is read from (the first present): MultiLevelOT calls its cost matrix
+# "cost_matrix" and keeps "transport_cost" for the per-sequence cost <P, C> [B]
+TRANSPORTS = (("transport_plan", ("transport_plan",)), ("transport_cost", ("cost_matrix", "transport_cost")))
 TOPK_IDS = ("teacher_topk_ids", "student_topk_ids")
 MAX_AGGREGATE_TOKENS = 256  # head/tail quantiles use at most this many tokens per step (evenly strided)
 
@@ -107,9 +113,12 @@ def probe_terms(view: BatchView, rec: StepRecord) -> str | None:
             rec.scalars[name] = value.detach().float().mean()
         elif isinstance(value, (int, float)):
             rec.scalars[name] = float(value)
+    n = view.batch_size
     for name, value in view.diagnostics.items():
-        if isinstance(value, torch.Tensor) and value.dim() == 0:
-            rec.scalars[f"diag/{name}"] = value.detach().float()
+        if not (isinstance(value, torch.Tensor) and value.is_floating_point()):
+            continue
+        if value.dim() == 0 or (value.dim() == 1 and value.shape[0] == n):  # per step or per sequence: the mean
+            rec.scalars[f"diag/{name}"] = value.detach().float().mean()
     mask = view.mask("student")
     if mask is not None:
         rec.scalars["tokens"] = mask.sum().float()
@@ -272,35 +281,53 @@ def _matrix(
 
 def probe_transport(view: BatchView, rec: StepRecord) -> str | None:
     found = False
-    for name in TRANSPORTS:
-        plans = view.diagnostics.get(name)
+    reference = view.reference()
+    for store_name, sources in TRANSPORTS:
+        plans = next((view.diagnostics[n] for n in sources if _per_pair(view.diagnostics.get(n))), None)
         if plans is None:
             continue
         found = True
-        reference = view.reference()
         for sample in rec.samples:
-            plan = plans[sample.row]
-            if not isinstance(plan, torch.Tensor) or plan.dim() != 2:
-                continue
-            plan = plan.detach()
-            # P [T_t, T_s]: response positions of both sides aligned by index from the first one (METHODS §7)
-            rows = positions(view, "teacher", sample.row, _length(view, "teacher"))[: plan.shape[0]]
-            cols = positions(view, "student", sample.row, _length(view, "student"))[: plan.shape[1]]
-            ref = None
-            if len(rows) == plan.shape[0] and len(cols) == plan.shape[1]:
-                if reference is not None:
-                    ref = reference[sample.row].transpose(0, 1)[rows][:, cols]
-            else:
-                rows, cols = list(range(plan.shape[0])), list(range(plan.shape[1]))
+            values, rows, cols, ref = _transport_crop(view, sample.row, plans[sample.row].detach(), reference)
             info = {"rows": rows, "cols": cols}
-            _matrix(view, rec, name, sample, plan, ("teacher", rows), ("student", cols), ref, info)
+            sequence_cost = view.diagnostics.get("transport_cost")
+            if isinstance(sequence_cost, torch.Tensor) and sequence_cost.dim() == 1:
+                info["sequence_cost"] = float(sequence_cost[sample.row])
+            _matrix(view, rec, store_name, sample, values, ("teacher", rows), ("student", cols), ref, info)
     ids = [view.diagnostics.get(n) for n in TOPK_IDS]
     if all(isinstance(x, torch.Tensor) and x.dim() == 2 for x in ids):
         found = True
         for sample in rec.samples:
             pair = ids[0][sample.row].cpu().numpy(), ids[1][sample.row].cpu().numpy()
             rec.vocab_map.append((sample.slot, *pair))
-    return None if found else "the output has no transport_plan / transport_cost / top-k id diagnostics"
+    return None if found else "the output has no transport_plan / cost_matrix / top-k id diagnostics"
+
+
+def _per_pair(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.is_floating_point() and value.dim() == 3
+
+
+def _transport_crop(
+    view: BatchView, row: int, plan: torch.Tensor, reference: torch.Tensor | None
+) -> tuple[torch.Tensor, list[int], list[int], torch.Tensor | None]:
+    """A plan ``[R, C]`` (teacher rows, student columns) as stored: values, the teacher and student
+    positions of its rows and columns, and its reference.
+
+    A plan over every position (``[T_t, T_s]``) is cropped to both responses; a smaller one covers the
+    first ``R`` / ``C`` response positions (answer spans aligned by index, METHODS.md section 7); a plan
+    that fits neither keeps its own indices and has no reference.
+    """
+    t_len, s_len = _length(view, "teacher"), _length(view, "student")
+    rows, cols = positions(view, "teacher", row, t_len), positions(view, "student", row, s_len)
+    if tuple(plan.shape) == (t_len, s_len):
+        values = plan[rows][:, cols]
+    else:
+        rows, cols, values = rows[: plan.shape[0]], cols[: plan.shape[1]], plan
+        if (len(rows), len(cols)) != tuple(plan.shape):
+            return plan, list(range(plan.shape[0])), list(range(plan.shape[1])), None
+    if reference is None or reference.shape[1:] != (s_len, t_len):
+        return values, rows, cols, None
+    return values, rows, cols, reference[row].transpose(0, 1)[rows][:, cols]
 
 
 def _length(view: BatchView, side: str) -> int:
