@@ -51,6 +51,8 @@ REFERENCE_SD_TAU = 2.0
 
 def std_normalise(logits: torch.Tensor) -> torch.Tensor:
     """The published code's ``z / (std_v(z) + 1e-4)`` per position (unbiased std over the vocabulary)."""
+    if logits.numel() == 0:
+        return logits
     return logits / (logits.std(-1, keepdim=True) + REFERENCE_STD_EPS)
 
 

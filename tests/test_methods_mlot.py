@@ -1,0 +1,232 @@
+"""MultiLevelOT (METHODS.md section 7): every level recomputed from the formulas, the SD plan against
+``ot.sinkhorn``, recorded marginals, HAD against the per-token sorted L1, gradients at reg = 0.1 in
+float32, one test per quirk of ``mode="reference"``, empty sides and bad arguments."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from kdviz.methods import IGNORE, KDCollator, MultiLevelOT
+from tests.kd_helpers import bpe_tokenizer, pairs, student_model, teacher_model, unigram_tokenizer
+from tests.test_align_transport import pot_plan
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return KDCollator(unigram_tokenizer(), bpe_tokenizer())(pairs(3))
+
+
+def outputs(batch, seed=0, scale=4.0):
+    g = torch.Generator().manual_seed(seed)
+    b, t_s = batch.student_input_ids.shape
+    z_s = (torch.randn(b, t_s, len(unigram_tokenizer()), generator=g) * scale).requires_grad_()
+    z_t = torch.randn(b, batch.teacher_input_ids.shape[1], len(bpe_tokenizer()), generator=g) * scale
+    return SimpleNamespace(logits=z_s), SimpleNamespace(logits=z_t)
+
+
+def windows(batch):
+    """Per example: the student and teacher positions paired by index."""
+    out = []
+    for b in range(batch.batch_size):
+        s_pos = batch.student_mask[b].nonzero().flatten()
+        t_pos = batch.teacher_mask[b].nonzero().flatten()
+        n = min(len(s_pos), len(t_pos))
+        out.append((s_pos[:n], t_pos[:n]))
+    return out
+
+
+def levels(z_s, z_t, batch, k=50, reference=False):
+    """Per example ``(t^k, s^k, ids_t, ids_s, logq^k)`` at tau = 1, written out from the formulas."""
+    zs = [z_s[b, s].detach().float() for b, (s, _) in enumerate(windows(batch))]
+    zt = [z_t[b, t].float() for b, (_, t) in enumerate(windows(batch))]
+    if reference:
+        zs = [z / (z.std(-1, keepdim=True) + 1e-4) for z in zs]
+        zt = [z / (z.std(-1, keepdim=True) + 1e-4) for z in zt]
+    q, p = [z.softmax(-1) for z in zs], [z.softmax(-1) for z in zt]
+    if reference:
+        ids_s = [torch.cat(q).sum(0).argsort(descending=True)[:k]] * len(q)
+        ids_t = [torch.cat(p).sum(0).argsort(descending=True)[:k]] * len(p)
+    else:
+        ids_s = [x.sum(0).argsort(descending=True)[:k] for x in q]
+        ids_t = [x.sum(0).argsort(descending=True)[:k] for x in p]
+    return [
+        (p[b][:, ids_t[b]], q[b][:, ids_s[b]], ids_t[b], ids_s[b], zs[b].log_softmax(-1)[:, ids_s[b]], zs[b], zt[b])
+        for b in range(len(q))
+    ]
+
+
+def window_matrix(full, b, s_pos, t_pos):
+    return full[b][t_pos][:, s_pos]
+
+
+def test_every_level_recomputed(batch):
+    s_out, t_out = outputs(batch)
+    out = MultiLevelOT()(batch, s_out, t_out)
+    d, count = out.diagnostics, sum(len(s) for s, _ in windows(batch))
+    had = sl = sd = 0.0
+    for b, ((s_pos, t_pos), (t_k, s_k, ids_t, ids_s, logq_k, zs, zt)) in enumerate(
+        zip(windows(batch), levels(s_out.logits, t_out.logits, batch), strict=True)
+    ):
+        assert torch.equal(d["teacher_topk_ids"][b], ids_t) and torch.equal(d["student_topk_ids"][b], ids_s)
+        token_had = (t_k - s_k).abs().sum(-1)
+        torch.testing.assert_close(d["token_had"][b, s_pos], token_had, rtol=1e-5, atol=1e-6)
+        had += float(token_had.sum())
+        sl += float(-(t_k * logq_k).sum())
+        x, y = (zt / 2).softmax(-1)[:, ids_t], (zs / 2).softmax(-1)[:, ids_s]
+        cost = (x[:, None, :] - y[None, :, :]).abs().sum(-1)
+        torch.testing.assert_close(window_matrix(d["cost_matrix"], b, s_pos, t_pos), cost, rtol=1e-5, atol=1e-6)
+        plan = window_matrix(d["transport_plan"], b, s_pos, t_pos)
+        sd += float((plan * cost).sum())
+        assert float(d["transport_cost"][b]) == pytest.approx(float((plan * cost).sum()), rel=1e-5)
+    for name, value in (("had", had), ("sl", sl), ("sd", sd)):
+        assert float(out.terms[name]) == pytest.approx(value / count, rel=1e-5), name
+    t = {k: float(v) for k, v in out.terms.items()}
+    assert t["kd"] == pytest.approx(t["had"] + 0.1 * t["sl"] + 0.1 * t["sd"], rel=1e-6)
+    assert t["loss"] == pytest.approx(t["ce"] + 0.15 * t["kd"], rel=1e-6)
+    assert t["sinkhorn_iterations"] == 20 and batch.student_input_ids.shape[1] != batch.teacher_input_ids.shape[1]
+    assert d["transport_plan"].shape == (batch.batch_size, *batch.teacher_mask.shape[1:], batch.student_mask.shape[1])
+    assert all(not v.requires_grad for v in d.values())
+
+
+def test_sd_plan_equals_pot_sinkhorn_and_marginals_hold(batch):
+    s_out, t_out = outputs(batch, seed=1)
+    out = MultiLevelOT()(batch, s_out, t_out)
+    d, error = out.diagnostics, float(out.terms["sinkhorn_marginal_error"])
+    for b, (s_pos, t_pos) in enumerate(windows(batch)):
+        n = len(s_pos)
+        cost = window_matrix(d["cost_matrix"], b, s_pos, t_pos).double()
+        plan = window_matrix(d["transport_plan"], b, s_pos, t_pos).double()
+        want = torch.from_numpy(pot_plan(cost.numpy(), 0.1, 20)) * n  # uniform marginals, scaled to unit
+        torch.testing.assert_close(plan, want, rtol=0, atol=1e-5)  # float32 solve vs float64 POT
+        assert (plan.sum(0) - 1).abs().max() <= error + 1e-5  # unit marginals, as recorded
+        assert (plan.sum(1) - 1).abs().max() <= error + 1e-5
+        assert float(d["transport_plan"][b].sum()) == pytest.approx(n, rel=1e-5)  # nothing off the window
+    assert 0 <= error < 0.5
+
+
+def test_had_is_at_least_the_per_token_sorted_l1(batch):
+    s_out, t_out = outputs(batch, seed=2)
+    out = MultiLevelOT()(batch, s_out, t_out)
+    for b, ((s_pos, _), (t_k, s_k, *_)) in enumerate(
+        zip(windows(batch), levels(s_out.logits, t_out.logits, batch), strict=True)
+    ):
+        sorted_l1 = (t_k.sort(-1).values - s_k.sort(-1).values).abs().sum(-1)
+        assert (out.diagnostics["token_had"][b, s_pos] >= sorted_l1 - 1e-6).all()
+
+
+@pytest.mark.parametrize("mode", ["paper", "reference"])
+def test_gradients_finite_at_reg_0_1_in_float32(batch, mode):
+    s_out, t_out = outputs(batch, seed=3, scale=8.0)
+    out = MultiLevelOT(mode=mode, reg=0.1)(batch, s_out, t_out)
+    (grad_sd,) = torch.autograd.grad(out.parts["sd"], s_out.logits, retain_graph=True)
+    assert grad_sd.dtype == torch.float32 and torch.isfinite(grad_sd).all() and grad_sd.abs().sum() > 0
+    out.loss.backward()
+    assert torch.isfinite(s_out.logits.grad).all()
+
+
+# -- mode="reference": one test per quirk -----------------------------------------------------------
+
+
+def test_reference_ranks_over_the_whole_batch(batch):
+    s_out, t_out = outputs(batch, seed=4)
+    ref = MultiLevelOT(mode="reference")(batch, s_out, t_out).diagnostics
+    paper = MultiLevelOT()(batch, s_out, t_out).diagnostics
+    want = levels(s_out.logits, t_out.logits, batch, reference=True)
+    for b in range(batch.batch_size):
+        assert torch.equal(ref["teacher_topk_ids"][b], want[0][2])
+        assert torch.equal(ref["student_topk_ids"][b], want[0][3])
+    assert not torch.equal(paper["teacher_topk_ids"][0], paper["teacher_topk_ids"][1])
+
+
+def test_reference_divides_logits_by_their_std(batch):
+    s_out, t_out = outputs(batch, seed=5)
+    factor = torch.rand(*s_out.logits.shape[:2], 1, generator=torch.Generator().manual_seed(0)) * 3 + 0.5
+    scaled = SimpleNamespace(logits=s_out.logits.detach() * factor)
+    for mode, same in (("reference", True), ("paper", False)):
+        a = MultiLevelOT(mode=mode)(batch, s_out, t_out).terms
+        b = MultiLevelOT(mode=mode)(batch, scaled, t_out).terms
+        close = all(abs(float(a[k]) - float(b[k])) <= 1e-3 * abs(float(a[k])) + 1e-6 for k in ("had", "sl", "sd"))
+        assert close == same, mode
+
+
+def test_reference_sl_swaps_roles_with_a_second_softmax(batch):
+    s_out, t_out = outputs(batch, seed=6)
+    out = MultiLevelOT(mode="reference")(batch, s_out, t_out)
+    total = count = 0.0
+    for t_k, s_k, *_ in levels(s_out.logits, t_out.logits, batch, reference=True):
+        total += float(-(s_k.softmax(-1) * t_k.log_softmax(-1)).sum())
+        count += len(t_k)
+    assert float(out.terms["sl"]) == pytest.approx(total / count, rel=1e-5)
+
+
+def test_reference_runs_10_rounds_of_row_column_normalisation(batch):
+    s_out, t_out = outputs(batch, seed=7)
+    out = MultiLevelOT(mode="reference")(batch, s_out, t_out)
+    assert float(out.terms["sinkhorn_iterations"]) == 10
+    d = out.diagnostics
+    for b, ((s_pos, t_pos), (t_k, s_k, *_)) in enumerate(
+        zip(windows(batch), levels(s_out.logits, t_out.logits, batch, reference=True), strict=True)
+    ):
+        x, y = (t_k / 2).softmax(-1), (s_k / 2).softmax(-1)  # the second softmax, at T = 2
+        cost = (x[:, None, :] - y[None, :, :]).abs().sum(-1).double()
+        torch.testing.assert_close(window_matrix(d["cost_matrix"], b, s_pos, t_pos).double(), cost, atol=1e-6,
+                                   rtol=1e-5)
+        plan = torch.exp(-cost / 0.1)
+        for _ in range(10):  # the published loop: rows, then columns
+            plan = plan / plan.sum(1, keepdim=True)
+            plan = plan / plan.sum(0, keepdim=True)
+        torch.testing.assert_close(window_matrix(d["transport_plan"], b, s_pos, t_pos).double(), plan, atol=1e-5,
+                                   rtol=1e-4)
+
+
+def test_reference_weights_sd_by_an_extra_1e_3_so_1e_4_in_all(batch):
+    t = {k: float(v) for k, v in MultiLevelOT(mode="reference")(batch, *outputs(batch, seed=8)).terms.items()}
+    assert t["kd"] == pytest.approx(t["had"] + 0.1 * t["sl"] + 1e-4 * t["sd"], rel=1e-6)
+
+
+def test_reference_distillation_factor_is_1_5(batch):
+    method = MultiLevelOT(mode="reference")
+    t = {k: float(v) for k, v in method(batch, *outputs(batch, seed=9)).terms.items()}
+    assert method.kd_weight == 1.5 and t["loss"] == pytest.approx(t["ce"] + 1.5 * t["kd"], rel=1e-6)
+    assert MultiLevelOT(mode="reference", kd_weight=0.3).kd_weight == 0.3
+
+
+# -- edge cases -------------------------------------------------------------------------------------
+
+
+def test_empty_response_on_one_side_gives_zero_kd(batch):
+    for mode in ("paper", "reference"):
+        empty = replace(batch, student_labels=torch.full_like(batch.student_labels, IGNORE))
+        s_out, t_out = outputs(empty)
+        out = MultiLevelOT(mode=mode)(empty, s_out, t_out)
+        assert float(out.terms["kd"]) == 0.0 and torch.isfinite(out.loss)
+        assert float(out.diagnostics["transport_plan"].abs().sum()) == 0.0
+        out.loss.backward()
+        assert torch.isfinite(s_out.logits.grad).all()
+    one = replace(batch, teacher_labels=batch.teacher_labels.clone())
+    one.teacher_labels[1] = IGNORE
+    out = MultiLevelOT()(one, *outputs(one))
+    assert float(out.terms["kd"]) > 0 and float(out.diagnostics["transport_plan"][1].abs().sum()) == 0.0
+
+
+def test_bad_arguments(batch):
+    with pytest.raises(ValueError, match="mode must be one of"):
+        MultiLevelOT(mode="code")
+    with pytest.raises(ValueError, match="reg must be a positive number"):
+        MultiLevelOT(reg=0)
+    s_out, t_out = outputs(batch)
+    v_s = s_out.logits.shape[-1]
+    with pytest.raises(ValueError, match=rf"top_k=500 is larger than a vocabulary \(V_s={v_s}"):
+        MultiLevelOT(top_k=500)(batch, s_out, t_out)
+
+
+def test_runs_the_models(batch):
+    student, teacher = student_model(len(unigram_tokenizer())), teacher_model(len(bpe_tokenizer()))
+    out = MultiLevelOT(student, teacher)(batch)
+    out.loss.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in student.parameters())
