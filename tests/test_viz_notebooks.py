@@ -1,0 +1,47 @@
+"""Every notebook under notebooks/ executes top to bottom under nbclient within its time budget, stores
+its widget state, and shows plotly figures; notebooks are committed without outputs."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+BUDGET_SECONDS = 60  # per notebook on 2 shared CPU cores (each takes well under half of it alone)
+PLOTLY = "application/vnd.plotly.v1+json"
+WIDGET = "application/vnd.jupyter.widget-view+json"
+
+
+def execute(path: Path) -> tuple[nbformat.NotebookNode, float]:
+    nb = nbformat.read(path, as_version=4)
+    start = time.perf_counter()
+    NotebookClient(
+        nb,
+        timeout=BUDGET_SECONDS,
+        kernel_name="python3",
+        store_widget_state=True,
+        resources={"metadata": {"path": str(path.parent)}},
+    ).execute()
+    return nb, time.perf_counter() - start
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_executes(path, record_property):
+    assert all(not cell.get("outputs") for cell in nbformat.read(path, as_version=4).cells if cell.cell_type == "code")
+    nb, seconds = execute(path)
+    record_property("seconds", round(seconds, 1))
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert any(PLOTLY in o.get("data", {}) for o in outputs), "no plotly figure shown"
+    if any(WIDGET in o.get("data", {}) for o in outputs):
+        assert nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    assert seconds < BUDGET_SECONDS
+
+
+def test_there_are_notebooks():
+    names = {p.name for p in NOTEBOOKS}
+    assert {"01_kl_family_head_tail.ipynb", "04_debugging_cross_tokenizer_alignment.ipynb"} <= names
