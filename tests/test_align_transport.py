@@ -35,11 +35,13 @@ def pot_plan(cost: np.ndarray, reg: float, n_iter: int) -> np.ndarray:
     return plan.T
 
 
+@pytest.mark.parametrize("domain", ["log", "plain"])
 @pytest.mark.parametrize("n_iter", [1, 20, 200])
-def test_each_padded_plan_equals_pot_sinkhorn(n_iter):
+def test_each_padded_plan_equals_pot_sinkhorn(n_iter, domain):
     cost, rows, cols = padded_problem()
-    found = sinkhorn_plans(cost, rows, cols, reg=0.1, n_iter=n_iter)
-    assert found.iterations == n_iter
+    cost[1] += 7.0  # a constant offset changes nothing (the solver shifts each cost by its minimum)
+    found = sinkhorn_plans(cost, rows, cols, reg=0.1, n_iter=n_iter, domain=domain)
+    assert found.iterations == n_iter and found.domain == domain
     for b, (n, m) in enumerate(LENGTHS):
         plan = found.plan[b]
         assert float(plan[n:].abs().sum() + plan[:, m:].abs().sum()) == 0.0
@@ -64,6 +66,16 @@ def test_float32_and_the_reported_marginal_error():
     assert found.marginal_error < 0.1
 
 
+def test_auto_domain_falls_back_to_the_log_domain_when_the_kernel_would_underflow():
+    cost, rows, cols = padded_problem(torch.float32)
+    assert sinkhorn_plans(cost, rows, cols, reg=0.1).domain == "plain"  # span 2 / 0.1 = 20 <= 50
+    found = sinkhorn_plans(cost * 3, rows, cols, reg=0.1)  # span 60: the kernel would reach exp(-60)
+    assert found.domain == "log" and torch.isfinite(found.plan).all()
+    want = pot_plan((cost[0, :7] * 3).double().numpy(), 0.1, 20)
+    np.testing.assert_allclose(found.plan[0, :7].numpy(), want, atol=1e-6)
+    assert sinkhorn_plans(cost.double() * 3, rows, cols, reg=0.1).domain == "plain"  # float64: up to 500
+
+
 def test_unit_mass_and_early_stop():
     cost, rows, _ = padded_problem()
     found = sinkhorn_plans(cost, rows, rows, reg=0.1, n_iter=500, tol=1e-9, mass="unit")
@@ -78,9 +90,9 @@ def test_unit_mass_and_early_stop():
 
 def test_gradients_envelope_and_autodiff():
     cost, rows, cols = padded_problem(torch.float32)
-    for grad in ("envelope", "autodiff"):
+    for grad, domain in (("envelope", "plain"), ("envelope", "log"), ("autodiff", "plain"), ("autodiff", "log")):
         leaf = cost.clone().requires_grad_()
-        found = sinkhorn_plans(leaf, rows, cols, reg=0.1, n_iter=20, grad=grad)
+        found = sinkhorn_plans(leaf, rows, cols, reg=0.1, n_iter=20, grad=grad, domain=domain)
         found.value.sum().backward()
         assert torch.isfinite(leaf.grad).all()
         assert float(leaf.grad[~(rows[:, :, None] & cols[:, None, :])].abs().max()) == 0.0
@@ -97,3 +109,5 @@ def test_all_empty_and_bad_arguments():
         sinkhorn_plans(cost, empty[:, :2], empty)
     with pytest.raises(ValueError, match="reg must be positive"):
         sinkhorn_plans(cost, empty, empty, reg=0.0)
+    with pytest.raises(ValueError, match="domain must be one of"):
+        sinkhorn_plans(cost, empty, empty, domain="exp")

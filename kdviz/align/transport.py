@@ -5,11 +5,19 @@ For sequence ``b`` with ``n_b`` rows and ``m_b`` columns of a padded cost ``C [B
 
     P_b = argmin_{P 1 = a_b, P^T 1 = c_b}  <P, C_b> - reg H(P)
 
-with ``ot.solve_batch`` in the log domain: ``u = log a - LSE_j(-C/reg + v)``, ``v = log c - LSE_i(-C/reg + u)``
-from ``v = 0``. Padded rows and columns get marginal 0 (log-marginal ``-inf``), so their plan entries are
-exactly 0, and padded cost entries are set to ``1e5 * reg`` (their kernel ``exp(-1e5)`` is exactly 0, also
-in the very first round, when ``v`` is still 0): one batch holds sequences of any lengths and each gets
-the plan it would get alone. Sequences with an empty side get an all-zero plan.
+with ``ot.solve_batch``: from ``g = 1`` (``v = 0``), ``f = a / (K g)``, ``g = c / (K^T f)`` with
+``K = exp(-C / reg)``; in the log domain ``u = log a - LSE_j(-C/reg + v)``, ``v = log c - LSE_i(-C/reg + u)``.
+The two give the same iterates; the log domain never underflows, the plain one is a batched matrix-vector
+product (about 8x faster on a CPU). ``domain="auto"`` takes the plain one when it is exact in the
+dtype -- the cost of each sequence, shifted by its minimum (the plan does not change), spans at most
+``50 reg`` (float32) or ``500 reg`` (float64), so that no kernel entry underflows -- and the tensors
+are on the CPU (POT's plain batch solver creates its scalings there); the log domain otherwise.
+
+Padding is block-diagonal, so each sequence gets exactly the iterates it would get alone: one extra row
+and column are appended, padded rows and columns form a separate block (cost 0, marginals summing to 1 on
+each side, solved exactly in the first round), and the entries between real and padded positions have
+cost ``1e5 reg`` (kernel ``exp(-1e5) = 0``). The returned plan is the real block. Sequences with an empty
+side get an all-zero plan.
 
 ``grad="envelope"``: the plan is a constant and ``<P, C>`` is differentiated through ``C`` only (the
 envelope theorem); ``grad="autodiff"``: gradients flow through every iteration, as in code that
@@ -24,6 +32,8 @@ import torch
 from ot.batch import loss_linear_batch, solve_batch
 
 PAD_SCALE = 1e5
+PLAIN_SPAN = {torch.float32: 50.0, torch.float64: 500.0}
+DOMAINS = ("auto", "log", "plain")
 
 
 @dataclass
@@ -32,13 +42,15 @@ class Transport:
 
     ``value`` ``[B]`` is ``<P_b, C_b>`` (attached to ``C`` according to ``grad``); ``iterations`` the
     number of Sinkhorn rounds run; ``marginal_error`` the largest deviation of a row or column sum of any
-    plan from its marginal, relative to that marginal entry (``|P 1 - a|_i / a_i``).
+    plan from its marginal, relative to that marginal entry (``|P 1 - a|_i / a_i``); ``domain`` the
+    iteration used (``"plain"`` or ``"log"``).
     """
 
     plan: torch.Tensor
     value: torch.Tensor
     iterations: int
     marginal_error: float
+    domain: str = "log"
 
 
 def sinkhorn_plans(
@@ -51,6 +63,7 @@ def sinkhorn_plans(
     tol: float = 0.0,
     mass: str = "probability",
     grad: str = "envelope",
+    domain: str = "auto",
 ) -> Transport:
     """Solve the batch of position-transport problems of the module docstring.
 
@@ -58,7 +71,7 @@ def sinkhorn_plans(
     ``mass``: ``"probability"`` (uniform marginals ``1/n``, ``1/m``: each plan sums to 1) or ``"unit"``
     (marginals of 1 per position, for square problems: rows and columns of the plan sum to 1).
     ``tol``: stop early when the row-marginal error falls below it (POT checks every 10 rounds); 0 runs
-    exactly ``n_iter`` rounds.
+    exactly ``n_iter`` rounds. ``domain``: ``"auto"``, ``"log"`` or ``"plain"`` (see the module docstring).
     """
     if cost.dim() != 3:
         raise ValueError(f"cost must be [B, N, M], got shape {tuple(cost.shape)}")
@@ -73,6 +86,8 @@ def sinkhorn_plans(
         raise ValueError(f"mass must be 'probability' or 'unit', got {mass!r}")
     if grad not in ("envelope", "autodiff"):
         raise ValueError(f"grad must be 'envelope' or 'autodiff', got {grad!r}")
+    if domain not in DOMAINS:
+        raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
     rows, cols = row_mask.to(cost.device, torch.bool), col_mask.to(cost.device, torch.bool)
     n_rows, n_cols = rows.sum(-1), cols.sum(-1)
     if mass == "unit" and not torch.equal(n_rows, n_cols):
@@ -81,25 +96,30 @@ def sinkhorn_plans(
     value = cost.new_zeros(b)
     live = ((n_rows > 0) & (n_cols > 0)).nonzero().flatten()
     if len(live) == 0:
-        return Transport(plan, value, 0, 0.0)
+        return Transport(plan, value, 0, 0.0, "log" if domain == "auto" else domain)
     c = cost[live] if cost.dtype == torch.float64 else cost[live].float()
     a, w = rows[live].to(c.dtype), cols[live].to(c.dtype)
     if mass == "probability":
         a, w = a / a.sum(-1, keepdim=True), w / w.sum(-1, keepdim=True)
-    pad = ~(rows[live, :, None] & cols[live, None, :])
-    c = c.masked_fill(pad, 0.0)
-    solver_cost = c.masked_fill(pad, PAD_SCALE * reg)  # exp(-PAD_SCALE) == 0: padding never enters a sum
+    real = rows[live, :, None] & cols[live, None, :]
+    c = c.masked_fill(~real, 0.0)
+    shift = c.masked_fill(~real, float("inf")).amin((1, 2), keepdim=True)
+    if domain == "auto":
+        span = float((c.detach().masked_fill(~real, float("-inf")) - shift.detach()).amax()) / reg
+        plain = c.device.type == "cpu" and span <= PLAIN_SPAN.get(c.dtype, 0.0)
+        domain = "plain" if plain else "log"
+    solver_cost, a_ext, w_ext = _block_padding(c - shift, real, a, w, PAD_SCALE * reg)
     result = solve_batch(
         solver_cost if grad == "autodiff" else solver_cost.detach(),
         reg=reg,
-        a=a,
-        b=w,
+        a=a_ext,
+        b=w_ext,
         max_iter=n_iter,
         tol=tol,
-        method="log_sinkhorn",
+        method="sinkhorn" if domain == "plain" else "log_sinkhorn",
         grad="autodiff" if grad == "autodiff" else "detach",
     )
-    p = result.plan.masked_fill(pad, 0.0)
+    p = result.plan[:, :n, :m].masked_fill(~real, 0.0)
     live_value = loss_linear_batch(c, p)
     plan = plan.index_copy(0, live, p.to(plan.dtype))
     value = value.index_copy(0, live, live_value.to(value.dtype))
@@ -107,4 +127,18 @@ def sinkhorn_plans(
         row_error = torch.where(a > 0, (p.sum(-1) - a).abs() / a.clamp_min(1e-30), 0.0).amax()
         col_error = torch.where(w > 0, (p.sum(-2) - w).abs() / w.clamp_min(1e-30), 0.0).amax()
         error = torch.maximum(row_error, col_error)
-    return Transport(plan, value, int(result.log["n_iter"]) + 1, float(error))
+    return Transport(plan, value, int(result.log["n_iter"]) + 1, float(error), domain)
+
+
+def _block_padding(cost, real, a, w, far: float):
+    """The cost ``[B, N+1, M+1]`` and marginals with the padded positions as a separate block."""
+    b, n, m = cost.shape
+    rows_real, cols_real = real.any(-1), real.any(-2)
+    pad_rows = torch.cat([~rows_real, rows_real.new_ones(b, 1)], 1)
+    pad_cols = torch.cat([~cols_real, cols_real.new_ones(b, 1)], 1)
+    ext = torch.nn.functional.pad(cost, (0, 1, 0, 1))
+    cross = (pad_rows[:, :, None] != pad_cols[:, None, :])
+    ext = ext.masked_fill(cross, far)
+    a_ext = torch.cat([a, a.new_zeros(b, 1)], 1) + pad_rows / pad_rows.sum(-1, keepdim=True)
+    w_ext = torch.cat([w, w.new_zeros(b, 1)], 1) + pad_cols / pad_cols.sum(-1, keepdim=True)
+    return ext, a_ext, w_ext
