@@ -24,20 +24,30 @@ from kdviz.train.loop import TrainConfig, distill
 
 @dataclass(frozen=True)
 class DemoMethod:
-    """A row of the demo: how to build the method, and which student (tokenizer pair) it trains."""
+    """A row of the demo: how to build the method, and which student (tokenizer pair) it trains.
+
+    ``build(student, teacher, student_tokenizer, teacher_tokenizer)`` returns the method module.
+    """
 
     pair: str  # "same": the teacher's tokenizer; "cross": the student's own tokenizer
-    build: Callable[[nn.Module, nn.Module], nn.Module]
+    build: Callable[..., nn.Module]
     label: str
 
 
 DEMO_METHODS: dict[str, DemoMethod] = {
-    "sft": DemoMethod("same", lambda s, t: methods.SFT(s, t), "SFT (no teacher)"),
-    "fkl": DemoMethod("same", lambda s, t: methods.VanillaKD(s, t, divergence="fkl"), "VanillaKD fkl"),
-    "akl": DemoMethod("same", lambda s, t: methods.VanillaKD(s, t, divergence="akl"), "VanillaKD akl"),
-    "dskd": DemoMethod("same", lambda s, t: methods.DSKD(s, t), "DSKD"),
-    "sft-cross": DemoMethod("cross", lambda s, t: methods.SFT(s, t), "SFT (no teacher)"),
-    "cma": DemoMethod("cross", lambda s, t: methods.CMA(s, t), "DSKD + CMA"),
+    "sft": DemoMethod("same", lambda s, t, *_: methods.SFT(s, t), "SFT (no teacher)"),
+    "fkl": DemoMethod("same", lambda s, t, *_: methods.VanillaKD(s, t, divergence="fkl"), "VanillaKD fkl"),
+    "akl": DemoMethod("same", lambda s, t, *_: methods.VanillaKD(s, t, divergence="akl"), "VanillaKD akl"),
+    "dskd": DemoMethod("same", lambda s, t, *_: methods.DSKD(s, t), "DSKD"),
+    "sft-cross": DemoMethod("cross", lambda s, t, *_: methods.SFT(s, t), "SFT (no teacher)"),
+    "cma": DemoMethod("cross", lambda s, t, *_: methods.CMA(s, t), "DSKD + CMA"),
+    "uld": DemoMethod("cross", lambda s, t, *_: methods.ULD(s, t), "ULD"),
+    "mined": DemoMethod(
+        "cross",
+        lambda s, t, s_tok, t_tok: methods.MinED(s, t, student_tokenizer=s_tok, teacher_tokenizer=t_tok),
+        "MinED",
+    ),
+    "multilevel_ot": DemoMethod("cross", lambda s, t, *_: methods.MultiLevelOT(s, t), "MultiLevelOT"),
 }
 
 
@@ -94,7 +104,7 @@ def run_demo(
         spec = DEMO_METHODS[name]
         initial, tokenizer = setup.students[spec.pair]
         student = copy.deepcopy(initial)
-        method = spec.build(student, setup.teacher)
+        method = spec.build(student, setup.teacher, tokenizer, setup.teacher_tokenizer)
         pair_tokenizers = (tokenizer, None) if spec.pair == "same" else (tokenizer, setup.teacher_tokenizer)
         collator = methods.KDCollator(*pair_tokenizers)
         meta = {"method": name, "label": spec.label, "pair": spec.pair, "config": vars(config),
