@@ -53,6 +53,16 @@ def test_each_padded_plan_equals_pot_sinkhorn(n_iter, domain):
         assert float(found.value[b]) == pytest.approx(float((plan * cost[b]).sum()), rel=1e-12)
 
 
+@pytest.mark.parametrize("domain", ["log", "plain"])
+def test_unpadded_batch_equals_pot_sinkhorn(domain):
+    cost = torch.rand(3, 6, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 2
+    full = torch.ones(3, 6, dtype=torch.bool), torch.ones(3, 8, dtype=torch.bool)
+    found = sinkhorn_plans(cost, *full, reg=0.1, n_iter=20, domain=domain)
+    for b in range(3):
+        np.testing.assert_allclose(found.plan[b].numpy(), pot_plan(cost[b].numpy(), 0.1, 20), atol=1e-12)
+    assert torch.allclose(found.value, (found.plan * cost).sum((1, 2)))
+
+
 def test_float32_and_the_reported_marginal_error():
     cost, rows, cols = padded_problem(torch.float32)
     found = sinkhorn_plans(cost, rows, cols, reg=0.1, n_iter=20)

@@ -92,23 +92,27 @@ def sinkhorn_plans(
     n_rows, n_cols = rows.sum(-1), cols.sum(-1)
     if mass == "unit" and not torch.equal(n_rows, n_cols):
         raise ValueError("mass='unit' needs as many rows as columns in every sequence")
-    plan = cost.new_zeros(b, n, m)
-    value = cost.new_zeros(b)
     live = ((n_rows > 0) & (n_cols > 0)).nonzero().flatten()
     if len(live) == 0:
-        return Transport(plan, value, 0, 0.0, "log" if domain == "auto" else domain)
-    c = cost[live] if cost.dtype == torch.float64 else cost[live].float()
-    a, w = rows[live].to(c.dtype), cols[live].to(c.dtype)
+        return Transport(cost.new_zeros(b, n, m), cost.new_zeros(b), 0, 0.0, "log" if domain == "auto" else domain)
+    dense = len(live) == b and bool(rows.all()) and bool(cols.all())  # no padding: no masks to apply
+    c = cost if dense else cost[live]
+    c = c if c.dtype == torch.float64 else c.float()
+    a, w = (rows, cols) if dense else (rows[live], cols[live])
+    a, w = a.to(c.dtype), w.to(c.dtype)
     if mass == "probability":
         a, w = a / a.sum(-1, keepdim=True), w / w.sum(-1, keepdim=True)
-    real = rows[live, :, None] & cols[live, None, :]
-    c = c.masked_fill(~real, 0.0)
-    shift = c.masked_fill(~real, float("inf")).amin((1, 2), keepdim=True)
+    real = None if dense else rows[live, :, None] & cols[live, None, :]
+    if not dense:
+        c = c.masked_fill(~real, 0.0)
+    lowest = c if dense else c.masked_fill(~real, float("inf"))
+    shift = lowest.amin((1, 2), keepdim=True)
     if domain == "auto":
-        span = float((c.detach().masked_fill(~real, float("-inf")) - shift.detach()).amax()) / reg
+        highest = c if dense else c.masked_fill(~real, float("-inf"))
+        span = float((highest.detach() - shift.detach()).amax()) / reg
         plain = c.device.type == "cpu" and span <= PLAIN_SPAN.get(c.dtype, 0.0)
         domain = "plain" if plain else "log"
-    solver_cost, a_ext, w_ext = _block_padding(c - shift, real, a, w, PAD_SCALE * reg)
+    solver_cost, a_ext, w_ext = (c - shift, a, w) if dense else _block_padding(c - shift, real, a, w, PAD_SCALE * reg)
     result = solve_batch(
         solver_cost if grad == "autodiff" else solver_cost.detach(),
         reg=reg,
@@ -119,10 +123,13 @@ def sinkhorn_plans(
         method="sinkhorn" if domain == "plain" else "log_sinkhorn",
         grad="autodiff" if grad == "autodiff" else "detach",
     )
-    p = result.plan[:, :n, :m].masked_fill(~real, 0.0)
+    p = result.plan if dense else result.plan[:, :n, :m].masked_fill(~real, 0.0)
     live_value = loss_linear_batch(c, p)
-    plan = plan.index_copy(0, live, p.to(plan.dtype))
-    value = value.index_copy(0, live, live_value.to(value.dtype))
+    if dense:
+        plan, value = p.to(cost.dtype), live_value.to(cost.dtype)
+    else:
+        plan = cost.new_zeros(b, n, m).index_copy(0, live, p.to(cost.dtype))
+        value = cost.new_zeros(b).index_copy(0, live, live_value.to(cost.dtype))
     with torch.no_grad():
         row_error = torch.where(a > 0, (p.sum(-1) - a).abs() / a.clamp_min(1e-30), 0.0).amax()
         col_error = torch.where(w > 0, (p.sum(-2) - w).abs() / w.clamp_min(1e-30), 0.0).amax()
