@@ -394,6 +394,14 @@ class MatrixView:
     shape: tuple[int, int]
 
 
+def finite_or_none(z: np.ndarray) -> np.ndarray | list:
+    """``z`` unchanged when all finite, else nested lists with None for the gaps: a widget sends 2-d arrays
+    as JSON lists, and JSON has no NaN."""
+    if np.isfinite(z).all():
+        return z
+    return [[float(v) if math.isfinite(v) else None for v in row] for row in z.tolist()]
+
+
 def _bins(n: int, limit: int) -> np.ndarray:
     """Start index of each of ``min(n, limit)`` nearly equal blocks of ``range(n)``."""
     return np.linspace(0, n, min(n, limit) + 1).astype(int)
@@ -464,7 +472,7 @@ AXIS_NAMES = {"student": "student token (predicted)", "teacher": "teacher token 
 
 def _heatmap_trace(view: MatrixView, row_name: str, col_name: str, colorscale: str, **kwargs) -> go.Heatmap:
     return go.Heatmap(
-        z=view.z,
+        z=finite_or_none(view.z),
         x=view.x,
         y=view.y,
         colorscale=colorscale,
@@ -647,7 +655,7 @@ def token_losses(
     share = value == "rkl_share"
     fig = go.Figure(
         go.Heatmap(
-            z=z,
+            z=finite_or_none(z),
             text=text,
             customdata=hover,
             texttemplate="%{text}",

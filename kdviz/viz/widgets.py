@@ -124,7 +124,9 @@ class StepControls(widgets.HBox):
             continuous_update=False,
             layout=widgets.Layout(width="60%"),
         )
-        self.play = widgets.Play(min=0, max=max(len(steps) - 1, 0), interval=interval_ms, description="play")
+        last = max(len(steps) - 1, 0)
+        # the link copies the play value into the slider index when the views render: start both at the end
+        self.play = widgets.Play(value=last, min=0, max=last, interval=interval_ms, description="play")
         widgets.jslink((self.play, "value"), (self.slider, "index"))
         self.sample = widgets.Dropdown(
             options=samples or [0],
@@ -139,9 +141,10 @@ class StepControls(widgets.HBox):
         if not steps or list(self.slider.options) == steps:
             return
         current, was_last = self.slider.value, self.slider.index == len(self.slider.options) - 1
+        self.play.max = len(steps) - 1
         self.slider.options = steps
         self.slider.value = steps[-1] if was_last or current not in steps else current
-        self.play.max = len(steps) - 1
+        self.play.value = self.slider.index
 
 
 class _Views(widgets.VBox):
