@@ -190,7 +190,7 @@ class MinED(nn.Module):
                 "loss": loss.detach(),
                 **{name: value.detach() for name, value in parts.items()},
                 "one_to_one_share": masked_mean(aligned, mask_s),
-                "vocab_exact_share": torch.tensor(self.map.exact_share),
+                "vocab_exact_share": torch.tensor(self.map.exact_share, device=z_s.device),
                 "moved_exact_share": masked_mean(moved_exact, torch.ones_like(moved_exact)),
                 "student_acc": masked_mean(z_s.argmax(-1) == targets, mask_s),
                 **{f"align_{name}": value for name, value in scores.items()},

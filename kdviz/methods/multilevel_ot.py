@@ -203,8 +203,8 @@ class MultiLevelOT(nn.Module):
             terms = {
                 "loss": loss.detach(),
                 **{name: value.detach() for name, value in parts.items()},
-                "sinkhorn_iterations": torch.tensor(float(transport.iterations)),
-                "sinkhorn_marginal_error": torch.tensor(transport.marginal_error),
+                "sinkhorn_iterations": torch.tensor(float(transport.iterations), device=z_s.device),
+                "sinkhorn_marginal_error": torch.tensor(transport.marginal_error, device=z_s.device),
                 "student_acc": masked_mean(z_s.argmax(-1) == targets, mask_s),
                 **{f"align_{name}": value for name, value in scores.items()},
             }
