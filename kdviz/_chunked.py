@@ -8,8 +8,8 @@ size of the student logits, and the chunk's float32 intermediates are freed befo
 backward only scales that buffer (in place for a scalar loss). Peak memory above the inputs is therefore
 the gradient itself plus one chunk's intermediates, whatever the number of tokens.
 
-The gradient of a chunk comes from the formula's closed form ``g = dL/d(log q)`` when it has one, pushed
-through the temperature-scaled log-softmax, ``dL/dz = (g - q * sum_v g) / tau``; otherwise from autograd
+The gradient of a chunk comes from the formula's closed form with respect to ``u = z / tau`` when it has
+one (``dL/dz = dL/du / tau``); otherwise from autograd
 on that chunk alone. Masked rows are never read. The teacher is treated as a constant: a teacher that
 needs a gradient is sent to the plain path by :func:`kdviz.divergences.divergence`.
 """
@@ -51,15 +51,12 @@ def chunk_value_and_grad(
     else:
         with torch.no_grad():
             rows = make_rows(student, teacher, tau, want_grad=grad == "closed")
-            values, grad_logq = formula(rows, stats, **params)
+            values, grad_u = formula(rows, stats, **params)
             _check_chunk(values, student, teacher, positions)
             if grad is None:
                 return values, None
-            # through log_softmax(z / tau): dL/dz = (g - q * sum_v g) / tau, assembled in one buffer
-            same = out is not None and out.dtype == grad_logq.dtype
-            dz = torch.addcmul(grad_logq, rows.q, grad_logq.sum(-1, keepdim=True), value=-1.0,
-                               out=out if same else None)
-            dz.mul_(scale / tau)
+            same = out is not None and out.dtype == grad_u.dtype
+            dz = torch.mul(grad_u, scale / tau, out=out if same else None)  # written once into the buffer
             if same:
                 return values, out
     if out is not None:

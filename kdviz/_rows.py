@@ -112,8 +112,9 @@ class Rows:
     that any arithmetic on them is finite, and every sum over the vocabulary goes through
     :meth:`vsum`, which drops them. ``keep`` is None when every entry is in the support.
 
-    ``want_grad`` asks a formula for its closed-form gradient ``dL/d(log q)`` next to its value (the
-    chunked engine's fast path); the plain path leaves it False and lets autograd differentiate.
+    ``want_grad`` asks a formula for its closed-form gradient with respect to the scaled student logits
+    ``z / tau`` next to its value (the chunked engine's fast path); the plain path leaves it False and
+    lets autograd differentiate.
     """
 
     logp: torch.Tensor
@@ -131,6 +132,10 @@ class Rows:
 
     def _exp(self, log: torch.Tensor) -> torch.Tensor:
         return log.exp() if self.keep is None else torch.where(self.keep, log.exp(), 0.0)
+
+    def through_softmax(self, grad_logq: torch.Tensor) -> torch.Tensor:
+        """Chain ``g = dL/d(log q)`` through ``log q = log_softmax(u)``: ``dL/du = g - q sum_v g``."""
+        return torch.addcmul(grad_logq, self.q, grad_logq.sum(-1, keepdim=True), value=-1.0)
 
     def vsum(self, term: torch.Tensor) -> torch.Tensor:
         """Sum a per-entry term over the vocabulary, counting only entries in the support."""

@@ -31,8 +31,10 @@ from kdviz.headtail import check_mu, head_weights
 
 Formula = Callable[..., "Out"]
 Out = tuple[torch.Tensor, "torch.Tensor | None"]
-"""A formula's result: per-row values and, when ``rows.want_grad``, the closed form of ``dL/d(log q)``
-(None where a formula has none: the engine then differentiates that chunk with autograd)."""
+"""A formula's result: per-row values and, when ``rows.want_grad``, the closed-form gradient with respect
+to the temperature-scaled student logits ``u = z / tau`` (None where a formula has none: the engine then
+differentiates that chunk with autograd). From ``g = dL/d(log q)``: ``dL/du = g - q sum_v g``
+(:meth:`Rows.through_softmax`); forward and reverse KL have shorter forms."""
 
 
 def _mix(w1, a: Out, w2, b: Out) -> Out:
@@ -47,13 +49,14 @@ def _mix(w1, a: Out, w2, b: Out) -> Out:
 
 def _fkl(r: Rows, stats: dict) -> Out:
     """Forward KL: ``KL(p || q) = sum_v p (log p - log q)``."""
-    return r.vsum(r.p * (r.logp - r.logq)), (-r.p if r.want_grad else None)
+    return r.vsum(r.p * (r.logp - r.logq)), (r.q - r.p if r.want_grad else None)
 
 
 def _rkl(r: Rows, stats: dict) -> Out:
     """Reverse KL: ``KL(q || p) = sum_v q (log q - log p)``."""
     log_ratio = r.logq - r.logp
-    return r.vsum(r.q * log_ratio), (r.q * (log_ratio + 1.0) if r.want_grad else None)
+    value = r.vsum(r.q * log_ratio)
+    return value, (r.q * (log_ratio - value[:, None]) if r.want_grad else None)
 
 
 def _unit_interval(name: str, value: float) -> None:
@@ -93,7 +96,7 @@ def _gjsd(r: Rows, stats: dict, beta: float = 0.5) -> Out:
     log_m = _log_mixture(r, beta)
     q_to_m = r.logq - log_m
     value = beta * r.vsum(r.p * (r.logp - log_m)) + (1.0 - beta) * r.vsum(r.q * q_to_m)
-    return value, ((1.0 - beta) * r.q * q_to_m if r.want_grad else None)
+    return value, (r.through_softmax((1.0 - beta) * r.q * q_to_m) if r.want_grad else None)
 
 
 def _sfkl(r: Rows, stats: dict, a: float = 0.1) -> Out:
@@ -101,7 +104,7 @@ def _sfkl(r: Rows, stats: dict, a: float = 0.1) -> Out:
     _unit_interval("a", a)
     log_m = _log_mixture(r, a)
     value = r.vsum(r.p * (r.logp - log_m))
-    return value, (-(1.0 - a) * r.p * (r.logq - log_m).exp() if r.want_grad else None)
+    return value, (r.through_softmax(-(1.0 - a) * r.p * (r.logq - log_m).exp()) if r.want_grad else None)
 
 
 def _srkl(r: Rows, stats: dict, a: float = 0.1) -> Out:
@@ -109,13 +112,13 @@ def _srkl(r: Rows, stats: dict, a: float = 0.1) -> Out:
     _unit_interval("a", a)
     q_to_m = r.logq - _log_mixture(r, 1.0 - a)
     value = r.vsum(r.q * q_to_m)
-    return value, (r.q * (q_to_m + 1.0 - a * q_to_m.exp()) if r.want_grad else None)
+    return value, (r.through_softmax(r.q * (q_to_m + 1.0 - a * q_to_m.exp())) if r.want_grad else None)
 
 
 def _tvd(r: Rows, stats: dict) -> Out:
     """Total variation distance: ``0.5 sum_v |p - q|``."""
     diff = r.q - r.p
-    return 0.5 * r.vsum(diff.abs()), (0.5 * diff.sign() * r.q if r.want_grad else None)
+    return 0.5 * r.vsum(diff.abs()), (r.through_softmax(0.5 * diff.sign() * r.q) if r.want_grad else None)
 
 
 def _akl(r: Rows, stats: dict, mu: float = 0.5, crossing_in_head: bool = False) -> Out:
