@@ -1,7 +1,8 @@
 """kdviz: knowledge distillation losses, instrumentation and visual diagnostics for language models.
 
 - Losses: :func:`divergence` / :data:`DIVERGENCES` (same vocabulary), :func:`fused_divergence` (from hidden
-  states, without the logits), :mod:`kdviz.methods` (VanillaKD, DSKD, CMA, ... as ``nn.Module``).
+  states, without the logits), :mod:`kdviz.methods` (SFT, VanillaKD, DSKD, CMA, ULD, MinED, MultiLevelOT,
+  each an ``nn.Module``).
 - Alignment between two tokenizers: :mod:`kdviz.align` (:func:`compare_tokenizers` first).
 - Recording: :class:`Recorder` writes a run directory; :func:`open_run` reads it as pandas / numpy.
 """

@@ -6,28 +6,44 @@
   groups it into one-to-one / one-to-many (split) / many-to-one (merge) regions.
 - :func:`alignment_scores` judges any soft alignment (CMA attention, an OT plan) against it.
 - :func:`compare_tokenizers` is the first thing to run with two tokenizers.
+- :func:`align_tokens` (DTW on edit distance) and :func:`vocab_map` (teacher -> student ids, cached) serve
+  MinED; :func:`index_pairs` / :func:`overlap_pairs` pair positions for ULD and MultiLevelOT;
+  :func:`sinkhorn_plans` solves a batch of entropic OT problems with POT.
 """
 
 from kdviz.align.compare import TokenizerReport, compare_tokenizers
+from kdviz.align.dtw import TokenAlignment, align_tokens, dtw_path
 from kdviz.align.overlap import KINDS, Region, kind_counts, overlap_matrix, regions, trimmed_spans
+from kdviz.align.positions import index_pairs, overlap_pairs
 from kdviz.align.scores import alignment_scores, row_scores
 from kdviz.align.tokens import Encoded, check_fast, encode_example, encode_text, start_tokens, token_strings
+from kdviz.align.transport import Transport, sinkhorn_plans
+from kdviz.align.vocab_map import VocabMap, vocab_map
 
 __all__ = [
     "KINDS",
     "Encoded",
     "Region",
+    "TokenAlignment",
     "TokenizerReport",
+    "Transport",
+    "VocabMap",
+    "align_tokens",
     "alignment_scores",
     "check_fast",
     "compare_tokenizers",
+    "dtw_path",
     "encode_example",
     "encode_text",
+    "index_pairs",
     "kind_counts",
     "overlap_matrix",
+    "overlap_pairs",
     "regions",
     "row_scores",
+    "sinkhorn_plans",
     "start_tokens",
     "token_strings",
     "trimmed_spans",
+    "vocab_map",
 ]
