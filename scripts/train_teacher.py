@@ -5,7 +5,7 @@ response tokens (and EOS) at weight 1 and the prompt tokens at ``PROMPT_WEIGHT``
 to answer while still modelling the prompt language a little. AdamW, linear warmup then cosine decay,
 gradient clipping, fixed seed.
 
-Usage: ``python scripts/train_teacher.py [--steps 600] [--out data/models/teacher]``
+Usage: ``python scripts/train_teacher.py [--steps 800] [--out data/models/teacher]``
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def make_model(tokenizer, seed: int) -> GPT2LMHeadModel:
     return GPT2LMHeadModel(config)
 
 
-def train(data_dir: Path, tokenizer_dir: Path, out: Path, *, steps: int = 600, batch_size: int = 64,
+def train(data_dir: Path, tokenizer_dir: Path, out: Path, *, steps: int = 800, batch_size: int = 64,
           lr: float = 2e-3, warmup: int = 100, seed: int = 0, eval_every: int = 200, threads: int = 1) -> dict:
     """Train the teacher, save it (model, tokenizer, ``training.json``) to ``out``; return the statistics.
 
@@ -124,7 +124,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=root / "data")
     parser.add_argument("--tokenizer", type=Path, default=root / "data" / "tokenizers" / "teacher")
     parser.add_argument("--out", type=Path, default=root / "data" / "models" / "teacher")
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     stats = train(args.data, args.tokenizer, args.out, steps=args.steps, seed=args.seed)

@@ -1,16 +1,17 @@
 """Train kdviz's two embedded tokenizers on the training split and save them as Hugging Face directories.
 
-- ``teacher``: byte-level BPE in the GPT-2 style (``Ġ`` marks a leading space, digits merge freely),
-  no normaliser. Special tokens: ``<|endoftext|>`` is EOS and BOS (as in GPT-2), ``<|pad|>`` is padding.
+- ``teacher``: byte-level BPE in the GPT-2 style (``Ġ`` marks a leading space, no normaliser) that, like
+  the Qwen2 tokenizers, splits numbers into single digits. Special tokens: ``<|endoftext|>`` is EOS and
+  BOS (as in GPT-2), ``<|pad|>`` is padding.
 - ``student``: Unigram (SentencePiece style, trained on the split's word types) with an NFKC normaliser
-  that also collapses runs of spaces, the ``▁`` metaspace marker (prepended to the first word only),
-  newlines as their own pieces and digits always split one by one. It splits most words into more pieces
-  than the teacher, keeps punctuation attached where the teacher splits it off, and shares many
-  whole-word tokens with it. Special tokens: ``<s>`` BOS, ``</s>`` EOS, ``<pad>``, ``<unk>``.
+  that also collapses runs of spaces, the ``▁`` metaspace marker (prepended to the first word only) and
+  newlines as their own pieces. It splits most words into more pieces than the teacher (one-to-many),
+  keeps numbers in multi-digit pieces where the teacher has one token per digit (many-to-one) and shares
+  many whole-word tokens with it (one-to-one). Special tokens: ``<s>`` BOS, ``</s>`` EOS, ``<pad>``,
+  ``<unk>``.
 
 ``TEACHER_VOCAB`` and ``STUDENT_VOCAB`` are upper bounds: on this closed-world corpus (about 1.1k
-distinct words) the BPE runs out of merges at about 1.3k tokens and the Unigram settles at about 450
-pieces, so the teacher's vocabulary is about three times the student's.
+distinct words) the BPE runs out of merges at about 1k tokens and the Unigram settles at about 650 pieces.
 
 Neither tokenizer adds special tokens on its own (no BOS is prepended, no EOS appended): the training
 format appends ``tokenizer.eos_token`` to the response explicitly, and nothing uses BOS. Both are fast
@@ -63,9 +64,11 @@ def word_types(texts: list[str]) -> list[str]:
 
 
 def teacher_tokenizer(texts: list[str], vocab_size: int = TEACHER_VOCAB) -> PreTrainedTokenizerFast:
-    """A GPT-2 style byte-level BPE trained on ``texts``."""
+    """A GPT-2 style byte-level BPE (numbers split into digits) trained on ``texts``."""
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=True)
     trainer = trainers.BpeTrainer(
@@ -83,7 +86,6 @@ def student_tokenizer(texts: list[str], vocab_size: int = STUDENT_VOCAB) -> PreT
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split("\n", "isolated"),
         pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first"),
-        pre_tokenizers.Digits(individual_digits=True),
     ])
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
     trainer = trainers.UnigramTrainer(

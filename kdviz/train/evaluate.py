@@ -71,7 +71,7 @@ def _left_padded(tokenizer, texts: list[str], device: torch.device) -> dict[str,
 
 
 @torch.inference_mode()
-def generate(model, tokenizer, prompts: Sequence[str], *, greedy: bool = True, max_new_tokens: int = 40,
+def generate(model, tokenizer, prompts: Sequence[str], *, greedy: bool = True, max_new_tokens: int = 48,
              batch_size: int = 32, progress: bool = True, desc: str = "generate") -> list[str]:
     """Answers of ``model`` to raw ``prompts`` (formatted with :func:`format_prompt`), in input order.
 
@@ -101,7 +101,7 @@ def generate(model, tokenizer, prompts: Sequence[str], *, greedy: bool = True, m
 
 
 def evaluate(model, tokenizer, examples: Iterable[dict] | pd.DataFrame, *, greedy: bool = True,
-             seeds: Sequence[int] = (0, 1, 2), max_new_tokens: int = 40, batch_size: int = 32,
+             seeds: Sequence[int] = (0, 1, 2), max_new_tokens: int = 48, batch_size: int = 32,
              progress: bool = True) -> tuple[dict, pd.DataFrame]:
     """Generate answers to ``examples`` and score them with exact match and ROUGE-L (both x100).
 
