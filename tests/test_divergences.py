@@ -137,10 +137,12 @@ def test_akl_counts_zero_over_zero_fallbacks():
 @given(pair=logit_pairs())
 def test_nonnegative_and_zero_on_equal(name, pair):
     s, t, mask = pair
+    # float32 rounding of a sum of V non-negative terms; abkd's 1/(alpha beta) = 7 amplifies it
+    tol = 2e-5 if name == "abkd" else 1e-6
     per_token = divergence(name, s, t, mask, reduction="none")
-    assert torch.all(per_token >= -1e-6)  # float32 rounding of a sum of non-negative terms
+    assert torch.all(per_token >= -tol)
     equal = divergence(name, t.clone(), t, mask, reduction="none")
-    assert torch.all(equal.abs() <= 1e-6)
+    assert torch.all(equal.abs() <= tol)
 
 
 @settings(max_examples=30, deadline=None)
