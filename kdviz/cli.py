@@ -95,8 +95,9 @@ def demo(args: argparse.Namespace) -> None:
     table = run_demo(setup, names, args.out, config, eval_examples=eval_examples)
     pd.set_option("display.width", 200)
     print("\n" + table.round(1).to_string(index=False))
-    print(f"\nRuns recorded under {args.out}/ (one directory per method). Open them in JupyterLab with "
-          "kdviz.viz.dashboard(kdviz.open_run(path)), e.g. in notebooks/dashboard.ipynb.")
+    print(f"\nRuns recorded under {args.out}/ (one directory per method); static report: {args.out}/report.html.")
+    print("Explore a run in JupyterLab (`.venv/bin/jupyter lab`) with kdviz.viz.dashboard(kdviz.open_run(path)), "
+          "as notebooks/02_dual_space_and_cross_model_attention.ipynb does.")
 
 
 def main(argv: list[str] | None = None) -> None:

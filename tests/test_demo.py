@@ -18,6 +18,7 @@ def test_demo_runs_every_method_end_to_end(tmp_path):
     teacher = table.set_index("method").loc["teacher"]
     assert teacher["exact_match"] > 30  # the embedded teacher answers most test prompts
     assert (tmp_path / "results.csv").exists()
+    assert "<html" in (tmp_path / "report.html").read_text()[:2000].lower()
     for name in names:
         run = open_run(tmp_path / name)
         assert run.meta["method"] == name and set(run.scalars["step"]) == {0, 1, 2}

@@ -2,7 +2,8 @@
 
 Every method trains a fresh copy of the same initial student for the same budget, is recorded under
 ``<out>/<method>/`` and evaluated on the test split (greedy decoding, exact match and ROUGE-L x100).
-The table has the teacher and the untrained students for reference, and each run's training time.
+The table has the teacher and the untrained students for reference, and each run's training time; it is
+written to ``<out>/results.csv`` and, with every run, to the static report ``<out>/report.html``.
 """
 
 from __future__ import annotations
@@ -119,7 +120,11 @@ def run_demo(
     table = pd.DataFrame(rows)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "results.csv", index=False)
-    log(f"Total {time.perf_counter() - started:.0f} s.")
+    from kdviz.record import open_run
+    from kdviz.viz import report
+
+    report({name: open_run(out / name) for name in method_names}, out / "report.html", title="kdviz demo")
+    log(f"Total {time.perf_counter() - started:.0f} s; report: {out / 'report.html'}")
     return table
 
 
