@@ -197,7 +197,7 @@ def spawn(*args) -> dict:
 
 def measure(kind, shape, dtype, reps) -> dict:
     mem = {impl: spawn("memory", kind, impl, shape, dtype)["extra_peak"] for impl in ("baseline", "kdviz")}
-    times = spawn("time", kind, shape, dtype, reps)
+    times = spawn("time", kind, shape, dtype, reps) if reps else {"baseline": math.nan, "kdviz": math.nan}
     return {
         "t_base": times["baseline"], "t_kdviz": times["kdviz"], "time_ratio": times["kdviz"] / times["baseline"],
         "mem_base_mb": mem["baseline"] / 2**20, "mem_kdviz_mb": mem["kdviz"] / 2**20,
@@ -224,7 +224,7 @@ def main() -> None:
     parser.add_argument("--names", nargs="*", default=list(kdviz.DIVERGENCES))
     parser.add_argument("--sizes", nargs="*", default=["4x256x32000", "2x512x151936"])
     parser.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16"])
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--reps", type=int, default=5, help="timed repetitions (0: memory only)")
     parser.add_argument("--no-fused", action="store_true", help="skip the fused LM-head comparison")
     args = parser.parse_args()
     if args.worker:
@@ -247,10 +247,11 @@ def main() -> None:
         shape = [int(x) for x in size.split("x")]
         for dtype in args.dtypes:
             for name in args.names:
-                report(name, size, dtype, measure(name, shape, dtype, reps if shape[-1] < 100_000 else 3))
+                report(name, size, dtype, measure(name, shape, dtype, min(reps, 3) if shape[-1] > 100_000 else reps))
     if not args.no_fused:
         tokens, d, vocab = fused_shape
-        report("fused", f"{tokens}x{d}->{vocab}", "float32", measure("fused", list(fused_shape), "float32", 3))
+        fused = measure("fused", list(fused_shape), "float32", min(reps, 3))
+        report("fused", f"{tokens}x{d}->{vocab}", "float32", fused)
     print(json.dumps(rows))
 
 
