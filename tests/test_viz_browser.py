@@ -9,6 +9,7 @@ to ``test-artifacts/``.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -37,8 +38,13 @@ ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-RUN_TIMEOUT_MS = 150_000
+RUN_TIMEOUT_MS = 240_000
 DASHBOARD_NOTEBOOK = "02_dual_space_and_cross_model_attention"
+# every cell rendered (no windowing, so every plot is in the page), no news fetched from the network
+SETTINGS = {
+    "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false"},
+}
 
 if not Path(CHROMIUM).exists():
     if os.environ.get("CI") == "true":
@@ -65,9 +71,13 @@ def lab(tmp_path_factory):
     root = tmp_path_factory.mktemp("lab")
     for nb in NOTEBOOKS:
         shutil.copy(nb, root / nb.name)
+    settings = tmp_path_factory.mktemp("lab-settings")
+    for plugin, values in SETTINGS.items():
+        (settings / plugin).parent.mkdir(parents=True, exist_ok=True)
+        (settings / plugin).write_text(json.dumps(values))
     port = _free_port()
     log = open(root / "server.log", "w")
-    env = {**os.environ, "KDVIZ_DATA": str(ROOT / "data"), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "KDVIZ_DATA": str(ROOT / "data"), "JUPYTERLAB_SETTINGS_DIR": str(settings)}
     server = subprocess.Popen(
         [
             sys.executable,
@@ -82,6 +92,7 @@ def lab(tmp_path_factory):
             "--ServerApp.disable_check_xsrf=True",
             f"--ServerApp.root_dir={root}",
             "--LabApp.expose_app_in_browser=True",
+            f"--LabApp.workspaces_dir={settings / 'workspaces'}",
             "--ServerApp.open_browser=False",
         ],
         stdout=log,
@@ -121,37 +132,54 @@ def _page(browser, errors: list[str]):
     page = browser.new_page(viewport={"width": 1400, "height": 1800})
     page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+    page.on("response", lambda r: errors.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
     return page
 
 
-RUN_ALL = """async () => {
-  const app = window.jupyterapp;
-  await app.commands.execute('notebook:run-all-cells');
-}"""
-DONE = """() => {
-  const app = window.jupyterapp;
-  const panel = app && app.shell.currentWidget;
-  if (!panel || !panel.content || !panel.sessionContext || !panel.sessionContext.session) return false;
+PANEL = """const panel = Array.from(window.jupyterapp.shell.widgets('main'))
+    .find(w => w.context && w.context.path === NAME && w.content && w.sessionContext);"""
+DONE = """(NAME) => {
+  PANEL
+  if (!panel || !panel.sessionContext.session) return false;
   const kernel = panel.sessionContext.session.kernel;
   if (!kernel || kernel.status !== 'idle') return false;
   const cells = panel.content.widgets.filter(c => c.model.type === 'code');
   const failed = cells.find(c => c.model.outputs.toJSON().some(o => o.output_type === 'error'));
   if (failed) return 'error in cell: ' + failed.model.sharedModel.getSource().slice(0, 200);
   return cells.every(c => c.model.executionCount !== null && c.model.executionCount !== undefined) && 'done';
-}"""
-READY = """() => {
-  const app = window.jupyterapp;
-  const panel = app && app.shell.currentWidget;
-  return !!(panel && panel.sessionContext && panel.sessionContext.session &&
-            panel.sessionContext.session.kernel && panel.sessionContext.session.kernel.status === 'idle');
-}"""
+}""".replace("PANEL", PANEL)
+PLOTLY_OUTPUTS = """(NAME) => {
+  PANEL
+  const outputs = panel.content.widgets.flatMap(c => c.model.type === 'code' ? c.model.outputs.toJSON() : []);
+  return outputs.filter(o => o.data && o.data['application/vnd.plotly.v1+json']).length;
+}""".replace("PANEL", PANEL)
+READY = """(NAME) => {
+  if (!window.jupyterapp) return false;
+  PANEL
+  return !!(panel && panel.sessionContext.session && panel.sessionContext.session.kernel &&
+            panel.sessionContext.session.kernel.status === 'idle');
+}""".replace("PANEL", PANEL)
+RUN_ALL = """(NAME) => {
+  PANEL
+  window.jupyterapp.shell.activateById(panel.id);
+  window.jupyterapp.commands.execute('notebook:run-all-cells');  // not awaited: DONE polls for the end
+}""".replace("PANEL", PANEL)
+
+
+def _shutdown_kernels(url: str) -> None:
+    """Stop every session's kernel, so each notebook runs alone."""
+    with urllib.request.urlopen(f"{url}/api/sessions", timeout=10) as response:
+        sessions = json.loads(response.read())
+    for session in sessions:
+        request = urllib.request.Request(f"{url}/api/sessions/{session['id']}", method="DELETE")
+        urllib.request.urlopen(request, timeout=30).close()
 
 
 def _open_and_run(page, url: str, name: str) -> None:
-    page.goto(f"{url}/lab/tree/{name}", wait_until="domcontentloaded")
-    page.wait_for_function(READY, timeout=90_000, polling=500)
-    page.evaluate(RUN_ALL)
-    outcome = page.wait_for_function(DONE, timeout=RUN_TIMEOUT_MS, polling=500).json_value()
+    page.goto(f"{url}/lab/tree/{name}?reset", wait_until="domcontentloaded")  # reset: no restored tabs
+    page.wait_for_function(READY, arg=name, timeout=90_000, polling=500)
+    page.evaluate(RUN_ALL, name)
+    outcome = page.wait_for_function(DONE, arg=name, timeout=RUN_TIMEOUT_MS, polling=500).json_value()
     assert outcome == "done", outcome
 
 
@@ -185,7 +213,12 @@ def test_notebook_renders_in_jupyterlab(lab, browser, path):
             .filter(has_text="Traceback")
             .count()
         )
-        assert page.locator(".jp-OutputArea-output .js-plotly-plot").count() >= 2
+        expected = page.evaluate(PLOTLY_OUTPUTS, path.name)
+        assert expected >= 1
+        page.wait_for_function(
+            f"() => document.querySelectorAll('.jp-Notebook .js-plotly-plot').length >= {expected}",
+            timeout=60_000,
+        )
         assert not page.locator(".jp-OutputArea-output[data-mime-type*='error']").count()
         if path.stem == DASHBOARD_NOTEBOOK:
             _move_step_slider(page)
@@ -194,6 +227,7 @@ def test_notebook_renders_in_jupyterlab(lab, browser, path):
         assert not errors, errors
     finally:
         page.close()
+        _shutdown_kernels(url)
 
 
 def _move_step_slider(page) -> None:
