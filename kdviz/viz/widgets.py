@@ -18,6 +18,7 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 
 import ipywidgets as widgets
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import torch
@@ -29,6 +30,7 @@ from kdviz.viz import figures as F
 from kdviz.viz import toy
 
 ALIGNMENT_NAMES = ("t2s_weight", "s2t_weight")
+DATA_KEYS = frozenset({"x", "y", "z", "text", "customdata", "base", "hovertext", "cells", "header"})
 WHY = {
     "alignment": "No alignment matrices in this run. Only cross-tokenizer methods with attention (CMA) "
     "produce t2s_weight / s2t_weight; record one with the 'alignment' probe enabled.",
@@ -51,9 +53,13 @@ def refresh_figure(widget: go.FigureWidget, fig: go.Figure) -> None:
         )
         if same:
             for old, new in zip(widget.data, fig.data, strict=True):
-                props = new.to_plotly_json()
-                props.pop("type", None)
-                old.update(props, overwrite=True)
+                before = old.to_plotly_json()
+                for key, value in new.to_plotly_json().items():
+                    # data arrays are always sent; small settings only when they changed
+                    if key in DATA_KEYS or not _equal(before.get(key), value):
+                        old[key] = value
+                for key in before.keys() - new.to_plotly_json().keys() - {"type", "uid"}:
+                    old[key] = None
             layout = fig.layout.to_plotly_json()
             layout.pop("template", None)
             widget.layout.update(layout)
@@ -61,6 +67,17 @@ def refresh_figure(widget: go.FigureWidget, fig: go.Figure) -> None:
             widget.data = ()
             widget.add_traces(list(fig.data))
             widget.layout = fig.layout
+
+
+def _equal(a, b) -> bool:
+    """Equality of plotly property values, which may nest dicts, lists and numpy arrays."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple, np.ndarray)) or isinstance(b, (list, tuple, np.ndarray)):
+        if a is None or b is None or len(a) != len(b):
+            return False
+        return all(_equal(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
 
 
 def _at(steps: Sequence[int], step: int | None) -> int | None:
