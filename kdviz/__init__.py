@@ -5,9 +5,10 @@
   each an ``nn.Module``).
 - Alignment between two tokenizers: :mod:`kdviz.align` (:func:`compare_tokenizers` first).
 - Recording: :class:`Recorder` writes a run directory; :func:`open_run` reads it as pandas / numpy.
+- Views: :mod:`kdviz.viz` (plotly figures, JupyterLab dashboards, static HTML reports).
 """
 
-from kdviz import align, methods
+from kdviz import align, methods, viz
 from kdviz.align import compare_tokenizers
 from kdviz.divergences import DIVERGENCES, divergence
 from kdviz.fused import fused_divergence
@@ -32,4 +33,5 @@ __all__ = [
     "head_tail",
     "methods",
     "open_run",
+    "viz",
 ]
