@@ -1,4 +1,5 @@
-"""The ``kdviz`` command line: ``kdviz demo`` (distil the embedded teacher with every method) and ``kdviz toy``."""
+"""The ``kdviz`` command line: ``kdviz demo`` (distil the embedded teacher with every method), ``kdviz report``
+(a static HTML report of recorded runs) and ``kdviz toy`` (every divergence on toy distributions)."""
 
 from __future__ import annotations
 
@@ -100,6 +101,16 @@ def demo(args: argparse.Namespace) -> None:
           "as notebooks/02_dual_space_and_cross_model_attention.ipynb does.")
 
 
+def report(args: argparse.Namespace) -> None:
+    """Write one self-contained HTML report of the recorded runs ``args.runs`` to ``args.output``."""
+    from kdviz.record.reader import open_run
+    from kdviz.viz.report import report as write_report
+
+    runs = [open_run(path) for path in args.runs]  # labelled by method, numbered when repeated
+    out = write_report(runs, args.output, title=args.title, max_steps=args.max_steps)
+    print(f"kdviz report: {len(runs)} run(s) -> {out} ({out.stat().st_size / 1e6:.1f} MB, opens without network)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="kdviz", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -114,12 +125,20 @@ def main(argv: list[str] | None = None) -> None:
     demo_parser.add_argument("--student", help="a Hugging Face id or local path instead of an embedded student")
     demo_parser.add_argument("--out", default="runs/demo", help="where the runs are recorded (default runs/demo)")
     demo_parser.set_defaults(run=demo)
+    report_parser = commands.add_parser("report", help="write a self-contained HTML report of recorded runs")
+    report_parser.add_argument("runs", nargs="+", metavar="RUN", help="run directories written by kdviz.Recorder")
+    report_parser.add_argument("-o", "--output", default="report.html", help="the HTML file (default report.html)")
+    report_parser.add_argument("--title", default="kdviz report")
+    report_parser.add_argument("--max-steps", type=int, default=10, help="recorded steps kept per stepped view")
+    report_parser.set_defaults(run=report)
     toy_parser = commands.add_parser("toy", help="compare every divergence on toy teacher/student pairs")
     toy_parser.add_argument("--mu", type=float, default=0.5, help="head mass threshold (default 0.5)")
     toy_parser.set_defaults(run=toy)
     args = parser.parse_args(argv)
     if args.command == "toy" and (not 0 < args.mu < 1 or math.isnan(args.mu)):
         parser.error("--mu must be strictly between 0 and 1")
+    if args.command == "report" and args.max_steps < 1:
+        parser.error("--max-steps must be at least 1")
     args.run(args)
 
 

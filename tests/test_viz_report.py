@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from kdviz.record import open_run
 from kdviz.viz import report
 from kdviz.viz.report import pick_steps
@@ -37,3 +39,22 @@ def test_pick_steps():
     assert pick_steps(range(5), 10) == [0, 1, 2, 3, 4]
     picked = pick_steps(list(range(0, 1000, 10)), 5)
     assert picked[0] == 0 and picked[-1] == 990 and len(picked) == 5
+
+
+def test_report_command_line(tmp_path, capsys):
+    from kdviz import cli
+
+    out = tmp_path / "two.html"
+    cli.main(["report", str(cma_run()), str(vanilla_run()), "-o", str(out), "--title", "from the CLI"])
+    html = out.read_text()
+    assert "<title>from the CLI</title>" in html and "CMA" in html and "VanillaKD-AKL" in html
+    assert str(out) in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["report", str(cma_run()), "--max-steps", "0"])
+
+
+def test_report_command_line_rejects_a_directory_that_is_not_a_run(tmp_path):
+    from kdviz import cli
+
+    with pytest.raises(Exception, match=str(tmp_path)):
+        cli.main(["report", str(tmp_path), "-o", str(tmp_path / "r.html")])
