@@ -33,7 +33,9 @@ def test_gradient_accumulation_equals_the_larger_batch():
         for column in ("loss", "ce", "kd", "grad_norm/student"):
             torch.testing.assert_close(torch.tensor(history[column].values), torch.tensor(base_history[column].values),
                                        rtol=1e-4, atol=1e-6)
-        torch.testing.assert_close(params, base_params, rtol=1e-4, atol=1e-6)
+        # AdamW divides by sqrt(v): where a gradient is ~1e-7, float32 summation order moves the update by a
+        # visible fraction of lr, so the parameters are compared to 1e-3 lr (the grad norms above are exact).
+        torch.testing.assert_close(params, base_params, rtol=1e-4, atol=1e-3 * cfg.lr)
 
 
 def test_training_reduces_the_loss_and_records_a_run(tmp_path):
