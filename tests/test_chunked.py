@@ -34,11 +34,12 @@ def test_chunked_matches_plain(name, params, pair, reduction, chunk, tau, tau_sq
         return
     torch.testing.assert_close(v_chunk, v_plain, rtol=1e-5, atol=1e-6)
     # Gradients are sums of probability-sized terms times log-ratios: the closed form and autograd round
-    # differently in float32, so the tolerance is relative to that natural scale (eps * log-ratio / tau).
+    # differently in float32, so the tolerance is relative to that natural scale (2 eps * log-ratio / tau:
+    # each side rounds once, eps = 1.19e-7).
     finite = torch.cat([s[torch.isfinite(s)], t[torch.isfinite(t)]])
     log_ratio = float(finite.max() - finite.min()) / tau
     scale = (1.0 if reduction != "mean" else 1.0 / max(int(mask.sum()), 1)) * (tau**2 if tau_squared else 1)
-    atol = scale * max(2e-6, 1e-7 * log_ratio / tau)
+    atol = scale * max(2e-6, 2.4e-7 * log_ratio / tau)
     torch.testing.assert_close(g_chunk, g_plain, rtol=1e-5, atol=atol)
 
 
@@ -121,7 +122,7 @@ def test_no_grad_and_stats():
 
 
 def test_chunk_size_and_engine_errors():
-    assert auto_chunk_rows(32000) == 32 and auto_chunk_rows(151936) == 6 and auto_chunk_rows(10**8) == 1
+    assert auto_chunk_rows(32000) == 4 and auto_chunk_rows(151936) == 1 and auto_chunk_rows(10**8) == 1
     s, t = torch.randn(2, 5), torch.randn(2, 5)
     with pytest.raises(ValueError, match="engine must be one of"):
         divergence("fkl", s, t, engine="fast")

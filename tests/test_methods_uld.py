@@ -7,6 +7,7 @@ import warnings
 from dataclasses import replace
 from types import SimpleNamespace
 
+import numpy as np
 import ot
 import pytest
 import torch
@@ -158,3 +159,19 @@ def test_runs_the_models_and_reaches_only_the_student(batch):
     assert all(g is not None and torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
     assert all(p.grad is None for p in teacher.parameters())
     assert out.diagnostics["teacher_logits"].shape[-1] == len(bpe_tokenizer())
+
+
+def test_the_recorder_keeps_the_pairing_as_an_alignment_matrix(batch, tmp_path):
+    from kdviz.record import Recorder, open_run
+
+    s_out, t_out = outputs(batch, seed=4)
+    out = ULD(positions="offsets")(batch, s_out, t_out)
+    with Recorder(tmp_path / "run", every=1, samples=2, probes=["terms", "alignment"]) as rec:
+        rec.log(0, batch, out)
+    m = open_run(tmp_path / "run").matrix("pairing", step=0, sample=0)
+    n_s, n_t = len(m.row_tokens), len(m.col_tokens)  # the sampled sequence's response on each side
+    assert m.values.shape == (n_s, n_t) and (n_s, n_t) in {
+        (int(batch.student_mask[b].sum()), int(batch.teacher_mask[b].sum())) for b in range(len(batch.texts))
+    }
+    assert (m.values.sum(1) == 1).all() and set(np.unique(m.values)) <= {0.0, 1.0}  # one teacher position per row
+    assert m.reference.shape == m.values.shape and m.info["argmax_overlap"] >= 0.9  # offsets follow characters

@@ -22,7 +22,7 @@ def test_report_is_self_contained_with_step_sliders(tmp_path):
     assert '"currentvalue":{"prefix":"step "}' in html
     assert html.count('"label":"0"') >= 3 and html.count('"label":"4"') >= 3  # alignment, tokens, head/tail
     assert "transport plan" in html and "top-k vocabulary map" in html
-    assert "no t2s_weight / s2t_weight diagnostics" in html  # the vanilla run's absent alignment is explained
+    assert "no t2s_weight / s2t_weight / pairing diagnostics" in html  # the vanilla run's absent alignment is explained
 
 
 def test_injected_tokens_are_escaped(tmp_path):

@@ -29,7 +29,7 @@ from kdviz.record.reader import Run
 from kdviz.viz import figures as F
 from kdviz.viz import toy
 
-ALIGNMENT_NAMES = ("t2s_weight", "s2t_weight")
+ALIGNMENT_NAMES = ("t2s_weight", "s2t_weight", "pairing")
 DATA_KEYS = frozenset({"x", "y", "z", "text", "customdata", "base", "hovertext", "cells", "header"})
 WHY = {
     "alignment": "No alignment matrices in this run. Only cross-tokenizer methods with attention (CMA) "
