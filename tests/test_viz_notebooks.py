@@ -45,4 +45,10 @@ def test_notebook_executes(path, record_property):
 
 def test_there_are_notebooks():
     names = {p.name for p in NOTEBOOKS}
-    assert {"01_kl_family_head_tail.ipynb", "04_debugging_cross_tokenizer_alignment.ipynb"} <= names
+    assert {
+        "01_kl_family_head_tail.ipynb",
+        "02_dual_space_and_cross_model_attention.ipynb",
+        "03_optimal_transport_plans.ipynb",
+        "04_debugging_cross_tokenizer_alignment.ipynb",
+        "05_comparing_methods.ipynb",
+    } <= names
