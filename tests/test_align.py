@@ -146,6 +146,19 @@ def test_real_tokenizers_on_markers_unicode_and_specials():
     assert rows and cols and all(m[i, cols].any() for i in rows)
 
 
+def test_a_prepended_word_marker_has_no_characters():
+    from kdviz.assets import default_paths, load_tokenizer
+
+    student = load_tokenizer(default_paths().student_tokenizer)  # SentencePiece-style Unigram, prepends "▁"
+    text = "Instruction: a town"
+    ids, offsets = encode_text(student, text)
+    tokens = student.convert_ids_to_tokens(ids)
+    assert tokens[0] == "\u2581" and offsets[0] == (0, 0)  # added by the pre-tokenizer, not read from the text
+    assert offsets[1][0] == 0 and text[slice(*offsets[1])].startswith("I")
+    spaces = [k for k, t in enumerate(tokens) if t == "\u2581" and k > 0]
+    assert all(text[slice(*offsets[k])] == " " for k in spaces)  # a marker standing for a real space keeps it
+
+
 def test_chat_template_scaffolding_has_no_characters():
     tok = copy.deepcopy(unigram_tokenizer())
     tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})

@@ -41,10 +41,24 @@ class Encoded:
     truncated: bool = False
 
 
+WORD_MARKERS = "\u2581\u0120"  # SentencePiece's "▁" and byte-level BPE's "Ġ"
+
+
 def encode_text(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-    """Ids and character offsets of ``text`` without any special token added."""
+    """Ids and character offsets of ``text`` without any special token added.
+
+    A token made only of a word marker that the pre-tokenizer *added* (SentencePiece's ``▁`` prepended to a
+    text that starts with a letter) gets an empty span: tokenizers report it over the first character,
+    which belongs to the next token. A marker that stands for a real space keeps its span.
+    """
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    return list(enc["input_ids"]), [(int(s), int(e)) for s, e in enc["offset_mapping"]]
+    ids = list(enc["input_ids"])
+    offsets = [(int(s), int(e)) for s, e in enc["offset_mapping"]]
+    for k, token in enumerate(tokenizer.convert_ids_to_tokens(ids)):
+        start, end = offsets[k]
+        if token and not token.strip(WORD_MARKERS) and text[start:end].strip():
+            offsets[k] = (start, start)
+    return ids, offsets
 
 
 def start_tokens(tokenizer) -> tuple[int, ...]:
