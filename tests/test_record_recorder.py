@@ -109,6 +109,43 @@ def test_token_losses_and_texts(tmp_path):
     assert run.texts()["text"].tolist() == ["text of example a", "text of example b"]
 
 
+class _Vocab:
+    """A stand-in tokenizer: id -> ``<side><id>``."""
+
+    def __init__(self, side):
+        self.side = side
+
+    def convert_ids_to_tokens(self, ids):
+        return [f"{self.side}{i}" for i in ids]
+
+
+def test_top5_next_tokens_of_both_sides(tmp_path):
+    import json
+
+    from kdviz.viz import token_losses
+
+    _record(tmp_path / "run", tokenizers={"student": _Vocab("s"), "teacher": _Vocab("t")})
+    tokens = open_run(tmp_path / "run").tokens()
+    out = make_output(2)
+    s0 = tokens[(tokens["step"] == 2) & (tokens["sample"] == 0)]
+    where = list(range(PROMPT - 1, T_S - 1))
+    for column, logits in (("student_top5", "student_logits"), ("teacher_top5", "t2s_logits")):
+        # the fake teacher_logits have the teacher's length and vocabulary: the hover uses t2s_logits
+        probs, ids = out.diagnostics[logits][0].softmax(-1).topk(5, -1)
+        for k, cell in zip(where, s0[column], strict=True):
+            entries = json.loads(cell)
+            assert [t for t, _ in entries] == [f"s{i}" for i in ids[k].tolist()]  # both in the student vocabulary
+            np.testing.assert_allclose([p for _, p in entries], probs[k].numpy(), atol=6e-5)
+    hover = token_losses(open_run(tmp_path / "run"), 2, 0).data[0].customdata
+    assert "teacher top-5:" in hover[0][0] and "student top-5:" in hover[0][0]
+
+    _record(tmp_path / "ids")  # without tokenizers the ids stand in for the strings
+    cell = open_run(tmp_path / "ids").tokens()["student_top5"].iloc[0]
+    assert all(t.startswith("#") for t, _ in json.loads(cell))
+    with pytest.raises(ValueError, match="tokenizers keys"):
+        Recorder(tmp_path / "bad", tokenizers={"students": _Vocab("s")})
+
+
 def test_samples_follow_example_ids(tmp_path):
     with Recorder(tmp_path / "run", every=1, samples=2) as rec:
         rec.log(0, make_batch(("a", "b", "c")), make_output(0))

@@ -27,7 +27,10 @@ probe          runs              records
                                  responses, with the ground truth; a per-sequence ``transport_cost``
                                  ``[B]`` goes to the matrices' info; top-k id maps (``vocab_map``)
 ``token_loss`` recorded steps    every per-token diagnostic ``[B, T_s]`` (``token_kd``, ...) and
-                                 ``token_ce`` of the samples, with their text (``texts`` table)
+                                 ``token_ce`` of the samples, with their text (``texts`` table); the
+                                 top-5 next tokens of student and teacher (``student_top5``,
+                                 ``teacher_top5``: JSON ``[[token, p], ...]``; the teacher's from
+                                 ``teacher_logits`` of the same shape, else ``t2s_logits``)
 =============  ================  ===================================================================
 
 Head/tail spaces: ``shared`` compares ``student_logits`` with ``teacher_logits`` when the vocabularies
@@ -89,6 +92,7 @@ class StepRecord:
     scalars: dict[str, torch.Tensor | float] = field(default_factory=dict)
     head_tail: list[tuple[str, list[str], int, torch.Tensor, torch.Tensor]] = field(default_factory=list)
     tokens: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    top: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor, str]]] = field(default_factory=dict)
     matrices: list[dict[str, Any]] = field(default_factory=list)
     vocab_map: list[tuple[int, np.ndarray, np.ndarray]] = field(default_factory=list)
     texts: dict[str, str] = field(default_factory=dict)
@@ -99,6 +103,11 @@ class StepRecord:
     def token_column(self, sample: Sample, name: str, values: torch.Tensor) -> None:
         """A per-position quantity ``[T_s]`` of a sampled sequence (cropped to the response on write)."""
         self.tokens.setdefault(sample.slot, {})[name] = values.detach()
+
+    def token_top(self, sample: Sample, side: str, ids: torch.Tensor, probs: torch.Tensor, vocab: str) -> None:
+        """The top-k next tokens ``ids``/``probs`` ``[T_s, k]`` of ``side`` at every position of a sampled
+        sequence; ``vocab`` names the tokenizer that decodes the ids (``"student"`` or ``"teacher"``)."""
+        self.top.setdefault(sample.slot, {})[side] = (ids, probs, vocab)
 
 
 def positions(view: BatchView, side: str, row: int, length: int) -> list[int]:
@@ -365,10 +374,34 @@ def probe_token_loss(view: BatchView, rec: StepRecord) -> str | None:
             for k, sample in enumerate(rec.samples):
                 rec.token_column(sample, "token_ce", ce[k])
             found = True
+    rows = [s.row for s in rec.samples]
+    for side, source, vocab in _top_sources(view):
+        probs, ids = source.detach()[rows].float().softmax(-1).topk(min(TOP_K, source.shape[-1]), -1)
+        for k, sample in enumerate(rec.samples):
+            rec.token_top(sample, side, ids[k], probs[k], vocab)
     if view.texts:
         for sample in rec.samples:
             rec.texts[sample.example_id] = view.texts[sample.row]
     return None if found else "the output has no per-token diagnostics ([B, T_s]) and no student_logits"
+
+
+TOP_K = 5  # next tokens kept per position and side for the per-token view's hover
+
+
+def _top_sources(view: BatchView) -> list[tuple[str, torch.Tensor, str]]:
+    """``(side, logits [B, T_s, V], vocabulary)`` for the top-k hover: the student's own logits; the
+    teacher's when they share the student's positions and vocabulary, else DSKD/CMA's teacher projected
+    into the student vocabulary (``t2s_logits``)."""
+    student = view.diagnostics.get("student_logits")
+    if not (isinstance(student, torch.Tensor) and student.dim() == 3 and student.shape[0] == view.batch_size):
+        return []
+    sources = [("student", student, "student")]
+    for name, vocab in (("teacher_logits", "teacher"), ("t2s_logits", "student")):
+        teacher = view.diagnostics.get(name)
+        if isinstance(teacher, torch.Tensor) and teacher.shape == student.shape:
+            sources.append(("teacher", teacher, vocab))
+            break
+    return sources
 
 
 PROBES: dict[str, Callable[[BatchView, StepRecord], str | None]] = {

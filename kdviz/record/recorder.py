@@ -15,6 +15,7 @@ contains it, otherwise another row of the batch (the ``example_id`` column and m
 from __future__ import annotations
 
 import atexit
+import json
 import numbers
 import os
 import re
@@ -49,6 +50,8 @@ class Recorder:
     - ``flush_every``: write buffered records every this many :meth:`log` calls (and at exit).
     - ``optimizer``: read learning rates and gradient norms (per parameter group) from it at each step.
     - ``fsync``: also force each flush to disk (slower; the default already survives a killed process).
+    - ``tokenizers``: ``{"student": ..., "teacher": ...}`` to store the per-token top-5 next tokens as
+      strings (``tokenizer.convert_ids_to_tokens``); without them the ids are stored (``#123``).
 
     Use as a context manager, or call :meth:`close`; an ``atexit`` hook closes it otherwise.
     """
@@ -65,6 +68,7 @@ class Recorder:
         flush_every: int = 10,
         optimizer: torch.optim.Optimizer | None = None,
         fsync: bool = False,
+        tokenizers: Mapping[str, Any] | None = None,
     ):
         self.every = _check_int("every", every, 1)
         self.samples = _check_int("samples", samples, 0)
@@ -75,6 +79,10 @@ class Recorder:
             raise ValueError(f"unknown probe(s) {unknown}; valid probes are {list(PROBES)}")
         self.probes = tuple(p for p in PROBES if p in chosen)
         self.optimizer = optimizer
+        self.tokenizers = dict(tokenizers or {})
+        unknown_sides = set(self.tokenizers) - {"student", "teacher"}
+        if unknown_sides:
+            raise ValueError(f"tokenizers keys must be 'student' and/or 'teacher', got {sorted(unknown_sides)}")
         config = {"every": every, "samples": samples, "probes": list(self.probes), "flush_every": flush_every}
         self.store = RunWriter(run_dir, {**(meta or {}), "recorder": config}, resume, overwrite, fsync)
         self.path = self.store.path
@@ -296,7 +304,20 @@ class Recorder:
         }
         for name, values in columns.items():
             table[name] = values.float().cpu()[index].numpy()
+        for side, (ids, probs, vocab) in rec.top.get(sample.slot, {}).items():
+            table[f"{side}_top{ids.shape[-1]}"] = self._top_json(ids.cpu()[index], probs.cpu()[index], vocab)
         self.store.append_rows("tokens", table)
+
+    def _top_json(self, ids: torch.Tensor, probs: torch.Tensor, vocab: str) -> list[str]:
+        """Per position, ``[[token, p], ...]`` as JSON; ids stand in for tokens without a tokenizer."""
+        tokenizer = self.tokenizers.get(vocab)
+        flat = ids.flatten().tolist()
+        names = tokenizer.convert_ids_to_tokens(flat) if tokenizer is not None else [f"#{i}" for i in flat]
+        width = ids.shape[-1]
+        return [
+            json.dumps([[names[k * width + j], round(float(p), 4)] for j, p in enumerate(row)], ensure_ascii=False)
+            for k, row in enumerate(probs.tolist())
+        ]
 
     def _save_replay(self, view: BatchView, step: int, term: str, rows: list[int], info: dict) -> None:
         if term in self._replayed:

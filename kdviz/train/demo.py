@@ -110,7 +110,8 @@ def run_demo(
         collator = methods.KDCollator(*pair_tokenizers)
         meta = {"method": name, "label": spec.label, "pair": spec.pair, "config": vars(config),
                 "teacher": setup.names["teacher"], "student": setup.names[spec.pair]}
-        with Recorder(out / name, every=every, samples=2, meta=meta, overwrite=True) as recorder:
+        tokenizers = {"student": tokenizer, "teacher": setup.teacher_tokenizer}
+        with Recorder(out / name, every=every, samples=2, meta=meta, overwrite=True, tokenizers=tokenizers) as recorder:
             result = distill(method, collator, setup.train, config, recorder=recorder, progress=progress,
                              description=f"{name:>10}")
         scores = _score(student, tokenizer, test, 64)

@@ -15,6 +15,7 @@ mean for the weights, "any" for the ground truth) and the title says so.
 from __future__ import annotations
 
 import html
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -604,6 +605,21 @@ def _top_text(entries: Sequence[tuple[str, float]]) -> str:
     return "<br>".join(f"  {token_label(t)} {p:.3f}" for t, p in entries)
 
 
+def recorded_top(rows: pd.DataFrame) -> dict[int, tuple[list, list]]:
+    """``position -> (teacher top-k, student top-k)`` from the recorded ``*_top5`` JSON columns."""
+    columns = [f"{side}_top5" for side in ("teacher", "student")]
+    if not any(c in rows.columns for c in columns):
+        return {}
+    out = {}
+    for _, row in rows.iterrows():
+        pairs = []
+        for c in columns:
+            cell = row.get(c)
+            pairs.append([(str(t), float(p)) for t, p in json.loads(cell)] if isinstance(cell, str) else [])
+        out[int(row["position"])] = tuple(pairs)
+    return out
+
+
 TOKEN_VALUES = {"token_kd": "KD loss", "token_ce": "CE loss", "fkl": "FKL", "rkl": "RKL", "rkl_share": "RKL share"}
 
 
@@ -621,9 +637,12 @@ def token_losses(
     ``value``: a column of the tokens table (``token_kd``, ``token_ce``, ``fkl``, ``rkl``, ...) or
     ``"rkl_share"`` (``rkl / (fkl + rkl)``: red where the student over-covers, blue where it under-covers).
     ``top``: optional ``position -> (teacher top-k, student top-k)`` lists of ``(token, probability)``
-    (see :func:`top_tokens`), shown on hover. Tokens wrap every ``per_line``.
+    (see :func:`top_tokens`), shown on hover; by default the recorded ``teacher_top5`` / ``student_top5``
+    columns are used. Tokens wrap every ``per_line``.
     """
     rows = _sample_rows(run.tokens(), step, sample)
+    if top is None:
+        top = recorded_top(rows)
     if value == "rkl_share" and {"fkl", "rkl"} <= set(rows.columns):
         rows = rows.assign(rkl_share=rows["rkl"] / (rows["fkl"] + rows["rkl"]).where(lambda s: s > 0))
     if rows.empty or value not in rows.columns:
@@ -648,9 +667,9 @@ def token_losses(
             tip += f" (after {token_label(row.input_token)})"
         tip += f"<br>{TOKEN_VALUES.get(value, token_label(value))} {v:.4f}"
         if top and int(row.position) in top:
-            teacher, student = top[int(row.position)]
-            tip += f"<br>teacher top-{len(teacher)}:<br>{_top_text(teacher)}"
-            tip += f"<br>student top-{len(student)}:<br>{_top_text(student)}"
+            for side, entries in zip(("teacher", "student"), top[int(row.position)], strict=True):
+                if entries:
+                    tip += f"<br>{side} top-{len(entries)}:<br>{_top_text(entries)}"
         hover[i, j] = tip
     share = value == "rkl_share"
     fig = go.Figure(
