@@ -27,38 +27,18 @@ import argparse
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from probe_batch import ProbeBatch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from kdviz.methods import KDOutput
 from kdviz.record import Recorder, open_run
 
 
-@dataclass
-class Batch:
-    """The KDBatch fields the probes read (one tokenizer: the teacher fields are the student's)."""
-
-    student_input_ids: torch.Tensor
-    student_labels: torch.Tensor
-    teacher_input_ids: torch.Tensor
-    teacher_labels: torch.Tensor
-    alignment: torch.Tensor
-    texts: list[str] = field(default_factory=list)
-    student_tokens: list[list[str]] = field(default_factory=list)
-    teacher_tokens: list[list[str]] = field(default_factory=list)
-
-
-@dataclass
-class Output:
-    loss: torch.Tensor
-    terms: dict[str, torch.Tensor]
-    diagnostics: dict[str, torch.Tensor]
-
-
-def make_batches(n: int, b: int, t: int, vocab: int, prompt: int) -> list[Batch]:
+def make_batches(n: int, b: int, t: int, vocab: int, prompt: int) -> list[ProbeBatch]:
     g = torch.Generator().manual_seed(0)
     batches = []
     for k in range(n):
@@ -68,12 +48,12 @@ def make_batches(n: int, b: int, t: int, vocab: int, prompt: int) -> list[Batch]
         tokens = [[f"tok{i}" for i in row] for row in ids.tolist()]
         eye = torch.eye(t, dtype=torch.bool).expand(b, t, t).clone()
         texts = [f"example {k}-{r}" for r in range(b)]
-        batches.append(Batch(ids, labels, ids, labels, eye, texts, tokens, tokens))
+        batches.append(ProbeBatch(ids, labels, ids, labels, eye, texts, tokens, tokens))
     return batches
 
 
-def kd_step(student, teacher, opt, batch: Batch) -> Output:
-    """One VanillaKD-style step (FKL + CE on the response), returning a KDOutput look-alike."""
+def kd_step(student, teacher, opt, batch: ProbeBatch) -> KDOutput:
+    """One VanillaKD-style step (FKL + CE on the response), returning its KDOutput."""
     with torch.no_grad():
         t_out = teacher(batch.teacher_input_ids, output_hidden_states=True)
     s_out = student(batch.student_input_ids, output_hidden_states=True)
@@ -90,7 +70,7 @@ def kd_step(student, teacher, opt, batch: Batch) -> Output:
     with torch.no_grad():
         h_s, h_t = s_out.hidden_states[-1], t_out.hidden_states[-1][..., : s_out.hidden_states[-1].shape[-1]]
         t2s_weight = (h_s @ h_t.transpose(1, 2) / h_s.shape[-1] ** 0.5).softmax(-1)
-    return Output(
+    return KDOutput(
         loss=loss,
         terms={"kd": kd, "ce": ce, "acc": (s_out.logits.argmax(-1) == targets)[mask].float().mean()},
         diagnostics={

@@ -22,11 +22,12 @@ import random
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from probe_batch import ProbeBatch
 
+from kdviz.methods import KDOutput
 from kdviz.record import Recorder, open_run
 from kdviz.viz import dashboard, report
 
@@ -34,38 +35,19 @@ SIZE, VOCAB, EVERY = 256, 64, 50
 TARGET_OPEN_S, TARGET_SLIDER_S = 2.0, 0.1
 
 
-@dataclass
-class Batch:
-    """The KDBatch fields the probes read: one sequence, one prompt token, then ``SIZE`` response tokens."""
-
-    student_input_ids: torch.Tensor
-    student_labels: torch.Tensor
-    teacher_input_ids: torch.Tensor
-    teacher_labels: torch.Tensor
-    alignment: torch.Tensor
-    texts: list[str] = field(default_factory=list)
-    student_tokens: list[list[str]] = field(default_factory=list)
-    teacher_tokens: list[list[str]] = field(default_factory=list)
 
 
-@dataclass
-class Output:
-    loss: torch.Tensor
-    terms: dict[str, torch.Tensor]
-    diagnostics: dict[str, torch.Tensor]
-
-
-def make_batch() -> Batch:
+def make_batch() -> ProbeBatch:
     n = SIZE + 1
     ids = torch.randint(0, VOCAB, (1, n))
     labels = ids.clone()
     labels[:, 0] = -100
     near = (torch.arange(n)[:, None] - torch.arange(n)[None, :]).abs() <= 1
     tokens = [[f"tok{k % 97}" for k in range(n)]]
-    return Batch(ids, labels, ids.clone(), labels.clone(), near[None], ["synthetic text"], tokens, tokens)
+    return ProbeBatch(ids, labels, ids.clone(), labels.clone(), near[None], ["synthetic text"], tokens, tokens)
 
 
-def make_output(step: int, recorded: bool, gen: torch.Generator) -> Output:
+def make_output(step: int, recorded: bool, gen: torch.Generator) -> KDOutput:
     kd = torch.tensor(2.0 / (1 + step / 500) + 0.05 * torch.rand(1, generator=gen).item())
     diagnostics: dict[str, torch.Tensor] = {}
     if recorded:
@@ -77,7 +59,7 @@ def make_output(step: int, recorded: bool, gen: torch.Generator) -> Output:
             "student_logits": torch.randn(1, n, VOCAB, generator=gen),
             "teacher_logits": torch.randn(1, n, VOCAB, generator=gen),
         }
-    return Output(kd + 1.0, {"kd": kd, "ce": torch.tensor(1.0)}, diagnostics)
+    return KDOutput(kd + 1.0, {"kd": kd, "ce": torch.tensor(1.0)}, diagnostics)
 
 
 def write_run(path: Path, steps: int) -> float:
