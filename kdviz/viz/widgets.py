@@ -32,10 +32,11 @@ from kdviz.viz import toy
 ALIGNMENT_NAMES = ("t2s_weight", "s2t_weight", "pairing")
 DATA_KEYS = frozenset({"x", "y", "z", "text", "customdata", "base", "hovertext", "cells", "header"})
 WHY = {
-    "alignment": "No alignment matrices in this run. Only cross-tokenizer methods with attention (CMA) "
-    "produce t2s_weight / s2t_weight; record one with the 'alignment' probe enabled.",
-    "transport": "No transport plans in this run. Only optimal-transport methods (MultiLevelOT, ULD with "
-    "plans) produce transport_plan / transport_cost; record one with the 'transport' probe enabled.",
+    "alignment": "No alignment matrices in this run. Only cross-tokenizer methods produce them: CMA's "
+    "attentions t2s_weight / s2t_weight and ULD's position pairing; record one with the 'alignment' probe "
+    "enabled.",
+    "transport": "No transport plans in this run. Only MultiLevelOT produces transport_plan / transport_cost; "
+    "record it with the 'transport' probe enabled.",
     "token_loss": "No per-token rows in this run: record with samples >= 1 and the 'token_loss' probe.",
 }
 
