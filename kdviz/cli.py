@@ -1,5 +1,6 @@
 """The ``kdviz`` command line: ``kdviz demo`` (distil the embedded teacher with every method), ``kdviz report``
-(a static HTML report of recorded runs) and ``kdviz toy`` (every divergence on toy distributions)."""
+(a static HTML report of recorded runs), ``kdviz inspect`` (the pre-flight comparison of two tokenizers),
+``kdviz lab`` (JupyterLab on the notebooks) and ``kdviz toy`` (every divergence on toy distributions)."""
 
 from __future__ import annotations
 
@@ -111,6 +112,41 @@ def report(args: argparse.Namespace) -> None:
     print(f"kdviz report: {len(runs)} run(s) -> {out} ({out.stat().st_size / 1e6:.1f} MB, opens without network)")
 
 
+def inspect(args: argparse.Namespace) -> None:
+    """Compare how the student's and the teacher's tokenizers split texts (``kdviz.compare_tokenizers``)."""
+    from kdviz.align import compare_tokenizers
+    from kdviz.assets import default_paths, load_split, load_tokenizer
+    from kdviz.train.demo import load_tokenizer_from
+    from kdviz.train.evaluate import format_prompt
+
+    paths = default_paths()
+    student = load_tokenizer_from(args.student) if args.student else load_tokenizer(paths.student_tokenizer)
+    teacher = load_tokenizer_from(args.teacher) if args.teacher else load_tokenizer(paths.teacher_tokenizer)
+    if args.texts:
+        with open(args.texts, encoding="utf-8") as f:
+            texts = [line.rstrip("\n") for line in f if line.strip()]
+    else:
+        texts = [format_prompt(e["prompt"]) + e["response"] for e in load_split(paths.dev)]
+    texts = texts[: args.limit]
+    if not texts:
+        raise SystemExit(f"kdviz inspect: no text to compare in {args.texts}")
+    print(f"kdviz inspect: student {args.student or 'embedded'} (A) vs teacher {args.teacher or 'embedded'} (B) "
+          f"on {len(texts)} texts\n")
+    print(compare_tokenizers(student, teacher, texts))
+
+
+def lab(args: argparse.Namespace) -> None:
+    """Start JupyterLab on the notebooks directory (or ``args.directory``)."""
+    import os
+    import sys
+    from pathlib import Path
+
+    directory = Path(args.directory or Path(__file__).resolve().parents[1] / "notebooks")
+    if not directory.is_dir():
+        raise SystemExit(f"kdviz lab: {directory} is not a directory")
+    os.execv(sys.executable, [sys.executable, "-m", "jupyterlab", f"--notebook-dir={directory}"])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="kdviz", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -131,12 +167,23 @@ def main(argv: list[str] | None = None) -> None:
     report_parser.add_argument("--title", default="kdviz report")
     report_parser.add_argument("--max-steps", type=int, default=10, help="recorded steps kept per stepped view")
     report_parser.set_defaults(run=report)
+    inspect_parser = commands.add_parser("inspect", help="compare how two tokenizers split texts (pre-flight)")
+    inspect_parser.add_argument("--student", help="a Hugging Face id or local path (default: the embedded student)")
+    inspect_parser.add_argument("--teacher", help="a Hugging Face id or local path (default: the embedded teacher)")
+    inspect_parser.add_argument("--texts", help="a UTF-8 file, one text per line (default: the embedded dev set)")
+    inspect_parser.add_argument("--limit", type=int, default=500, help="at most this many texts (default 500)")
+    inspect_parser.set_defaults(run=inspect)
+    lab_parser = commands.add_parser("lab", help="start JupyterLab on the notebooks")
+    lab_parser.add_argument("directory", nargs="?", help="where to start (default: the repository's notebooks/)")
+    lab_parser.set_defaults(run=lab)
     toy_parser = commands.add_parser("toy", help="compare every divergence on toy teacher/student pairs")
     toy_parser.add_argument("--mu", type=float, default=0.5, help="head mass threshold (default 0.5)")
     toy_parser.set_defaults(run=toy)
     args = parser.parse_args(argv)
     if args.command == "toy" and (not 0 < args.mu < 1 or math.isnan(args.mu)):
         parser.error("--mu must be strictly between 0 and 1")
+    if args.command == "inspect" and args.limit < 1:
+        parser.error("--limit must be at least 1")
     if args.command == "report" and args.max_steps < 1:
         parser.error("--max-steps must be at least 1")
     args.run(args)

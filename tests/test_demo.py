@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kdviz import cli, open_run
+from kdviz.assets import default_paths
 from kdviz.train.demo import DEMO_METHODS, default_setup, run_demo
 from kdviz.train.loop import TrainConfig
 
@@ -43,3 +44,25 @@ def test_cli_errors(capsys):
         cli.main(["toy", "--mu", "1.5"])
     with pytest.raises(FileNotFoundError, match="cannot load the model"):
         default_setup(student="/nonexistent/model/path")
+
+
+def test_inspect_compares_the_tokenizers(capsys, tmp_path):
+    cli.main(["inspect", "--limit", "5"])
+    out = capsys.readouterr().out
+    assert "on 5 texts" in out and "TokenizerReport" in out and "one_to_one_rate" in out
+    texts = tmp_path / "texts.txt"
+    texts.write_text("The naïve café owner waits.\n\nTwo plus two is four.\n", encoding="utf-8")
+    cli.main(["inspect", "--texts", str(texts), "--teacher", str(default_paths().student_tokenizer)])
+    out = capsys.readouterr().out
+    assert "on 2 texts" in out and "one_to_one_rate: 1.0" in out  # a tokenizer against itself
+    with pytest.raises(SystemExit):
+        cli.main(["inspect", "--limit", "0"])
+
+
+def test_lab_starts_jupyterlab_on_the_notebooks(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr("os.execv", lambda path, argv: calls.append(argv))
+    cli.main(["lab"])
+    assert calls[0][1:3] == ["-m", "jupyterlab"] and calls[0][3].endswith("notebooks")
+    with pytest.raises(SystemExit, match="not a directory"):
+        cli.main(["lab", str(tmp_path / "missing")])

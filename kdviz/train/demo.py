@@ -142,12 +142,12 @@ def default_setup(teacher: str | None = None, student: str | None = None) -> Dem
              "cross": "embedded Llama student (own tokenizer)"}
     teacher_model, teacher_tok = default.teacher, default.teacher_tokenizer
     if teacher:
-        teacher_model, teacher_tok = _load(teacher), _tokenizer(teacher)
+        teacher_model, teacher_tok = _load(teacher), load_tokenizer_from(teacher)
         names["teacher"] = teacher
     students = {"same": (default.student_same, default.teacher_tokenizer),
                 "cross": (default.student_cross, default.student_tokenizer)}
     if student:
-        tok = _tokenizer(student)
+        tok = load_tokenizer_from(student)
         pair = "same" if tok.get_vocab() == teacher_tok.get_vocab() else "cross"
         students[pair] = (_load(student), tok)
         names[pair] = student
@@ -174,7 +174,8 @@ def _load(name: str) -> nn.Module:
         raise FileNotFoundError(f"cannot load the model {name!r} (a Hugging Face id or a local path): {err}") from err
 
 
-def _tokenizer(name: str):
+def load_tokenizer_from(name: str):
+    """A fast tokenizer from a Hugging Face id or a local directory (pad token set to EOS when missing)."""
     from transformers import AutoTokenizer
 
     source = _source(name)
