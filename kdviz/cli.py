@@ -98,8 +98,8 @@ def demo(args: argparse.Namespace) -> None:
     pd.set_option("display.width", 200)
     print("\n" + table.round(1).to_string(index=False))
     print(f"\nRuns recorded under {args.out}/ (one directory per method); static report: {args.out}/report.html.")
-    print("Explore a run in JupyterLab (`.venv/bin/jupyter lab`) with kdviz.viz.dashboard(kdviz.open_run(path)), "
-          "as notebooks/02_dual_space_and_cross_model_attention.ipynb does.")
+    print("Explore the runs in JupyterLab (`.venv/bin/kdviz lab`): notebooks/05_comparing_methods.ipynb puts them "
+          "side by side; kdviz.viz.dashboard(kdviz.open_run(path)) opens one.")
 
 
 def report(args: argparse.Namespace) -> None:
