@@ -31,14 +31,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from probe_batch import ProbeBatch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from kdviz.methods import KDOutput
-from kdviz.record import Recorder, open_run
+from kdviz.record import RecordBatch, Recorder, open_run
 
 
-def make_batches(n: int, b: int, t: int, vocab: int, prompt: int) -> list[ProbeBatch]:
+def make_batches(n: int, b: int, t: int, vocab: int, prompt: int) -> list[RecordBatch]:
     g = torch.Generator().manual_seed(0)
     batches = []
     for k in range(n):
@@ -48,11 +47,11 @@ def make_batches(n: int, b: int, t: int, vocab: int, prompt: int) -> list[ProbeB
         tokens = [[f"tok{i}" for i in row] for row in ids.tolist()]
         eye = torch.eye(t, dtype=torch.bool).expand(b, t, t).clone()
         texts = [f"example {k}-{r}" for r in range(b)]
-        batches.append(ProbeBatch(ids, labels, ids, labels, eye, texts, tokens, tokens))
+        batches.append(RecordBatch(ids, labels, ids, labels, eye, texts, tokens, tokens))
     return batches
 
 
-def kd_step(student, teacher, opt, batch: ProbeBatch) -> KDOutput:
+def kd_step(student, teacher, opt, batch: RecordBatch) -> KDOutput:
     """One VanillaKD-style step (FKL + CE on the response), returning its KDOutput."""
     with torch.no_grad():
         t_out = teacher(batch.teacher_input_ids, output_hidden_states=True)

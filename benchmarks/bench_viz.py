@@ -25,10 +25,9 @@ import time
 from pathlib import Path
 
 import torch
-from probe_batch import ProbeBatch
 
 from kdviz.methods import KDOutput
-from kdviz.record import Recorder, open_run
+from kdviz.record import RecordBatch, Recorder, open_run
 from kdviz.viz import dashboard, report
 
 SIZE, VOCAB, EVERY = 256, 64, 50
@@ -37,14 +36,14 @@ TARGET_OPEN_S, TARGET_SLIDER_S = 2.0, 0.1
 
 
 
-def make_batch() -> ProbeBatch:
+def make_batch() -> RecordBatch:
     n = SIZE + 1
     ids = torch.randint(0, VOCAB, (1, n))
     labels = ids.clone()
     labels[:, 0] = -100
     near = (torch.arange(n)[:, None] - torch.arange(n)[None, :]).abs() <= 1
     tokens = [[f"tok{k % 97}" for k in range(n)]]
-    return ProbeBatch(ids, labels, ids.clone(), labels.clone(), near[None], ["synthetic text"], tokens, tokens)
+    return RecordBatch(ids, labels, ids.clone(), labels.clone(), near[None], ["synthetic text"], tokens, tokens)
 
 
 def make_output(step: int, recorded: bool, gen: torch.Generator) -> KDOutput:

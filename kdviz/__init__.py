@@ -4,7 +4,8 @@
   states, without the logits), :mod:`kdviz.methods` (SFT, VanillaKD, DSKD, CMA, ULD, MinED, MultiLevelOT,
   each an ``nn.Module``).
 - Alignment between two tokenizers: :mod:`kdviz.align` (:func:`compare_tokenizers` first).
-- Recording: :class:`Recorder` writes a run directory; :func:`open_run` reads it as pandas / numpy.
+- Recording: :class:`Recorder` writes a run directory (from a :class:`KDBatch`, or a :class:`RecordBatch` for
+  a loop of your own); :func:`open_run` reads it as pandas / numpy.
 - Views: :mod:`kdviz.viz` (plotly figures, JupyterLab dashboards, static HTML reports).
 """
 
@@ -14,7 +15,7 @@ from kdviz.divergences import DIVERGENCES, divergence
 from kdviz.fused import fused_divergence
 from kdviz.headtail import HeadTail, head_tail
 from kdviz.methods import KDBatch, KDCollator, KDOutput
-from kdviz.record import Recorder, open_run
+from kdviz.record import RecordBatch, Recorder, open_run
 
 __version__ = "0.1.0"
 
@@ -24,6 +25,7 @@ __all__ = [
     "KDBatch",
     "KDCollator",
     "KDOutput",
+    "RecordBatch",
     "Recorder",
     "__version__",
     "align",

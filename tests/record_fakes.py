@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
+from kdviz.record import RecordBatch
+
 B, T_S, T_T, V_S, V_T, PROMPT = 3, 7, 6, 11, 13, 2
-
-
-@dataclass
-class FakeBatch:
-    student_input_ids: torch.Tensor
-    student_labels: torch.Tensor
-    teacher_input_ids: torch.Tensor
-    teacher_labels: torch.Tensor
-    alignment: torch.Tensor
-    texts: list[str] = field(default_factory=list)
-    student_tokens: list[list[str]] = field(default_factory=list)
-    teacher_tokens: list[list[str]] = field(default_factory=list)
-    example_ids: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -35,11 +24,11 @@ def _labels(ids: torch.Tensor) -> torch.Tensor:
     return labels
 
 
-def make_batch(ids=("a", "b", "c"), seed: int = 0) -> FakeBatch:
+def make_batch(ids=("a", "b", "c"), seed: int = 0) -> RecordBatch:
     g = torch.Generator().manual_seed(seed)
     s_ids = torch.randint(0, V_S, (B, T_S), generator=g)
     t_ids = torch.randint(0, V_T, (B, T_T), generator=g)
-    return FakeBatch(
+    return RecordBatch(
         student_input_ids=s_ids,
         student_labels=_labels(s_ids),
         teacher_input_ids=t_ids,

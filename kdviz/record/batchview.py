@@ -13,6 +13,7 @@ labelled with the token it predicts; ``input_token`` is the token it reads.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -20,6 +21,23 @@ import torch
 
 SIDES = ("student", "teacher")
 IGNORE = -100
+
+
+@dataclass
+class RecordBatch:
+    """The fields of a :class:`kdviz.KDBatch` that the probes read, for a training loop with its own batch
+    type: build one per logged step and pass it to :meth:`kdviz.Recorder.log` (``alignment`` is the
+    ``[B, T_s, T_t]`` ground truth between input tokens, or an identity for one tokenizer)."""
+
+    student_input_ids: torch.Tensor
+    student_labels: torch.Tensor
+    teacher_input_ids: torch.Tensor
+    teacher_labels: torch.Tensor
+    alignment: torch.Tensor | None = None
+    texts: list[str] = field(default_factory=list)
+    student_tokens: list[list[str]] = field(default_factory=list)
+    teacher_tokens: list[list[str]] = field(default_factory=list)
+    example_ids: list[str] = field(default_factory=list)
 
 
 def _tensor(value: Any) -> torch.Tensor | None:
