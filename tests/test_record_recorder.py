@@ -122,7 +122,7 @@ class _Vocab:
 def test_top5_next_tokens_of_both_sides(tmp_path):
     import json
 
-    from kdviz.viz import token_losses
+    from kdviz.viz import token_losses, vocab_map_table
 
     _record(tmp_path / "run", tokenizers={"student": _Vocab("s"), "teacher": _Vocab("t")})
     tokens = open_run(tmp_path / "run").tokens()
@@ -138,6 +138,13 @@ def test_top5_next_tokens_of_both_sides(tmp_path):
             np.testing.assert_allclose([p for _, p in entries], probs[k].numpy(), atol=6e-5)
     hover = token_losses(open_run(tmp_path / "run"), 2, 0).data[0].customdata
     assert "teacher top-5:" in hover[0][0] and "student top-5:" in hover[0][0]
+    # the top-k vocabulary map keeps the strings too, and its table shows them
+    vm = open_run(tmp_path / "run").table("vocab_map")
+    sel = vm[(vm["step"] == 2) & (vm["sample"] == 0)]
+    assert sel["teacher_token"].tolist() == [f"t{i}" for i in out.diagnostics["teacher_topk_ids"][0].tolist()]
+    assert sel["student_token"].tolist() == [f"s{i}" for i in out.diagnostics["student_topk_ids"][0].tolist()]
+    cells = vocab_map_table(open_run(tmp_path / "run"), 2, 0).data[0].cells.values
+    assert cells[1][0] == f"t{int(sel['teacher_id'].iloc[0])} ({int(sel['teacher_id'].iloc[0])})"
 
     _record(tmp_path / "ids")  # without tokenizers the ids stand in for the strings
     cell = open_run(tmp_path / "ids").tokens()["student_top5"].iloc[0]

@@ -244,16 +244,17 @@ class Recorder:
             )
         for slot, teacher_ids, student_ids in rec.vocab_map:
             k = min(len(teacher_ids), len(student_ids))
-            store.append_rows(
-                "vocab_map",
-                {
-                    "step": np.full(k, step),
-                    "sample": np.full(k, slot),
-                    "rank": np.arange(k),
-                    "teacher_id": teacher_ids[:k],
-                    "student_id": student_ids[:k],
-                },
-            )
+            columns = {
+                "step": np.full(k, step),
+                "sample": np.full(k, slot),
+                "rank": np.arange(k),
+                "teacher_id": teacher_ids[:k],
+                "student_id": student_ids[:k],
+            }
+            for side, ids in (("teacher", teacher_ids[:k]), ("student", student_ids[:k])):
+                if side in self.tokenizers:
+                    columns[f"{side}_token"] = self.tokenizers[side].convert_ids_to_tokens([int(i) for i in ids])
+            store.append_rows("vocab_map", columns)
         if rec.events:
             kinds, names, details = zip(*rec.events, strict=True)
             store.append_rows("events", {"step": [step] * len(kinds), "kind": kinds, "name": names, "detail": details})

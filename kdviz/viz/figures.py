@@ -559,8 +559,9 @@ def vocab_map_table(
     student_tokens: Sequence[str] | Mapping[int, str] | None = None,
 ) -> go.Figure:
     """The recorded top-k teacher <-> student id map (``vocab_map`` table) at ``step`` as a table of token
-    strings (ids when no vocabulary is given; pass ``tokenizer.convert_ids_to_tokens`` results or an
-    id -> string mapping)."""
+    strings: from ``teacher_tokens`` / ``student_tokens`` when given (``tokenizer.convert_ids_to_tokens``
+    results or an id -> string mapping), else the strings the recorder stored (``Recorder(tokenizers=...)``),
+    else the ids."""
     table = run.table("vocab_map")
     if table.empty:
         return message_figure(
@@ -570,19 +571,19 @@ def vocab_map_table(
     step = steps[-1] if step is None else max((s for s in steps if s <= step), default=steps[0])
     rows = table[(table["step"] == step) & (table["sample"] == sample)].sort_values("rank")
 
-    def name(vocab, i: int) -> str:
-        if vocab is None:
-            return str(i)
-        try:
-            return f"{token_label(vocab[i])} ({i})"
-        except (IndexError, KeyError):
-            return str(i)
+    def names(side: str, vocab) -> list[str]:
+        ids = [int(i) for i in rows[f"{side}_id"]]
+        if vocab is None and f"{side}_token" in rows.columns:
+            return [f"{token_label(t)} ({i})" for t, i in zip(rows[f"{side}_token"], ids, strict=True)]
+        out = []
+        for i in ids:
+            try:
+                out.append(str(i) if vocab is None else f"{token_label(vocab[i])} ({i})")
+            except (IndexError, KeyError):
+                out.append(str(i))
+        return out
 
-    cells = [
-        rows["rank"].tolist(),
-        [name(teacher_tokens, int(i)) for i in rows["teacher_id"]],
-        [name(student_tokens, int(i)) for i in rows["student_id"]],
-    ]
+    cells = [rows["rank"].tolist(), names("teacher", teacher_tokens), names("student", student_tokens)]
     fig = go.Figure(go.Table(header={"values": ["rank", "teacher token", "student token"]}, cells={"values": cells}))
     fig.update_layout(
         title=f"top-k vocabulary map · step {int(step)} · sample {sample}", height=min(700, 120 + 24 * len(rows))
