@@ -144,7 +144,7 @@ def test_top5_next_tokens_of_both_sides(tmp_path):
     assert sel["teacher_token"].tolist() == [f"t{i}" for i in out.diagnostics["teacher_topk_ids"][0].tolist()]
     assert sel["student_token"].tolist() == [f"s{i}" for i in out.diagnostics["student_topk_ids"][0].tolist()]
     cells = vocab_map_table(open_run(tmp_path / "run"), 2, 0).data[0].cells.values
-    assert cells[1][0] == f"t{int(sel['teacher_id'].iloc[0])} ({int(sel['teacher_id'].iloc[0])})"
+    assert cells[1][0] == f"t{int(sel['teacher_id'].iloc[0])}\u00a0({int(sel['teacher_id'].iloc[0])})"
 
     _record(tmp_path / "ids")  # without tokenizers the ids stand in for the strings
     cell = open_run(tmp_path / "ids").tokens()["student_top5"].iloc[0]

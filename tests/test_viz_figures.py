@@ -143,9 +143,10 @@ def test_transport_plan_cost_and_vocab_map(ot):
     rows = ot.table("vocab_map").query("step == 2 and sample == 0")
     cells = table.data[0].cells.values
     assert len(rows) == 20 and list(cells[0]) == list(range(20))
-    assert list(cells[1]) == [f"{F.token_label(teacher_vocab[i])} ({i})" for i in rows["teacher_id"]]
-    assert list(cells[2]) == [f"{F.token_label(student_vocab[i])} ({i})" for i in rows["student_id"]]
-    assert list(table.data[0].header.values) == ["rank", "teacher token", "student token"]
+    nbsp = "\u00a0"  # no plain spaces: they rendered blank in the dashboard's FigureWidget
+    assert list(cells[1]) == [f"{F.token_label(teacher_vocab[i])}{nbsp}({i})" for i in rows["teacher_id"]]
+    assert list(cells[2]) == [f"{F.token_label(student_vocab[i])}{nbsp}({i})" for i in rows["student_id"]]
+    assert list(table.data[0].header.values) == ["rank", f"teacher{nbsp}token", f"student{nbsp}token"]
 
 
 def test_vocab_map_absent_explains(cma):

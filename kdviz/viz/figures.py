@@ -571,20 +571,25 @@ def vocab_map_table(
     step = steps[-1] if step is None else max((s for s in steps if s <= step), default=steps[0])
     rows = table[(table["step"] == step) & (table["sample"] == sample)].sort_values("rank")
 
+    # non-breaking spaces: in a FigureWidget (the dashboard) table strings with plain spaces rendered blank
+    # in JupyterLab + Chromium (the static figure was fine); seen in the browser test's screenshot
     def names(side: str, vocab) -> list[str]:
         ids = [int(i) for i in rows[f"{side}_id"]]
         if vocab is None and f"{side}_token" in rows.columns:
-            return [f"{token_label(t)} ({i})" for t, i in zip(rows[f"{side}_token"], ids, strict=True)]
-        out = []
-        for i in ids:
-            try:
-                out.append(str(i) if vocab is None else f"{token_label(vocab[i])} ({i})")
-            except (IndexError, KeyError):
-                out.append(str(i))
-        return out
+            out = [f"{token_label(t)} ({i})" for t, i in zip(rows[f"{side}_token"], ids, strict=True)]
+        else:
+            out = []
+            for i in ids:
+                try:
+                    out.append(str(i) if vocab is None else f"{token_label(vocab[i])} ({i})")
+                except (IndexError, KeyError):
+                    out.append(str(i))
+        return [text.replace(" ", "\u00a0") for text in out]
 
     cells = [rows["rank"].tolist(), names("teacher", teacher_tokens), names("student", student_tokens)]
-    fig = go.Figure(go.Table(header={"values": ["rank", "teacher token", "student token"]}, cells={"values": cells}))
+    fig = go.Figure(
+        go.Table(header={"values": ["rank", "teacher\u00a0token", "student\u00a0token"]}, cells={"values": cells})
+    )
     fig.update_layout(
         title=f"top-k vocabulary map · step {int(step)} · sample {sample}", height=min(700, 120 + 24 * len(rows))
     )
