@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from kdviz.record.batchview import BatchView
-from kdviz.record.probes import EVERY_STEP, PROBES, Sample, StepRecord, positions
+from kdviz.record.probes import EVERY_STEP, PROBES, TOP_K, Sample, StepRecord, positions
 from kdviz.record.store import QUANTILES, RunWriter
 
 
@@ -306,7 +306,7 @@ class Recorder:
         for name, values in columns.items():
             table[name] = values.float().cpu()[index].numpy()
         for side, (ids, probs, vocab) in rec.top.get(sample.slot, {}).items():
-            table[f"{side}_top{ids.shape[-1]}"] = self._top_json(ids.cpu()[index], probs.cpu()[index], vocab)
+            table[f"{side}_top{TOP_K}"] = self._top_json(ids.cpu()[index], probs.cpu()[index], vocab)
         self.store.append_rows("tokens", table)
 
     def _top_json(self, ids: torch.Tensor, probs: torch.Tensor, vocab: str) -> list[str]:

@@ -26,6 +26,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from kdviz.align.overlap import KINDS, overlap_matrix, regions
+from kdviz.record.probes import TOP_K
 from kdviz.record.reader import Matrix, Run
 
 MAX_AXIS = 300
@@ -613,7 +614,7 @@ def _top_text(entries: Sequence[tuple[str, float]]) -> str:
 
 def recorded_top(rows: pd.DataFrame) -> dict[int, tuple[list, list]]:
     """``position -> (teacher top-k, student top-k)`` from the recorded ``*_top5`` JSON columns."""
-    columns = [f"{side}_top5" for side in ("teacher", "student")]
+    columns = [f"{side}_top{TOP_K}" for side in ("teacher", "student")]
     if not any(c in rows.columns for c in columns):
         return {}
     out = {}
