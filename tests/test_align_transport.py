@@ -8,6 +8,7 @@ import numpy as np
 import ot
 import pytest
 import torch
+from ot.batch import solve_batch
 
 from kdviz.align.transport import sinkhorn_plans
 
@@ -63,6 +64,18 @@ def test_unpadded_batch_equals_pot_sinkhorn(domain):
     assert torch.allclose(found.value, (found.plan * cost).sum((1, 2)))
 
 
+@pytest.mark.parametrize("tol", [0.0, 1e-6])
+def test_plain_domain_runs_the_rounds_of_pot_solve_batch(tol):
+    """The plain domain is kdviz's own batched products; POT's batch solver is the oracle, early stop too."""
+    cost = torch.rand(3, 6, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) * 2
+    full = torch.ones(3, 6, dtype=torch.bool), torch.ones(3, 8, dtype=torch.bool)
+    found = sinkhorn_plans(cost, *full, reg=0.1, n_iter=200, tol=tol, domain="plain")
+    want = solve_batch(cost - cost.amin((1, 2), keepdim=True), reg=0.1, max_iter=200, tol=tol, method="sinkhorn")
+    assert found.iterations == int(want.log["n_iter"]) + 1
+    assert (found.iterations == 200) == (tol == 0)
+    torch.testing.assert_close(found.plan, want.plan, rtol=0, atol=1e-14)
+
+
 def test_float32_and_the_reported_marginal_error():
     cost, rows, cols = padded_problem(torch.float32)
     found = sinkhorn_plans(cost, rows, cols, reg=0.1, n_iter=20)
@@ -110,6 +123,19 @@ def test_gradients_envelope_and_autodiff():
             assert torch.allclose(leaf.grad, found.plan.detach())
 
 
+@pytest.mark.parametrize("domain", ["log", "plain"])
+def test_autodiff_gradients_are_exact(domain):
+    """Through every round, checked by finite differences in float64 (one sequence padded)."""
+    cost = (torch.rand(2, 4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 2).requires_grad_()
+    rows, cols = torch.ones(2, 4, dtype=torch.bool), torch.ones(2, 5, dtype=torch.bool)
+    rows[1, 3] = False
+
+    def value(c):
+        return sinkhorn_plans(c, rows, cols, reg=0.1, n_iter=5, grad="autodiff", domain=domain).value
+
+    assert torch.autograd.gradcheck(value, (cost,))
+
+
 def test_all_empty_and_bad_arguments():
     cost = torch.rand(2, 3, 3)
     empty = torch.zeros(2, 3, dtype=torch.bool)
@@ -119,5 +145,7 @@ def test_all_empty_and_bad_arguments():
         sinkhorn_plans(cost, empty[:, :2], empty)
     with pytest.raises(ValueError, match="reg must be positive"):
         sinkhorn_plans(cost, empty, empty, reg=0.0)
+    with pytest.raises(ValueError, match="n_iter must be at least 1"):
+        sinkhorn_plans(cost, empty, empty, n_iter=0)
     with pytest.raises(ValueError, match="domain must be one of"):
         sinkhorn_plans(cost, empty, empty, domain="exp")

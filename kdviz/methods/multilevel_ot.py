@@ -11,7 +11,8 @@ The ``k``-th response position of the student is paired with the ``k``-th of the
 - ``SL = -sum_t sum_i t^k_i(t) log s^k_i(t)``  (sequential logarithmic)
 - ``SD = <P, C>`` with ``C_ij = sum_l |t^k_l(i) - s^k_l(j)|`` built from the distributions at ``tau_sd``
   (same ranking), and ``P`` the entropic plan (``reg``, ``n_iter`` Sinkhorn rounds, uniform marginals,
-  :func:`kdviz.align.transport.sinkhorn_plans` on ``ot.solve_batch``) scaled to unit marginals
+  :func:`kdviz.align.transport.sinkhorn_plans`, batched; the log domain's iterates, computed exactly in
+  the plain domain since ``C`` lies in ``[0, 2]``) scaled to unit marginals
   (``P <- n P``). The gradient of ``SD`` flows through ``C`` (envelope theorem).
 
 Each part is a token mean pooled over the batch (sum over sequences / total ``n``), and
