@@ -8,6 +8,8 @@ import numpy as np
 import ot
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ot.batch import solve_batch
 
 from kdviz.align.transport import sinkhorn_plans
@@ -52,6 +54,36 @@ def test_each_padded_plan_equals_pot_sinkhorn(n_iter, domain):
         want = pot_plan(cost[b, :n, :m].numpy(), 0.1, n_iter)
         np.testing.assert_allclose(plan[:n, :m].numpy(), want, atol=1e-12)  # float64: to rounding
         assert float(found.value[b]) == pytest.approx(float((plan * cost[b]).sum()), rel=1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    domain=st.sampled_from(["log", "plain"]),
+    mass=st.sampled_from(["probability", "unit"]),
+)
+def test_scattered_masks_give_each_sequence_its_own_plan(seed, domain, mass):
+    """Real positions anywhere (not a prefix), some sequences empty: each plan is POT's on its real block."""
+    g = torch.Generator().manual_seed(seed)
+    b, n = 4, 6
+    cost = torch.rand(b, n, n, dtype=torch.float64, generator=g) * 3
+    rows = torch.rand(b, n, generator=g) < 0.6
+    cols = rows.clone() if mass == "unit" else torch.rand(b, n, generator=g) < 0.6
+    found = sinkhorn_plans(cost, rows, cols, reg=0.1, n_iter=15, mass=mass, domain=domain)
+    for i in range(b):
+        r, c = rows[i].nonzero().flatten(), cols[i].nonzero().flatten()
+        if len(r) == 0 or len(c) == 0:
+            assert float(found.plan[i].abs().sum()) == 0.0
+            continue
+        block = cost[i][r][:, c].numpy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            a, w = np.ones(len(r)), np.ones(len(c))
+            if mass == "probability":
+                a, w = a / len(r), w / len(c)
+            want = ot.sinkhorn(w, a, block.T, 0.1, method="sinkhorn_log", numItermax=15, stopThr=0.0).T
+        np.testing.assert_allclose(found.plan[i][r][:, c].numpy(), want, atol=1e-12)
+        assert float(found.plan[i].sum()) == pytest.approx(float(want.sum()), abs=1e-12)  # nothing off the block
 
 
 @pytest.mark.parametrize("domain", ["log", "plain"])
@@ -134,6 +166,21 @@ def test_autodiff_gradients_are_exact(domain):
         return sinkhorn_plans(c, rows, cols, reg=0.1, n_iter=5, grad="autodiff", domain=domain).value
 
     assert torch.autograd.gradcheck(value, (cost,))
+
+
+def test_non_finite_cost_and_an_underflowing_plain_kernel_raise():
+    cost, rows, cols = padded_problem(torch.float32)
+    bad = cost.clone()
+    bad[0, 2, 3] = float("nan")  # a real position
+    with pytest.raises(ValueError, match="cost must be finite"):
+        sinkhorn_plans(bad, rows, cols)
+    bad = cost.clone()
+    bad[0, 8, 8] = float("inf")  # a padded position of sequence 0 (7 x 9)
+    for domain in ("auto", "log"):
+        with pytest.raises(ValueError, match="padded ones too"):
+            sinkhorn_plans(bad, rows, cols, domain=domain)
+    with pytest.raises(ValueError, match="span of at most 50 reg"):
+        sinkhorn_plans(cost * 100, rows, cols, domain="plain")  # exp(-2000): the kernel underflows
 
 
 def test_all_empty_and_bad_arguments():

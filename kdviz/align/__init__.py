@@ -8,7 +8,7 @@
 - :func:`compare_tokenizers` is the first thing to run with two tokenizers.
 - :func:`align_tokens` (DTW on edit distance) and :func:`vocab_map` (teacher -> student ids, cached) serve
   MinED; :func:`index_pairs` / :func:`overlap_pairs` pair positions for ULD and MultiLevelOT;
-  :func:`sinkhorn_plans` solves a batch of entropic OT problems with POT.
+  :func:`sinkhorn_plans` solves a batch of entropic OT problems (batched plain rounds or POT's log domain).
 """
 
 from kdviz.align.compare import TokenizerReport, compare_tokenizers

@@ -16,11 +16,14 @@ one when it is exact in the dtype -- the cost of each sequence, shifted by its m
 change), spans at most ``50 reg`` (float32) or ``500 reg`` (float64), so that no kernel entry underflows
 (always true for MultiLevelOT's SD: its costs lie in ``[0, 2]``) -- and the log domain otherwise.
 
-Padding is block-diagonal, so each sequence gets exactly the iterates it would get alone: one extra row
-and column are appended, padded rows and columns form a separate block (cost 0, marginals summing to 1 on
-each side, solved exactly in the first round), and the entries between real and padded positions have
-cost ``1e5 reg`` (kernel ``exp(-1e5) = 0``). The returned plan is the real block. Sequences with an empty
-side get an all-zero plan.
+Padding: in the plain domain, padded positions get zero marginals, kernel entries 1 and zero scalings
+(``f = 0``, ``g = 0``; ``g`` starts at 1 on real columns only), so each sequence gets exactly the iterates
+it would get alone and its plan is 0 off the real block. In the log domain, POT's solver starts from
+``v = 0`` on every column, so the padding is block-diagonal instead: one extra row and column are
+appended, padded rows and columns form a separate block (cost 0, marginals summing to 1 on each side),
+and the entries between real and padded positions cost ``span + 1e5 reg`` (kernel ``exp(-1e5) = 0``
+relative to every real entry). Sequences with an empty side get an all-zero plan. ``cost`` must be
+finite at every position (padded ones too); a non-finite plan raises instead of returning NaN.
 
 ``grad="envelope"``: the plan is a constant and ``<P, C>`` is differentiated through ``C`` only (the
 envelope theorem); ``grad="autodiff"``: gradients flow through every iteration, as in code that
@@ -103,39 +106,38 @@ def sinkhorn_plans(
     live = ((n_rows > 0) & (n_cols > 0)).nonzero().flatten()
     if len(live) == 0:
         return Transport(cost.new_zeros(b, n, m), cost.new_zeros(b), 0, 0.0, "log" if domain == "auto" else domain)
-    dense = len(live) == b and bool(rows.all()) and bool(cols.all())  # no padding: no masks to apply
-    c = cost if dense else cost[live]
+    all_live = len(live) == b
+    c = cost if all_live else cost[live]
     c = c if c.dtype == torch.float64 else c.float()
-    a, w = (rows, cols) if dense else (rows[live], cols[live])
-    a, w = a.to(c.dtype), w.to(c.dtype)
+    if not all_live:
+        rows, cols = rows[live], cols[live]
+    a, w = rows.to(c.dtype), cols.to(c.dtype)  # zero on padded positions
     if mass == "probability":
         a, w = a / a.sum(-1, keepdim=True), w / w.sum(-1, keepdim=True)
-    real = None if dense else rows[live, :, None] & cols[live, None, :]
-    if not dense:
-        c = c.masked_fill(~real, 0.0)
-    lowest = c if dense else c.masked_fill(~real, float("inf"))
-    shift = lowest.amin((1, 2), keepdim=True)
+    padded = not (bool(rows.all()) and bool(cols.all()))
+    with torch.no_grad():
+        lowest, highest = _real_extremes(c, rows, cols) if padded else (c.amin((1, 2)), c.amax((1, 2)))
+        span = float((highest - lowest).amax()) / reg
+    if not math.isfinite(span):
+        raise ValueError("cost must be finite at every position (padded ones too), got inf or NaN")
     if domain == "auto":
-        highest = c if dense else c.masked_fill(~real, float("-inf"))
-        span = float((highest.detach().amax((1, 2)) - shift.detach().flatten()).amax()) / reg
         domain = "plain" if span <= PLAIN_SPAN.get(c.dtype, 0.0) else "log"
-    if dense:  # the plain domain subtracts the shift while it forms the kernel; the log domain needs none
-        solver_cost, a_ext, w_ext, solver_shift = c, a, w, shift
-    else:
-        (solver_cost, a_ext, w_ext), solver_shift = _block_padding(c - shift, real, a, w, PAD_SCALE * reg), 0.0
-    solver_cost = solver_cost if grad == "autodiff" else solver_cost.detach()
+    solver_cost = c if grad == "autodiff" else c.detach()
     if domain == "plain":
-        solved, iterations = _plain_sinkhorn(solver_cost, solver_shift, a_ext, w_ext, reg, n_iter, tol)
+        p, iterations = _plain_sinkhorn(solver_cost, lowest, a, w, padded, reg, n_iter, tol)
     else:
-        result = solve_batch(solver_cost, reg=reg, a=a_ext, b=w_ext, max_iter=n_iter, tol=tol,
-                             method="log_sinkhorn", grad="autodiff" if grad == "autodiff" else "detach")
-        solved, iterations = result.plan, int(result.log["n_iter"]) + 1
-    with torch.no_grad():  # every marginal entry is positive (padded positions' block is solved exactly)
-        errors = [(solved.sum(-1) - a_ext).abs() / a_ext, (solved.sum(-2) - w_ext).abs() / w_ext]
-        error = float(torch.cat(errors, -1).amax())
-    p = solved if dense else solved[:, :n, :m].masked_fill(~real, 0.0)
-    live_value = loss_linear_batch(c, p)
-    if dense:
+        real = rows[:, :, None] & cols[:, None, :] if padded else None
+        p, iterations = _log_sinkhorn(solver_cost - lowest[:, None, None], real, a, w, span * reg, reg, n_iter,
+                                      tol, grad)
+    live_value = loss_linear_batch(c, p)  # P is 0 on padded positions
+    if not bool(torch.isfinite(live_value).all()):
+        raise ValueError(
+            "the transport plan is not finite: cost must be finite at every position (padded ones too), and "
+            f"domain='plain' needs a cost span of at most {PLAIN_SPAN.get(c.dtype, 0.0):g} reg (this one: {span:.3g})"
+        )
+    with torch.no_grad():
+        error = max(_relative_error(p.sum(-1), a), _relative_error(p.sum(-2), w))
+    if all_live:
         plan, value = p.to(cost.dtype), live_value.to(cost.dtype)
     else:
         plan = cost.new_zeros(b, n, m).index_copy(0, live, p.to(cost.dtype))
@@ -143,15 +145,33 @@ def sinkhorn_plans(
     return Transport(plan, value, iterations, error, domain)
 
 
-def _plain_sinkhorn(cost, shift, a, w, reg: float, n_iter: int, tol: float) -> tuple[torch.Tensor, int]:
+def _real_extremes(cost, rows, cols) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sequence ``(min, max)`` ``[B]`` of the cost over real entries (real rows x real columns)."""
+    hide_cols = torch.zeros_like(cols, dtype=cost.dtype).masked_fill(~cols, float("inf"))[:, None, :]
+    lowest = (cost + hide_cols).amin(-1).masked_fill(~rows, float("inf")).amin(-1)
+    highest = (cost - hide_cols).amax(-1).masked_fill(~rows, float("-inf")).amax(-1)
+    return lowest, highest
+
+
+def _relative_error(sums: torch.Tensor, marginal: torch.Tensor) -> float:
+    """``max_i |sums_i - marginal_i| / marginal_i`` over positive marginal entries (padded sums are 0)."""
+    return float(((sums - marginal).abs() / marginal.clamp_min(torch.finfo(marginal.dtype).tiny)).amax())
+
+
+def _plain_sinkhorn(cost, shift, a, w, padded: bool, reg: float, n_iter: int, tol: float) -> tuple[torch.Tensor, int]:
     """The plain-domain rounds of the module docstring on ``K = exp((shift - C) / reg)``: ``f = a / (K g)``,
-    ``g = w / (K^T f)`` from ``g = 1``, as ``[B, 1, N]`` row vectors times ``[B, N, M]`` matrices. Every
+    ``g = w / (K^T f)``, as ``[B, 1, N]`` row vectors times ``[B, N, M]`` matrices. Padded positions are the
+    zero entries of the marginals: their kernel entries are 1, they start with ``g = 0`` and stay at
+    ``f = 0``, ``g = 0``, so each sequence gets exactly the iterates it would get alone. Every
     ``CHECK_EVERY`` rounds (after rounds 1, 11, 21, ...), stops when ``max_b |f * (K g) - a|_2 < tol``, as
     ``ot.solve_batch``. Returns the plan ``diag(f) K diag(g)`` and the number of rounds run."""
     scale = 1.0 / (reg * math.log(2.0))  # exp2 is 3.5x faster than exp on a CPU
-    kernel = torch.add(shift * scale, cost, alpha=-scale).exp2_()
+    exponent = torch.add(shift[:, None, None] * scale, cost, alpha=-scale)
     a_row, w_row = a[:, None, :], w[:, None, :]
-    kernel_t, g = kernel.transpose(1, 2), torch.ones_like(w_row)
+    if padded:
+        exponent = exponent.mul_((a > 0)[:, :, None]).mul_(w_row > 0)
+    kernel = exponent.exp2_()
+    kernel_t, g = kernel.transpose(1, 2), (w_row > 0).to(kernel.dtype)
     rounds = 0
     while rounds < n_iter:
         f = a_row / torch.bmm(g, kernel_t)
@@ -162,6 +182,18 @@ def _plain_sinkhorn(cost, shift, a, w, reg: float, n_iter: int, tol: float) -> t
             if float(torch.linalg.vector_norm(rows - a_row, dim=-1).amax()) < tol:
                 break
     return (kernel * f.transpose(1, 2)).mul_(g), rounds
+
+
+def _log_sinkhorn(cost, real, a, w, span: float, reg: float, n_iter: int, tol: float, grad: str):
+    """POT's log-domain batch solver; a padded batch (``real`` ``[B, N, M]`` bool) goes through
+    :func:`_block_padding`. Returns the plan ``[B, N, M]`` and the number of rounds run."""
+    b, n, m = cost.shape
+    if real is not None:
+        cost, a, w = _block_padding(cost.masked_fill(~real, 0.0), real, a, w, span + PAD_SCALE * reg)
+    result = solve_batch(cost, reg=reg, a=a, b=w, max_iter=n_iter, tol=tol, method="log_sinkhorn",
+                         grad="autodiff" if grad == "autodiff" else "detach")
+    plan = result.plan if real is None else result.plan[:, :n, :m].masked_fill(~real, 0.0)
+    return plan, int(result.log["n_iter"]) + 1
 
 
 def _block_padding(cost, real, a, w, far: float):
