@@ -40,6 +40,7 @@ ARGS = [
 ]
 RUN_TIMEOUT_MS = 240_000
 DASHBOARD_NOTEBOOK = "02_dual_space_and_cross_model_attention"
+TRANSPORT_NOTEBOOK = "03_optimal_transport_plans"  # its dashboard opens on the Transport tab
 # every cell rendered (no windowing, so every plot is in the page), no news fetched from the network
 SETTINGS = {
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
@@ -222,6 +223,8 @@ def test_notebook_renders_in_jupyterlab(lab, browser, path):
         assert not page.locator(".jp-OutputArea-output[data-mime-type*='error']").count()
         if path.stem == DASHBOARD_NOTEBOOK:
             _move_step_slider(page)
+        if path.stem == TRANSPORT_NOTEBOOK:
+            _check_vocabulary_map_cells(page)
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / f"{path.stem}.png"))
         assert not errors, errors
@@ -245,6 +248,18 @@ def _move_step_slider(page) -> None:
     )
     after = _heatmap_title(page)
     assert after != before and "step 0 " in after
+
+
+def _check_vocabulary_map_cells(page) -> None:
+    """The dashboard's vocabulary-map table (a plotly table in a FigureWidget) shows its header and token
+    strings: strings with plain spaces once rendered blank there."""
+    texts = page.evaluate("""() => Array.from(document.querySelectorAll('.jupyter-widgets .js-plotly-plot'))
+      .filter(p => Array.from(p.querySelectorAll('.gtitle')).some(t => t.textContent.startsWith('top-k vocab')))
+      .map(p => Array.from(p.querySelectorAll('.cell-text')).map(t => t.textContent))""")
+    assert len(texts) == 1, texts
+    assert {"rank", "teacher\u00a0token", "student\u00a0token"} <= set(texts[0]), texts[0][:12]
+    tokens = [text for text in texts[0] if text.endswith(")")]  # "string (id)", both sides
+    assert len(tokens) >= 10 and all(text.strip(" \u00a0()0123456789") for text in tokens), texts[0][:12]
 
 
 def test_static_report_shows_injected_tokens_as_text(browser, tmp_path):
