@@ -17,6 +17,12 @@ vocabulary map.
    overlapping on common words): the first call (computed with rapidfuzz on every core) and the second
    call (read from the cache).
 
+4. MultiLevelOT's ranked softmax columns: forward + backward of HAD + SL + SD's cost (plan held uniform)
+   for B = 4 sequences of T = 256 paired positions, a 32000-token student and a 151936-token teacher,
+   kdviz's chunked columns (``kdviz.methods.multilevel_ot.ranked_log_probs``) vs whole-row
+   ``log_softmax`` at both temperatures (the published code's way, and kdviz's before): time interleaved
+   in one process, peak memory above the inputs in a fresh process per variant.
+
     python benchmarks/bench_ot.py            # the sizes above (a few minutes on 2 cores)
     python benchmarks/bench_ot.py --quick    # small sizes, a smoke test of the harness
 """
@@ -24,9 +30,12 @@ vocabulary map.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -34,10 +43,12 @@ import warnings
 import numpy as np
 import ot
 import torch
+from bench_divergences import reset_peak_rss, rss_bytes
 from ot.batch import solve_batch
 
 from kdviz.align.transport import sinkhorn_plans
 from kdviz.align.vocab_map import vocab_map
+from kdviz.methods.multilevel_ot import ranked_log_probs
 from kdviz.methods.uld import sorted_w1
 
 
@@ -212,12 +223,85 @@ def bench_vocab_map(n_student: int, n_teacher: int) -> None:
     print(f"  second call (from the cache)       {t_second:8.3f} s   ratio {t_first / t_second:7.0f}x")
 
 
+# -- 4. MultiLevelOT's ranked softmax columns -------------------------------------------------------
+
+
+def levels_loss(impl: str, z_s: torch.Tensor, z_t: torch.Tensor, k: int = 50) -> torch.Tensor:
+    """HAD + 0.1 SL + 0.1 SD-cost of MultiLevelOT's paper mode (tau 1, tau_sd 2), every position paired."""
+    b, t = z_s.shape[:2]
+    pos = torch.arange(t).expand(b, t)
+    valid = torch.ones(b, t, dtype=torch.bool)
+    if impl == "kdviz":
+        ids_s, (logq_k, logy) = ranked_log_probs(z_s, pos, valid, k, (1.0, 2.0), False)
+        ids_t, (logp_k, logx) = ranked_log_probs(z_t, pos, valid, k, (1.0, 2.0), False)
+        s_k, t_k, x, y = logq_k.exp(), logp_k.exp(), logx.exp(), logy.exp()
+    else:  # whole rows
+        logq, logp = torch.log_softmax(z_s.float(), -1), torch.log_softmax(z_t.float(), -1)
+        q, p = logq.exp(), logp.exp()
+        ids_s, ids_t = q.detach().sum(1).topk(k, -1).indices, p.detach().sum(1).topk(k, -1).indices
+
+        def take(values, ids):
+            return values.gather(-1, ids[:, None, :].expand(b, t, k))
+
+        s_k, t_k, logq_k = take(q, ids_s), take(p, ids_t), take(logq, ids_s)
+        x, y = take(torch.softmax(z_t.float() / 2, -1), ids_t), take(torch.softmax(z_s.float() / 2, -1), ids_s)
+    had, sl = (t_k - s_k).abs().sum(), -(t_k * logq_k).sum()
+    return had + 0.1 * sl + 0.1 * torch.cdist(x, y, p=1).mean((1, 2)).sum()
+
+
+def levels_inputs(b: int, t: int, v_s: int, v_t: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(b, t, v_s, generator=g) * 3).requires_grad_(), torch.randn(b, t, v_t, generator=g) * 3
+
+
+def levels_step(impl: str, z_s: torch.Tensor, z_t: torch.Tensor) -> None:
+    levels_loss(impl, z_s, z_t).backward()
+    z_s.grad = None
+
+
+def levels_worker(spec: str) -> None:
+    """In a fresh process: peak RSS above the inputs of one forward + backward of ``impl``."""
+    impl, size = json.loads(spec)
+    levels_step(impl, *levels_inputs(2, 4, 64, 96))  # load kernels and thread pools first
+    inputs = levels_inputs(*size)
+    before = rss_bytes("VmRSS")
+    reset_peak_rss()
+    levels_step(impl, *inputs)
+    print(json.dumps(rss_bytes("VmHWM") - before))
+
+
+def bench_levels(b: int, t: int, v_s: int, v_t: int, repeats: int) -> None:
+    print(f"\n[MultiLevelOT levels] B={b} x T={t}, V_s={v_s}, V_t={v_t}, k=50: forward + backward, float32")
+    impls = ("whole rows", "kdviz")
+    memory = {}
+    for impl in impls:  # first, while this process holds no inputs
+        spec = json.dumps([impl, [b, t, v_s, v_t]])
+        out = subprocess.run([sys.executable, __file__, "--levels-worker", spec], check=True, capture_output=True,
+                             text=True)
+        memory[impl] = json.loads(out.stdout.strip().splitlines()[-1]) / 2**20
+    z_s, z_t = levels_inputs(b, t, v_s, v_t)
+    with torch.no_grad():
+        ours, theirs = float(levels_loss("kdviz", z_s, z_t)), float(levels_loss("whole rows", z_s, z_t))
+    print(f"  loss {ours:.6g} vs {theirs:.6g} (relative difference {abs(ours - theirs) / abs(theirs):.1e})")
+    steps = {impl: (lambda impl=impl: levels_step(impl, z_s, z_t)) for impl in impls}
+    times = interleaved_medians(steps, repeats, block=1)
+    for impl in steps:
+        print(f"  {impl:10}  {times[impl]:7.3f} s   peak above the inputs {memory[impl]:8.1f} MB")
+    print(
+        f"  kdviz / whole rows: time {times['kdviz'] / times['whole rows']:.2f}, "
+        f"memory {memory['kdviz'] / memory['whole rows']:.2f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test of the harness")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--levels-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.levels_worker:
+        return levels_worker(args.levels_worker)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -227,11 +311,13 @@ def main() -> None:
         bench_sd(2, 32, 10, 2, shortest=16)
         bench_uld([(16, 1000)], 2)
         bench_vocab_map(2000, 3000)
+        bench_levels(2, 16, 1000, 3000, 2)
     else:
         bench_sd(8, 256, 50, args.repeats)
         bench_sd(8, 256, 50, args.repeats, shortest=128)
         bench_uld([(256, 32000), (64, 151936)], args.repeats)
         bench_vocab_map(32000, 50000)
+        bench_levels(4, 256, 32000, 151936, args.repeats)
     print(f"\n{load()}")
 
 

@@ -12,7 +12,7 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 CASES = {
     "bench_divergences": (["--names", "fkl", "--dtypes", "float32"], ["fkl ", "fused "]),
-    "bench_ot": ([], ["[SD]", "ULD", "second call"]),
+    "bench_ot": ([], ["[SD]", "ULD", "second call", "[MultiLevelOT levels]"]),
     "bench_recorder": ([], ["every=10", "every=1"]),
     "bench_viz": ([], ["open + build dashboard", "step slider update", "static report"]),
 }

@@ -118,6 +118,30 @@ def test_had_is_at_least_the_per_token_sorted_l1(batch):
         assert (out.diagnostics["token_had"][b, s_pos] >= sorted_l1 - 1e-6).all()
 
 
+def test_student_gradient_equals_whole_vocabulary_autograd(batch):
+    """The chunked softmax columns differentiate like log_softmax on whole rows (float64; SD through the
+    cost with the plan held fixed, as the envelope gradient)."""
+    s_out, t_out = outputs(batch, seed=5)
+    z_s, z_t = s_out.logits.detach().double().requires_grad_(), t_out.logits.double()
+    out = MultiLevelOT()(batch, SimpleNamespace(logits=z_s), SimpleNamespace(logits=z_t))
+    d, count = out.diagnostics, sum(len(s) for s, _ in windows(batch))
+    want = 0.0
+    for b, (s_pos, t_pos) in enumerate(windows(batch)):
+        ids_s, ids_t = d["student_topk_ids"][b], d["teacher_topk_ids"][b]
+        zs, zt = z_s[b, s_pos], z_t[b, t_pos]
+        s_k, t_k = zs.softmax(-1)[:, ids_s], zt.softmax(-1)[:, ids_t]
+        x, y = (zt / 2).softmax(-1)[:, ids_t], (zs / 2).softmax(-1)[:, ids_s]
+        cost = (x[:, None, :] - y[None, :, :]).abs().sum(-1)
+        had = (t_k - s_k).abs().sum()
+        sl = -(t_k * zs.log_softmax(-1)[:, ids_s]).sum()
+        sd = (window_matrix(d["transport_plan"], b, s_pos, t_pos) * cost).sum()
+        want = want + had + 0.1 * sl + 0.1 * sd
+    (found,) = torch.autograd.grad(out.parts["kd"], z_s)
+    (expected,) = torch.autograd.grad(want / count, z_s)
+    assert found.dtype == torch.float64 and found.abs().sum() > 0
+    torch.testing.assert_close(found, expected, rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize("mode", ["paper", "reference"])
 def test_gradients_finite_at_reg_0_1_in_float32(batch, mode):
     s_out, t_out = outputs(batch, seed=3, scale=8.0)

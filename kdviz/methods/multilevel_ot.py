@@ -15,6 +15,11 @@ The ``k``-th response position of the student is paired with the ``k``-th of the
   the plain domain since ``C`` lies in ``[0, 2]``) scaled to unit marginals
   (``P <- n P``). The gradient of ``SD`` flows through ``C`` (envelope theorem).
 
+The ranking and the truncated values come from :func:`ranked_log_probs`, which never forms a ``[B, N, V]``
+tensor (chunks of rows, closed-form gradient of the log-normaliser): at B = 4, T = 256, V_s = 32000,
+V_t = 151936 this part's forward + backward peaks at 0.11x the memory of whole-row ``log_softmax`` and
+takes 0.65x the time (``benchmarks/bench_ot.py``).
+
 Each part is a token mean pooled over the batch (sum over sequences / total ``n``), and
 ``loss = ce_weight * CE + kd_weight * (HAD + beta SL + gamma SD)`` (``ce_weight=1``, ``kd_weight=0.15``,
 ``beta = gamma = 0.1``).
@@ -38,6 +43,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kdviz._softmax_columns import column_mass, log_softmax_at, row_logsumexp
 from kdviz.align.positions import index_pairs
 from kdviz.align.scores import alignment_scores
 from kdviz.align.transport import sinkhorn_plans
@@ -57,20 +63,31 @@ def std_normalise(logits: torch.Tensor) -> torch.Tensor:
     return logits / (logits.std(-1, keepdim=True) + REFERENCE_STD_EPS)
 
 
-def sequence_ranking(probs: torch.Tensor, valid: torch.Tensor, k: int, whole_batch: bool) -> torch.Tensor:
-    """``[B, k]`` ids of the ``k`` largest ``sum_t probs[b, t]`` over valid positions (descending).
+def ranked_log_probs(
+    logits: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor, k: int, taus: tuple[float, ...], reference: bool
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Sequence-level ranking and truncation of one side: ``(ids [B, k], [log p_tau [B, N, k] per tau])``.
 
-    ``whole_batch=True`` sums over every sequence too and gives every sequence that one ranking.
+    ``logits`` ``[B, T, V]``, positions ``pos`` ``[B, N]`` (``valid`` marks the real ones). The ``k`` columns
+    with the largest ``sum_t p(t)`` at ``taus[0]`` over the valid positions, descending (``reference``: summed
+    over the whole batch, one ranking for every sequence, on std-normalised logits), and the log-softmax
+    at each tau at those columns. Computed in chunks of rows (:mod:`kdviz._softmax_columns`): no
+    ``[B, N, V]`` tensor, except the std-normalised logits of ``reference``.
     """
-    sums = (probs.detach() * valid[..., None]).sum(1)
-    if whole_batch:
-        sums = sums.sum(0, keepdim=True).expand_as(sums)
-    return sums.topk(k, -1).indices
-
-
-def _take(values: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """``values [B, N, V]`` at columns ``ids [B, k]`` -> ``[B, N, k]``."""
-    return values.gather(-1, ids[:, None, :].expand(*values.shape[:2], ids.shape[-1]))
+    b, n = pos.shape
+    seq = torch.arange(b, device=pos.device)[:, None]
+    if reference:
+        z = std_normalise(logits[seq, pos].float()).flatten(0, 1)
+        index = torch.arange(b * n, device=pos.device)
+    else:
+        z, index = logits.flatten(0, 1), (seq * logits.shape[1] + pos).flatten()
+    lses = [row_logsumexp(z, index, tau) for tau in taus]
+    group = torch.where(valid, 0 if reference else seq, -1).flatten()
+    mass = column_mass(z, index, lses[0], taus[0], group, 1 if reference else b)
+    ids = mass.topk(k, -1).indices.expand(b, k)
+    columns = ids[:, None, :].expand(b, n, k).reshape(b * n, k)
+    logs = [log_softmax_at(z, index, lse, columns, tau).view(b, n, k) for lse, tau in zip(lses, taus, strict=True)]
+    return ids, logs
 
 
 class MultiLevelOT(nn.Module):
@@ -155,23 +172,18 @@ class MultiLevelOT(nn.Module):
         targets, mask_s, mask_t = batch.student_targets, batch.student_mask, batch.teacher_mask
         s_pos, t_pos, valid = index_pairs(mask_s, mask_t)
         rows = torch.arange(len(s_pos), device=s_pos.device)[:, None]
-        zs_w, zt_w = z_s[rows, s_pos].float(), z_t[rows, t_pos].float()
-        if reference:
-            zs_w, zt_w = std_normalise(zs_w), std_normalise(zt_w)
-        logq, logp = torch.log_softmax(zs_w / self.tau, -1), torch.log_softmax(zt_w / self.tau, -1)
-        q, p = logq.exp(), logp.exp()
-        ids_s = sequence_ranking(q, valid, self.top_k, reference)
-        ids_t = sequence_ranking(p, valid, self.top_k, reference)
-        s_k, t_k = _take(q, ids_s), _take(p, ids_t)
+        taus = (self.tau,) if reference else (self.tau, self.tau_sd)
+        ids_s, (logq_k, *logy_s) = ranked_log_probs(z_s, s_pos, valid, self.top_k, taus, reference)
+        ids_t, (logp_k, *logx_t) = ranked_log_probs(z_t, t_pos, valid, self.top_k, taus, reference)
+        s_k, t_k = logq_k.exp(), logp_k.exp()
         token_had = (t_k - s_k).abs().sum(-1)
         if reference:
             token_sl = -(torch.softmax(s_k, -1) * torch.log_softmax(t_k, -1)).sum(-1)
             x_t = torch.softmax(t_k / REFERENCE_SD_TAU, -1)
             y_s = torch.softmax(s_k / REFERENCE_SD_TAU, -1)
         else:
-            token_sl = -(t_k * _take(logq, ids_s)).sum(-1)
-            x_t = _take(torch.softmax(zt_w / self.tau_sd, -1), ids_t)
-            y_s = _take(torch.softmax(zs_w / self.tau_sd, -1), ids_s)
+            token_sl = -(t_k * logq_k).sum(-1)
+            x_t, y_s = logx_t[0].exp(), logy_s[0].exp()
         cost = torch.cdist(x_t, y_s, p=1)
         transport = sinkhorn_plans(
             cost,

@@ -1,0 +1,83 @@
+"""Chunked softmax values at a few columns (kdviz._softmax_columns) against whole-row float64 autograd."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kdviz import _softmax_columns as sc
+
+
+def rows_and_index(seed: int, r: int, v: int, n: int, dtype=torch.float64, pad: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(r, v, generator=g, dtype=torch.float64) * 6
+    if pad:
+        z[:, -pad:] = float("-inf")  # vocabulary padding
+    index = torch.randint(0, r, (n,), generator=g)  # rows may repeat
+    columns = torch.randint(0, v - pad, (n, 3), generator=g)
+    return z.to(dtype).requires_grad_(), index, columns
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    v=st.integers(2, 300),
+    n=st.integers(1, 40),
+    tau=st.sampled_from([0.5, 1.0, 2.0]),
+    pad=st.integers(0, 1),
+)
+def test_values_and_gradients_equal_whole_row_log_softmax(seed, v, n, tau, pad):
+    with mock.patch.object(sc, "CHUNK_BYTES", 4 * (v + pad) * 3):  # three rows per chunk: boundaries crossed
+        check_against_whole_rows(seed, v, n, tau, pad)
+
+
+def check_against_whole_rows(seed, v, n, tau, pad):
+    z, index, columns = rows_and_index(seed, 7, v + pad, n, pad=pad)
+    weights = torch.randn(n, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    lse = sc.row_logsumexp(z, index, tau)
+    found = sc.log_softmax_at(z, index, lse, columns, tau)
+    want = torch.log_softmax(z[index] / tau, -1).gather(-1, columns)
+    torch.testing.assert_close(found, want, rtol=1e-12, atol=1e-12)
+    (grad_found,) = torch.autograd.grad((found.exp() * weights).sum() + (lse * weights[:, 0]).sum(), z)
+    (grad_want,) = torch.autograd.grad(
+        (want.exp() * weights).sum() + (torch.logsumexp(z[index] / tau, -1) * weights[:, 0]).sum(), z
+    )
+    torch.testing.assert_close(grad_found, grad_want, rtol=1e-10, atol=1e-12)
+    assert torch.isfinite(grad_found).all()
+
+
+def test_gradcheck_and_low_precision_inputs():
+    z, index, _ = rows_and_index(0, 5, 11, 8)
+    assert torch.autograd.gradcheck(lambda x: sc.row_logsumexp(x, index, 0.7), (z,))
+    z16 = z.detach().to(torch.bfloat16).requires_grad_()
+    lse = sc.row_logsumexp(z16, index, 1.0)
+    assert lse.dtype == torch.float32
+    torch.testing.assert_close(lse, torch.logsumexp(z16.float()[index], -1))
+    lse.sum().backward()
+    assert z16.grad.dtype == torch.bfloat16 and torch.isfinite(z16.grad.float()).all()
+
+
+def test_extreme_logits_stay_finite():
+    z = torch.tensor([[1e4, -1e4, 0.0], [-3e4, -3e4, -3e4]], dtype=torch.float32, requires_grad=True)
+    index = torch.tensor([0, 1])
+    lse = sc.row_logsumexp(z, index, 1.0)
+    out = sc.log_softmax_at(z, index, lse, torch.tensor([[0, 1], [1, 2]]), 1.0)
+    assert torch.isfinite(out).all() and float(out[0, 0].detach()) == 0.0
+    out.exp().sum().backward()
+    assert torch.isfinite(z.grad).all()
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+def test_column_mass_sums_each_group(groups):
+    z, index, _ = rows_and_index(1, 6, 50, 20)
+    group = torch.randint(-1, groups, (20,), generator=torch.Generator().manual_seed(2))
+    lse = sc.row_logsumexp(z, index, 2.0)
+    found = sc.column_mass(z, index, lse, 2.0, group, groups)
+    p = torch.softmax(z.detach()[index] / 2.0, -1)
+    for g in range(groups):
+        torch.testing.assert_close(found[g], p[group == g].sum(0), rtol=1e-12, atol=1e-12)
+    assert not found.requires_grad
