@@ -1,4 +1,5 @@
 """The memory-lean engine the divergences run on: chunks of token rows, gradient computed in the forward.
+(Also, at the end: softmax values at a few ranked columns of long rows, for MultiLevelOT.)
 
 A naive divergence keeps several ``[tokens, V]`` float32 tensors alive for the backward (two
 log-softmaxes, probabilities, products, their gradients). Here the valid tokens are walked in chunks of
@@ -187,3 +188,66 @@ def chunked(
     return _ChunkedDivergence.apply(
         student, teacher.detach(), mask, formula, params, tau, factor, scale, chunk_rows, stats, grad_mode
     )
+
+
+# -- Softmax values at a few columns -----------------------------------------------------------------
+# Losses that truncate to ranked columns (MultiLevelOT keeps k = 50 of V) need, per row r of logits z_r [V]
+# at temperature tau, log p_r(i) = z_ri / tau - LSE_r at k columns only, plus the column sums sum_r p_r(j)
+# over a group of rows (a sequence) for the ranking. Whole-row log_softmax keeps [rows, V] float32 tensors
+# alive for the backward at each temperature; here LSE_r is computed chunk by chunk of rows and
+# differentiated in closed form, d LSE_r / d z_r = p_r / tau, recomputed chunk by chunk in the backward; the
+# picked columns are plain indexing. Rows are named by ``index`` [N] into ``z`` [R, V] (a flattened
+# [B, T, V] logits tensor: no copy) and may repeat.
+
+
+class _RowLogSumExp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z, index, tau):
+        out = torch.empty(index.shape[0], dtype=compute_dtype(z.dtype), device=z.device)
+        step = auto_chunk_rows(z.shape[-1])
+        for start in range(0, index.shape[0], step):
+            rows = index[start : start + step]
+            out[start : start + step] = torch.logsumexp(z[rows].to(out.dtype) / tau, -1)
+        ctx.save_for_backward(z, index, out)
+        ctx.tau = tau
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        z, index, lse = ctx.saved_tensors
+        grad = torch.zeros_like(z)
+        step = auto_chunk_rows(z.shape[-1])
+        for start in range(0, index.shape[0], step):
+            rows, chunk = index[start : start + step], slice(start, start + step)
+            p = torch.exp(z[rows].to(lse.dtype) / ctx.tau - lse[chunk, None])
+            grad.index_add_(0, rows, (p * (grad_out[chunk, None] / ctx.tau)).to(grad.dtype))
+        return grad, None, None
+
+
+def row_logsumexp(z: torch.Tensor, index: torch.Tensor, tau: float) -> torch.Tensor:
+    """``[N]``: ``LSE_r = log sum_j exp(z[index_r, j] / tau)``, differentiable with respect to ``z``."""
+    if z.device.type == "cpu":
+        _raise_heap_thresholds()
+    return _RowLogSumExp.apply(z, index, tau)
+
+
+def log_softmax_at(z: torch.Tensor, index: torch.Tensor, lse: torch.Tensor, columns: torch.Tensor, tau: float):
+    """``[N, k]``: ``log p_r(i) = z[index_r, i] / tau - LSE_r`` at ``columns`` ``[N, k]``."""
+    picked = z[index[:, None], columns].to(lse.dtype)
+    return picked / tau - lse[:, None]
+
+
+@torch.no_grad()
+def column_mass(
+    z: torch.Tensor, index: torch.Tensor, lse: torch.Tensor, tau: float, group: torch.Tensor, groups: int
+) -> torch.Tensor:
+    """``[groups, V]``: ``sum_r p_r(j)`` over the rows of each group (``group`` ``[N]``: a row's group, or
+    -1 for a row that counts nowhere). No gradient: it only ranks columns."""
+    sums = torch.zeros(groups + 1, z.shape[-1], dtype=lse.dtype, device=z.device)
+    slot = torch.where(group < 0, groups, group)
+    step = auto_chunk_rows(z.shape[-1])
+    for start in range(0, index.shape[0], step):
+        chunk = slice(start, start + step)
+        p = torch.exp(z[index[chunk]].to(lse.dtype) / tau - lse[chunk, None])
+        sums.index_add_(0, slot[chunk], p)
+    return sums[:groups]

@@ -43,7 +43,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kdviz._softmax_columns import column_mass, log_softmax_at, row_logsumexp
+from kdviz._chunked import column_mass, log_softmax_at, row_logsumexp
 from kdviz.align.positions import index_pairs
 from kdviz.align.scores import alignment_scores
 from kdviz.align.transport import sinkhorn_plans
@@ -71,7 +71,7 @@ def ranked_log_probs(
     ``logits`` ``[B, T, V]``, positions ``pos`` ``[B, N]`` (``valid`` marks the real ones). The ``k`` columns
     with the largest ``sum_t p(t)`` at ``taus[0]`` over the valid positions, descending (``reference``: summed
     over the whole batch, one ranking for every sequence, on std-normalised logits), and the log-softmax
-    at each tau at those columns. Computed in chunks of rows (:mod:`kdviz._softmax_columns`): no
+    at each tau at those columns. Computed in chunks of rows (:mod:`kdviz._chunked`): no
     ``[B, N, V]`` tensor, except the std-normalised logits of ``reference``.
     """
     b, n = pos.shape

@@ -1,4 +1,4 @@
-"""Chunked softmax values at a few columns (kdviz._softmax_columns) against whole-row float64 autograd."""
+"""Chunked softmax values at a few columns (kdviz._chunked.row_logsumexp, ...) against whole-row float64 autograd."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kdviz import _softmax_columns as sc
+from kdviz import _chunked as sc
 
 
 def rows_and_index(seed: int, r: int, v: int, n: int, dtype=torch.float64, pad: int = 0):
