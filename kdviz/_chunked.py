@@ -251,3 +251,38 @@ def column_mass(
         p = torch.exp(z[index[chunk]].to(lse.dtype) / tau - lse[chunk, None])
         sums.index_add_(0, slot[chunk], p)
     return sums[:groups]
+
+
+class _RowCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z, index, targets):
+        out = torch.empty(index.shape[0], dtype=compute_dtype(z.dtype), device=z.device)
+        lse = torch.empty_like(out)
+        step = auto_chunk_rows(z.shape[-1])
+        for start in range(0, index.shape[0], step):
+            chunk = slice(start, start + step)
+            rows = z[index[chunk]].to(out.dtype)
+            lse[chunk] = torch.logsumexp(rows, -1)
+            out[chunk] = lse[chunk] - rows.gather(-1, targets[chunk, None]).squeeze(-1)
+        ctx.save_for_backward(z, index, targets, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        z, index, targets, lse = ctx.saved_tensors
+        grad = torch.zeros_like(z)
+        step = auto_chunk_rows(z.shape[-1])
+        for start in range(0, index.shape[0], step):
+            chunk = slice(start, start + step)
+            dz = torch.exp(z[index[chunk]].to(lse.dtype) - lse[chunk, None])  # softmax - onehot, times g
+            dz[torch.arange(dz.shape[0], device=dz.device), targets[chunk]] -= 1.0
+            grad.index_add_(0, index[chunk], dz.mul_(grad_out[chunk, None]).to(grad.dtype))
+        return grad, None, None
+
+
+def row_cross_entropy(z: torch.Tensor, index: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``[N]``: ``CE_r = LSE(z[index_r]) - z[index_r, targets_r]``, in chunks of rows; its gradient
+    ``softmax - onehot`` is recomputed chunk by chunk into one buffer the size of ``z``."""
+    if z.device.type == "cpu":
+        _raise_heap_thresholds()
+    return _RowCrossEntropy.apply(z, index, targets)

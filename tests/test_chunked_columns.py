@@ -1,4 +1,5 @@
-"""Chunked softmax values at a few columns (kdviz._chunked.row_logsumexp, ...) against whole-row float64 autograd."""
+"""The chunked row functions of kdviz._chunked (softmax values at a few columns, cross-entropy) against
+whole-row float64 autograd."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kdviz import _chunked as sc
+from kdviz.methods._common import cross_entropy
 
 
 def rows_and_index(seed: int, r: int, v: int, n: int, dtype=torch.float64, pad: int = 0):
@@ -81,3 +83,59 @@ def test_column_mass_sums_each_group(groups):
     for g in range(groups):
         torch.testing.assert_close(found[g], p[group == g].sum(0), rtol=1e-12, atol=1e-12)
     assert not found.requires_grad
+
+
+# -- cross-entropy (kdviz.methods._common.cross_entropy on kdviz._chunked.row_cross_entropy) ---------------
+
+
+def whole_row_ce(z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per token, written out: ``log sum_j exp z_j - z_y`` in float64, 0 where the target is -100."""
+    valid = targets != -100
+    picked = z.double().gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)
+    return torch.where(valid, torch.logsumexp(z.double(), -1) - picked, 0.0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), v=st.integers(2, 200), t=st.integers(1, 9), pad=st.integers(0, 2))
+def test_cross_entropy_values_and_gradients(seed, v, t, pad):
+    with mock.patch.object(sc, "CHUNK_BYTES", 4 * (v + pad) * 2):  # two rows per chunk
+        g = torch.Generator().manual_seed(seed)
+        z = torch.randn(3, t, v + pad, generator=g, dtype=torch.float64) * 8
+        if pad:
+            z[..., -pad:] = float("-inf")  # vocabulary padding, never a target
+        targets = torch.randint(0, v, (3, t), generator=g)
+        targets[torch.rand(3, t, generator=g) < 0.3] = -100
+        z.requires_grad_()
+        mean, per_token = cross_entropy(z, targets)
+        want = whole_row_ce(z, targets)
+        torch.testing.assert_close(per_token, want, rtol=1e-12, atol=1e-12)
+        count = max(int((targets != -100).sum()), 1)
+        torch.testing.assert_close(mean, want.sum() / count, rtol=1e-12, atol=1e-12)
+        weights = torch.randn(3, t, generator=g, dtype=torch.float64)
+        (found,) = torch.autograd.grad(mean + (per_token * weights).sum(), z)
+        (expected,) = torch.autograd.grad(want.sum() / count + (want * weights).sum(), z)
+        torch.testing.assert_close(found, expected, rtol=1e-10, atol=1e-12)
+        assert torch.isfinite(found).all()
+
+
+def test_cross_entropy_bf16_all_masked_extremes_and_bad_targets():
+    g = torch.Generator().manual_seed(0)
+    z = (torch.randn(2, 5, 40, generator=g) * 3).to(torch.bfloat16).requires_grad_()
+    targets = torch.randint(0, 40, (2, 5), generator=g)
+    mean, per_token = cross_entropy(z, targets)
+    assert mean.dtype == torch.float32
+    torch.testing.assert_close(per_token, whole_row_ce(z.float(), targets).float(), rtol=1e-5, atol=1e-5)
+    mean.backward()
+    assert z.grad.dtype == torch.bfloat16 and torch.isfinite(z.grad.float()).all()
+    masked = torch.full((2, 5), -100)
+    z.grad = None
+    mean, per_token = cross_entropy(z, masked)
+    mean.backward()
+    assert float(mean.detach()) == 0.0 and float(per_token.detach().abs().sum()) == 0.0
+    assert float(z.grad.float().abs().sum()) == 0.0
+    extreme = torch.tensor([[[1e30, -1e30, 0.0]]], requires_grad=True)
+    mean, _ = cross_entropy(extreme, torch.tensor([[1]]))
+    mean.backward()
+    assert float(mean.detach()) == pytest.approx(2e30) and torch.isfinite(extreme.grad).all()
+    with pytest.raises(ValueError, match=r"targets must be -100 or a token id in \[0, 40\)"):
+        cross_entropy(z, torch.full((2, 5), 40))

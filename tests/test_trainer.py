@@ -23,8 +23,9 @@ def run(tmp_path, name, per_device_batch, nproc=None):
     launcher = [sys.executable] if nproc is None else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    subprocess.run([*launcher, str(SCRIPT), str(out), str(run_dir), str(per_device_batch)], check=True,
-                   cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([*launcher, str(SCRIPT), str(out), str(run_dir), str(per_device_batch)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(out.read_text()), open_run(run_dir)
 
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdviz._chunked import row_cross_entropy
 from kdviz.divergences import DIVERGENCES
 from kdviz.methods.base import IGNORE, KDBatch
 
@@ -151,15 +152,24 @@ def project(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token-mean CE over ``targets != -100`` in float32 (0 with zero gradients when nothing is valid).
+    """Token-mean CE over ``targets != -100`` in float32 (float64 stays float64; 0 with zero gradients when
+    nothing is valid), in chunks of rows (:func:`kdviz._chunked.row_cross_entropy`): the only ``[B, T, V]``
+    tensor it adds is the gradient.
 
     Returns ``(mean, per_token)`` with ``per_token`` ``[B, T]`` (0 where not valid).
     """
-    flat = F.cross_entropy(
-        logits.float().flatten(0, -2), targets.flatten(), ignore_index=IGNORE, reduction="none"
-    )
-    per_token = flat.view(targets.shape)
-    return per_token.sum() / (targets != IGNORE).sum().clamp(min=1), per_token
+    vocab = logits.shape[-1]
+    flat_targets = targets.flatten()
+    index = (flat_targets != IGNORE).nonzero().squeeze(1)
+    picked = flat_targets[index]
+    if len(picked) and not (0 <= int(picked.min()) and int(picked.max()) < vocab):
+        raise ValueError(
+            f"targets must be -100 or a token id in [0, {vocab}) (the logits' vocabulary), "
+            f"got ids from {int(picked.min())} to {int(picked.max())}"
+        )
+    per_valid = row_cross_entropy(logits.reshape(-1, vocab), index, picked)
+    per_token = per_valid.new_zeros(flat_targets.shape).index_copy(0, index, per_valid).view(targets.shape)
+    return per_valid.sum() / max(len(index), 1), per_token
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
