@@ -254,30 +254,47 @@ def column_mass(
 
 
 class _RowCrossEntropy(torch.autograd.Function):
+    """Forward: per-row CE and, when ``z`` needs a gradient, ``softmax - onehot`` written into one buffer
+    from the same ``exp`` pass. Backward: that buffer scaled row by row in place, handed over once; a
+    second backward (``retain_graph``) recomputes it from ``z``."""
+
     @staticmethod
     def forward(ctx, z, index, targets):
         out = torch.empty(index.shape[0], dtype=compute_dtype(z.dtype), device=z.device)
         lse = torch.empty_like(out)
+        ctx.grad = torch.zeros_like(z) if ctx.needs_input_grad[0] else None
         step = auto_chunk_rows(z.shape[-1])
         for start in range(0, index.shape[0], step):
             chunk = slice(start, start + step)
             rows = z[index[chunk]].to(out.dtype)
-            lse[chunk] = torch.logsumexp(rows, -1)
+            top = rows.amax(-1, keepdim=True)
+            e = torch.exp(rows - top)
+            total = e.sum(-1, keepdim=True)
+            lse[chunk] = (top + total.log()).squeeze(-1)
             out[chunk] = lse[chunk] - rows.gather(-1, targets[chunk, None]).squeeze(-1)
+            if ctx.grad is not None:
+                ctx.grad.index_copy_(0, index[chunk], _minus_onehot(e.div_(total), targets[chunk]).to(z.dtype))
         ctx.save_for_backward(z, index, targets, lse)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         z, index, targets, lse = ctx.saved_tensors
-        grad = torch.zeros_like(z)
-        step = auto_chunk_rows(z.shape[-1])
-        for start in range(0, index.shape[0], step):
-            chunk = slice(start, start + step)
-            dz = torch.exp(z[index[chunk]].to(lse.dtype) - lse[chunk, None])  # softmax - onehot, times g
-            dz[torch.arange(dz.shape[0], device=dz.device), targets[chunk]] -= 1.0
-            grad.index_add_(0, index[chunk], dz.mul_(grad_out[chunk, None]).to(grad.dtype))
-        return grad, None, None
+        grad, ctx.grad = ctx.grad, None
+        if grad is None:  # a second backward through the same graph
+            grad = torch.zeros_like(z)
+            step = auto_chunk_rows(z.shape[-1])
+            for start in range(0, index.shape[0], step):
+                chunk = slice(start, start + step)
+                p = torch.exp(z[index[chunk]].to(lse.dtype) - lse[chunk, None])
+                grad.index_copy_(0, index[chunk], _minus_onehot(p, targets[chunk]).to(z.dtype))
+        row_scale = grad_out.new_zeros(z.shape[0]).index_copy_(0, index, grad_out)
+        return grad.mul_(row_scale[:, None]), None, None  # float32 scale: one rounding for bf16
+
+
+def _minus_onehot(p: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    p[torch.arange(p.shape[0], device=p.device), targets] -= 1.0
+    return p
 
 
 def row_cross_entropy(z: torch.Tensor, index: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -139,3 +139,19 @@ def test_cross_entropy_bf16_all_masked_extremes_and_bad_targets():
     assert float(mean.detach()) == pytest.approx(2e30) and torch.isfinite(extreme.grad).all()
     with pytest.raises(ValueError, match=r"targets must be -100 or a token id in \[0, 40\)"):
         cross_entropy(z, torch.full((2, 5), 40))
+
+
+def test_cross_entropy_backward_twice_and_without_gradient():
+    z = torch.randn(2, 3, 17, dtype=torch.float64, generator=torch.Generator().manual_seed(4)).requires_grad_()
+    targets = torch.tensor([[1, -100, 16], [0, 5, -100]])
+    mean, per_token = cross_entropy(z, targets)
+    first = torch.autograd.grad(mean, z, retain_graph=True)[0]
+    second = torch.autograd.grad(mean, z, retain_graph=True)[0]  # the stored buffer is spent: recomputed
+    third = torch.autograd.grad(per_token[0, 2] * 3.0, z)[0]
+    torch.testing.assert_close(first, second, rtol=1e-12, atol=1e-15)
+    want = torch.softmax(z.detach()[0, 2], -1) * 3.0
+    want[16] -= 3.0
+    torch.testing.assert_close(third[0, 2], want)
+    assert float(third[1].abs().sum()) == 0.0
+    with torch.no_grad():
+        assert float(cross_entropy(z, targets)[0]) == pytest.approx(float(mean.detach()))
