@@ -22,8 +22,9 @@ from pathlib import Path
 import pytest
 
 from kdviz.record import open_run
+from kdviz.viz import figures as F
 from kdviz.viz import report
-from tests.viz_runs import INJECTED, fake_run
+from tests.viz_runs import INJECTED, cma_run, fake_run, ot_run, uld_run
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -279,13 +280,72 @@ def test_static_report_shows_injected_tokens_as_text(browser, tmp_path):
         )
         assert INJECTED[0] in svg_text and INJECTED[1] in svg_text  # shown as text
         assert page.evaluate("() => document.querySelectorAll('img').length") == 0
-        scripts = page.evaluate("() => Array.from(document.scripts).map(s => s.textContent)")
-        assert not any("alert(" in s and "Plotly.newPlot" not in s and len(s) < 10_000 for s in scripts)
+        executable = page.evaluate(
+            "() => Array.from(document.scripts).filter(s => s.type !== 'application/json').map(s => s.textContent)"
+        )
+        assert not any("alert(" in s and len(s) < 10_000 for s in executable)
         assert any(INJECTED[1] in h for h in page.locator("h2").all_inner_texts())  # method name, escaped
-        page.locator(".slider-group").first.scroll_into_view_if_needed()
+        page.locator(".kdviz-stepped").first.scroll_into_view_if_needed()
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "report_injected_tokens.png"), full_page=True)
         assert not dialogs, dialogs
+        assert not errors, errors
+    finally:
+        page.close()
+
+
+# what each stepped view of the report shows after its slider moves: traces and axis spans per plot
+_STEPPED_STATE = """(root) => {
+  const plot = root.querySelector('.kdviz-plot');
+  const spans = {};
+  for (const [key, axis] of Object.entries(plot._fullLayout)) {
+    if (/^[xy]axis\\d*$/.test(key) && axis.range) spans[key] = Math.abs(axis.range[1] - axis.range[0]);
+  }
+  const heatmaps = plot._fullData.filter(t => t.type === 'heatmap' && t.x && t.y).map(t => ({
+    xaxis: 'xaxis' + t.xaxis.slice(1), yaxis: 'yaxis' + t.yaxis.slice(1), columns: t.x.length, rows: t.y.length,
+  }));
+  return {label: root.querySelector('.kdviz-step').textContent, traces: plot._fullData.length, spans, heatmaps};
+}"""
+
+
+def test_static_report_shows_every_step_whole(browser, tmp_path):
+    """For every slider step of every stepped view, every plot has traces and each matrix heatmap's visible
+    axis span equals the recorded matrix's shape (the old report cropped later steps to the first frame)."""
+    runs = {"cma": open_run(cma_run()), "ot": open_run(ot_run()), "uld": open_run(uld_run())}
+    path = report(runs, tmp_path / "report.html")
+    errors: list[str] = []
+    page = _page(browser, errors)
+    checked = 0
+    try:
+        page.goto(path.as_uri(), wait_until="load")
+        page.wait_for_function("() => document.querySelectorAll('.kdviz-plot .main-svg').length >= 6", timeout=60_000)
+        sections = page.locator("h2").all_inner_texts()
+        for root in page.locator(".kdviz-stepped").all():
+            name = root.get_attribute("data-view")
+            run_label = root.evaluate(
+                "(el) => { let h = el.previousElementSibling; while (h && h.tagName !== 'H2') "
+                "h = h.previousElementSibling; return h ? h.textContent : null; }"
+            )
+            run = runs[run_label]
+            slider = root.locator("input[type='range']")
+            for i in range(int(slider.get_attribute("max")) + 1):
+                slider.evaluate("(el, i) => { el.value = i; el.dispatchEvent(new Event('input')); }", i)
+                page.wait_for_timeout(150)
+                state = root.evaluate(_STEPPED_STATE)
+                step = int(state["label"].removeprefix("step "))
+                assert state["traces"] >= 1, (run_label, name, step)
+                if name in F.ALIGNMENT_NAMES or name == "transport_plan":
+                    shape = F.matrix_view(run.matrix(name, step, 0)).shape
+                    heatmap = state["heatmaps"][0]
+                    assert (heatmap["rows"], heatmap["columns"]) == shape, (run_label, name, step, heatmap)
+                    visible = (state["spans"][heatmap["yaxis"]], state["spans"][heatmap["xaxis"]])
+                    assert visible == (float(shape[0]), float(shape[1])), (run_label, name, step, visible, shape)
+                    checked += 1
+                if name == "t2s_weight":
+                    root.scroll_into_view_if_needed()
+                    ARTIFACTS.mkdir(exist_ok=True)
+                    root.screenshot(path=str(ARTIFACTS / f"report_{run_label}_{name}_step{step}.png"))
+        assert checked >= 9 and set(sections) >= set(runs), (checked, sections)
         assert not errors, errors
     finally:
         page.close()

@@ -1,9 +1,11 @@
 """Recorded runs for the viz tests, written once per test process into a temporary directory.
 
 - ``cma``: CMA between the tiny Llama student (Unigram) and GPT-2 teacher (byte-level BPE), 6 steps,
-  recorded every 2 steps with 2 samples: alignment matrices, head/tail (t2s and s2t spaces), tokens.
+  recorded every 2 steps with 2 samples: alignment matrices, head/tail (t2s and s2t spaces), tokens; the
+  recorded steps see different batches, so sample 0's matrices differ in shape from step to step.
 - ``vanilla``: VanillaKD with AKL on one tokenizer: head/tail in the shared space, token_kd, no alignment.
 - ``ot``: MultiLevelOT between the same two tiny models: transport plans, cost matrices, top-k id maps.
+- ``uld``: ULD between the same two tiny models: the position pairing as an alignment matrix.
 - ``fake``: the recorder tests' synthetic batches with token strings that try to inject HTML
   (``<img src=x onerror=...>``, ``<script>``).
 """
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from kdviz.methods import CMA, KDCollator, MultiLevelOT, VanillaKD
+from kdviz.methods import CMA, ULD, KDCollator, MultiLevelOT, VanillaKD
 from kdviz.record import Recorder
 from tests.kd_helpers import bpe_tokenizer, pairs, student_model, teacher_model, unigram_tokenizer
 from tests.record_fakes import make_batch, make_output
@@ -53,7 +55,7 @@ def cma_run() -> Path:
     torch.manual_seed(3)
     collate = KDCollator(unigram_tokenizer(), bpe_tokenizer())
     method = CMA(student_model(len(unigram_tokenizer())), teacher_model(len(bpe_tokenizer())))
-    batches = [collate(pairs(3, seed=100 + k)) for k in range(2)]
+    batches = [collate(pairs(3, seed=100 + k)) for k in range(3)]  # recorded steps 0, 2, 4 see three batches
     return _train(method, [*method.parameters(), *method.student.parameters()], batches, root() / "cma", "CMA")
 
 
@@ -74,6 +76,15 @@ def ot_run() -> Path:
     method = MultiLevelOT(student_model(len(unigram_tokenizer())), teacher_model(len(bpe_tokenizer())), top_k=20)
     batches = [collate(pairs(3, seed=100 + k)) for k in range(2)]
     return _train(method, method.student.parameters(), batches, root() / "ot", "MultiLevelOT")
+
+
+@cache
+def uld_run() -> Path:
+    torch.manual_seed(7)
+    collate = KDCollator(unigram_tokenizer(), bpe_tokenizer())
+    method = ULD(student_model(len(unigram_tokenizer())), teacher_model(len(bpe_tokenizer())))
+    batches = [collate(pairs(3, seed=100 + k)) for k in range(2)]
+    return _train(method, method.student.parameters(), batches, root() / "uld", "ULD")
 
 
 def injected_batch():

@@ -472,6 +472,13 @@ def matrix_title(matrix: Matrix, view: MatrixView | None = None) -> str:
 AXIS_NAMES = {"student": "student token (predicted)", "teacher": "teacher token (predicted)"}
 
 
+def _full_ranges(view: MatrixView) -> tuple[list[float], list[float]]:
+    """Axis ranges (x, reversed y) that show every cell of ``view`` and nothing else; without them the
+    ground-truth markers pad the autorange and a step's axes can keep another step's extent."""
+    rows, cols = len(view.y), len(view.x)
+    return [-0.5, cols - 0.5], [rows - 0.5, -0.5]
+
+
 def _heatmap_trace(view: MatrixView, row_name: str, col_name: str, colorscale: str, **kwargs) -> go.Heatmap:
     return go.Heatmap(
         z=finite_or_none(view.z),
@@ -506,10 +513,11 @@ def alignment_heatmap(matrix: Matrix, *, limit: int = MAX_AXIS, colorscale: str 
     row_side, col_side = matrix.info.get("row_side", "student"), matrix.info.get("col_side", "teacher")
     fig = go.Figure(_heatmap_trace(view, row_side, col_side, colorscale, colorbar={"title": "weight"}))
     fig.add_trace(_reference_trace(view))
+    x_range, y_range = _full_ranges(view)
     fig.update_layout(
         title=matrix_title(matrix, view),
-        xaxis={"title": AXIS_NAMES.get(col_side, col_side), "type": "category", "tickangle": -60},
-        yaxis={"title": AXIS_NAMES.get(row_side, row_side), "type": "category", "autorange": "reversed"},
+        xaxis={"title": AXIS_NAMES.get(col_side, col_side), "type": "category", "tickangle": -60, "range": x_range},
+        yaxis={"title": AXIS_NAMES.get(row_side, row_side), "type": "category", "range": y_range},
         height=max(420, min(900, 14 * len(view.y) + 200)),
         legend={"orientation": "h", "y": -0.25},
         margin={"t": 60},
@@ -540,9 +548,10 @@ def transport_figure(plan: Matrix, cost: Matrix | None = None, *, limit: int = M
         trace = _heatmap_trace(views[1], "teacher", "student", "Reds", colorbar={"title": "C"})
         trace.hovertemplate = trace.hovertemplate.replace("weight", "cost")
         fig.add_trace(trace, row=1, col=2)
-    for col in range(1, len(views) + 1):
-        fig.update_xaxes(title_text="student token", type="category", tickangle=-60, row=1, col=col)
-        fig.update_yaxes(title_text="teacher token", type="category", autorange="reversed", row=1, col=col)
+    for col, view in enumerate(views, start=1):
+        x_range, y_range = _full_ranges(view)
+        fig.update_xaxes(title_text="student token", type="category", tickangle=-60, range=x_range, row=1, col=col)
+        fig.update_yaxes(title_text="teacher token", type="category", range=y_range, row=1, col=col)
     fig.update_layout(
         title=matrix_title(plan, views[0]).replace(token_label(plan.name), "transport plan", 1),
         height=max(420, min(900, 14 * len(views[0].y) + 200)),
@@ -627,7 +636,18 @@ def recorded_top(rows: pd.DataFrame) -> dict[int, tuple[list, list]]:
     return out
 
 
-TOKEN_VALUES = {"token_kd": "KD loss", "token_ce": "CE loss", "fkl": "FKL", "rkl": "RKL", "rkl_share": "RKL share"}
+# per-token quantities a view can colour by, in order of preference (MultiLevelOT records HAD and SL, not token_kd)
+TOKEN_VALUES = {
+    "token_kd": "KD loss",
+    "token_had": "HAD",
+    "token_sl": "SL",
+    "token_ce": "CE loss",
+    "fkl": "FKL",
+    "rkl": "RKL",
+    "rkl_share": "RKL share",
+}
+# matrices recorded by the alignment probe: CMA's two attentions and ULD's hard position pairing
+ALIGNMENT_NAMES = ("t2s_weight", "s2t_weight", "pairing")
 
 
 def token_losses(

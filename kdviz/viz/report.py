@@ -1,9 +1,9 @@
 """Static HTML reports: one self-contained file per run or set of runs, viewable without network.
 
 plotly.js is inlined once; every figure comes from :mod:`kdviz.viz.figures`; views that change with the
-step (alignment, transport, per-token losses and head/tail) get a client-side step slider made of plotly
-frames. All text from the run (token strings, method names, paths) is HTML-escaped, so a token such as
-``<img src=x onerror=alert(1)>`` shows as text.
+step (alignment, transport, per-token losses and head/tail) get a client-side step slider that redraws the
+whole figure of the chosen step (:func:`stepped_view`). All text from the run (token strings, method names,
+paths) is HTML-escaped, so a token such as ``<img src=x onerror=alert(1)>`` shows as text.
 
 Size: each stepped view keeps at most ``max_steps`` recorded steps (evenly spaced, always the last),
 each matrix binned to :data:`kdviz.viz.figures.MAX_AXIS` per axis, values rounded to 4 significant digits.
@@ -12,8 +12,9 @@ each matrix binned to :data:`kdviz.viz.figures.MAX_AXIS` per axis, values rounde
 from __future__ import annotations
 
 import html
+import itertools
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -52,80 +53,98 @@ def _round(fig: go.Figure) -> None:
                 trace[key] = np.asarray([float(f"{v:.4g}") for v in value.ravel()]).reshape(value.shape)
 
 
-def stepped_figure(build: Callable[[int], go.Figure], steps: Sequence[int]) -> go.Figure | None:
-    """One figure with a client-side step slider: a frame per step of ``build(step)``. Steps whose figure
-    has a different trace layout from the last step's are left out. None when ``steps`` is empty."""
+STEPPED_SCRIPT = """
+function kdvizStepped(id) {
+  const root = document.getElementById(id);
+  const figures = JSON.parse(root.querySelector("script[type='application/json']").textContent);
+  const plot = root.querySelector(".kdviz-plot");
+  const slider = root.querySelector("input[type='range']");
+  const label = root.querySelector(".kdviz-step");
+  function show(i) {
+    label.textContent = "step " + figures[i].step;
+    Plotly.react(plot, figures[i].figure.data, figures[i].figure.layout, {responsive: true});
+  }
+  slider.addEventListener("input", () => show(Number(slider.value)));
+  show(figures.length - 1);
+}
+"""
+
+
+def _script_json(value: str) -> str:
+    """JSON text that is safe inside a ``<script>`` element (no ``</script>``, no HTML entities decoded)."""
+    return value.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+
+
+def stepped_view(build: Callable[[int], go.Figure], steps: Sequence[int], view_id: str, name: str) -> str | None:
+    """A view with a step slider: one complete figure per step, drawn by ``Plotly.react`` when the slider
+    moves, so each step shows its own axes (a 30x16 matrix is never cropped to an earlier step's 3x4).
+    Opens on the last step; ``name`` (what the view shows) goes into its ``data-view`` attribute. None when
+    ``steps`` is empty."""
     if not steps:
         return None
-    figures = {}
+    figures = []
     for step in steps:
         fig = build(step)
         _round(fig)
-        figures[step] = fig
-    base = figures[steps[-1]]
-    kinds = [t.type for t in base.data]
-    kept = [s for s in steps if [t.type for t in figures[s].data] == kinds]
-    base.frames = [
-        go.Frame(name=str(s), data=list(figures[s].data), layout={"title": figures[s].layout.title}) for s in kept
-    ]
-    animate = {"mode": "immediate", "frame": {"duration": 0, "redraw": True}, "transition": {"duration": 0}}
-    base.update_layout(
-        sliders=[
-            {
-                "active": len(kept) - 1,
-                "currentvalue": {"prefix": "step "},
-                "pad": {"t": 60},
-                "steps": [{"label": str(s), "method": "animate", "args": [[str(s)], animate]} for s in kept],
-            }
-        ]
+        figures.append(f'{{"step":{int(step)},"figure":{fig.to_json()}}}')
+    last = len(steps) - 1
+    return (
+        f"<div class='kdviz-stepped' id='{view_id}' data-view='{html.escape(name)}'>"
+        f"<div class='kdviz-slider'><input type='range' min='0' max='{last}' value='{last}' step='1' "
+        f"aria-label='step'> <span class='kdviz-step'></span></div>"
+        "<div class='kdviz-plot'></div>"
+        f"<script type='application/json'>{_script_json('[' + ','.join(figures) + ']')}</script>"
+        f"<script>kdvizStepped('{view_id}')</script></div>"
     )
-    base.update_layout(height=(base.layout.height or 450) + 80)
-    return base
 
 
 def _figure_html(fig: go.Figure) -> str:
     return pio.to_html(fig, include_plotlyjs=False, full_html=False, config={"responsive": True})
 
 
-def _run_sections(run: Run, label: str, max_steps: int) -> list[str]:
+def _run_sections(run: Run, label: str, max_steps: int, view_ids: Iterator[int]) -> list[str]:
     out = [f"<h2>{label}</h2>", f"<p class='note'>{html.escape(str(run.path))}</p>"]
     notes = run.meta.get("notes", {})
     if notes:
         items = "".join(f"<li>{html.escape(str(k))}: {html.escape(str(v))}</li>" for k, v in notes.items())
         out.append(f"<details><summary>recorder notes</summary><ul>{items}</ul></details>")
     out.append(_figure_html(F.head_tail_steps(run)))
-    tokens = run.tokens()
-    token_steps = sorted(int(s) for s in tokens["step"].unique()) if not tokens.empty else []
+    names = run.matrix_names()
     views: list[tuple[str, Callable[[int], go.Figure], list[int]]] = []
-    if "t2s_weight" in run.matrix_names():
-        views.append(
-            ("alignment", lambda s: F.alignment_heatmap(run.matrix("t2s_weight", s, 0)), run.matrix_steps("t2s_weight"))
-        )
-    if "transport_plan" in run.matrix_names():
-        cost = "transport_cost" in run.matrix_names()
+    for name in F.ALIGNMENT_NAMES:
+        if name in names:
+            heatmap = lambda s, name=name: F.alignment_heatmap(run.matrix(name, s, 0))  # noqa: E731
+            views.append((name, heatmap, run.matrix_steps(name)))
+    if "transport_plan" in names:
+        cost = "transport_cost" in names
         views.append(
             (
-                "transport",
+                "transport_plan",
                 lambda s: F.transport_figure(
                     run.matrix("transport_plan", s, 0), run.matrix("transport_cost", s, 0) if cost else None
                 ),
                 run.matrix_steps("transport_plan"),
             )
         )
-    if token_steps:
-        views.append(("tokens", lambda s: F.token_losses(run, s, 0), token_steps))
-        if "g_head" in tokens.columns:
-            views.append(("head/tail per token", lambda s: F.head_tail_tokens(run, s, 0), token_steps))
-    for _, build, steps in views:
-        fig = stepped_figure(build, pick_steps(steps, max_steps))
-        if fig is not None:
-            out.append(_figure_html(fig))
+    tokens = run.tokens()
+    token_value = next((v for v in F.TOKEN_VALUES if v in tokens.columns), None)
+    if token_value is not None:
+        steps = sorted(int(s) for s in tokens.loc[tokens[token_value].notna(), "step"].unique())
+        views.append((token_value, lambda s: F.token_losses(run, s, 0, value=token_value), steps))
+    per_token = run.head_tail(per_token=True)
+    if "g_head" in per_token.columns:
+        steps = sorted(int(s) for s in per_token.loc[per_token["sample"] == 0, "step"].unique())
+        views.append(("head_tail", lambda s: F.head_tail_tokens(run, s, 0), steps))
+    for name, build, steps in views:
+        view = stepped_view(build, pick_steps(steps, max_steps), f"view-{next(view_ids)}", name)
+        if view is not None:
+            out.append(view)
     if not run.table("vocab_map").empty:
         out.append(_figure_html(F.vocab_map_table(run)))
     for probe, present in (
-        ("alignment", "t2s_weight" in run.matrix_names()),
-        ("transport", "transport_plan" in run.matrix_names()),
-        ("token_loss", bool(token_steps)),
+        ("alignment", any(name in names for name in F.ALIGNMENT_NAMES)),
+        ("transport", "transport_plan" in names),
+        ("token_loss", token_value is not None),
     ):
         if not present:
             out.append(f"<p class='note'>{html.escape(probe)}: {html.escape(notes.get(probe, 'not recorded'))}</p>")
@@ -158,12 +177,13 @@ def report(
         results,
         _figure_html(F.loss_terms(named)),
     ]
+    view_ids = itertools.count()
     for label, run in named.items():
-        parts.extend(_run_sections(run, label, max_steps))
+        parts.extend(_run_sections(run, label, max_steps, view_ids))
     document = (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{STYLE}</style>"
-        f"<script type='text/javascript'>{get_plotlyjs()}</script></head>"
+        f"<script type='text/javascript'>{get_plotlyjs()}</script><script>{STEPPED_SCRIPT}</script></head>"
         f"<body>{''.join(parts)}</body></html>"
     )
     path = Path(path)

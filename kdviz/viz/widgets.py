@@ -29,7 +29,6 @@ from kdviz.record.reader import Run
 from kdviz.viz import figures as F
 from kdviz.viz import toy
 
-ALIGNMENT_NAMES = ("t2s_weight", "s2t_weight", "pairing")
 DATA_KEYS = frozenset({"x", "y", "z", "text", "customdata", "base", "hovertext", "cells", "header"})
 WHY = {
     "alignment": "No alignment matrices in this run. Only cross-tokenizer methods produce them: CMA's "
@@ -312,7 +311,7 @@ class Dashboard(_Views):
         )
         self.add_tab("Head/Tail", widgets.VBox([ht_steps.widget, ht_tokens.widget]))
         # Alignment
-        names = [n for n in ALIGNMENT_NAMES if n in run.matrix_names()]
+        names = [n for n in F.ALIGNMENT_NAMES if n in run.matrix_names()]
         if names:
             self.alignment_name = widgets.Dropdown(options=names, value=names[0], description="matrix")
             heat = self.panel(
@@ -339,7 +338,8 @@ class Dashboard(_Views):
             self.add_tab("Transport", explain(_note(run, "transport")))
         # Tokens
         if not run.tokens().empty:
-            columns = [c for c in F.TOKEN_VALUES if c in run.tokens().columns or c == "rkl_share"]
+            recorded = set(run.tokens().columns)
+            columns = [c for c in F.TOKEN_VALUES if c in recorded or (c == "rkl_share" and {"fkl", "rkl"} <= recorded)]
             self.token_value = widgets.Dropdown(options=columns, value=columns[0], description="colour by")
             tokens = self.panel(
                 lambda s, k: F.token_losses(run, s, k, value=self.token_value.value),
