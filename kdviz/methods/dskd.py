@@ -90,7 +90,7 @@ class DSKD(nn.Module):
         for role, model in (("student", student), ("teacher", teacher)):
             if not isinstance(model, nn.Module):
                 raise TypeError(f"{role} must be a Hugging Face causal LM (an nn.Module), got {type(model).__name__}")
-        check_weights(ce_weight, kd_weight, tau)
+        ce_weight, kd_weight, tau = check_weights(ce_weight, kd_weight, tau)
         self.divergence = check_divergence(divergence)
         self.teacher_space_divergence = check_divergence(teacher_space_divergence, "teacher_space_divergence")
         self.divergence_params = dict(divergence_params or {})

@@ -77,7 +77,7 @@ class MinED(nn.Module):
         mask_value: float = -1e5,
     ) -> None:
         super().__init__()
-        check_weights(ce_weight, kd_weight, tau)
+        ce_weight, kd_weight, tau = check_weights(ce_weight, kd_weight, tau)
         if not (isinstance(top_k, int) and top_k > 0):
             raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
         if not (isinstance(mask_value, (int, float)) and -1e30 < mask_value < 0):

@@ -138,7 +138,7 @@ class MultiLevelOT(nn.Module):
         reference = mode == "reference"
         kd_weight = (1.5 if reference else 0.15) if kd_weight is None else kd_weight
         n_iter = (10 if reference else 20) if n_iter is None else n_iter
-        check_weights(ce_weight, kd_weight, tau)
+        ce_weight, kd_weight, tau = check_weights(ce_weight, kd_weight, tau)
         for name, value in (("beta", beta), ("gamma", gamma), ("sinkhorn_tol", sinkhorn_tol)):
             if not (isinstance(value, (int, float)) and value >= 0):
                 raise ValueError(f"{name} must be a non-negative number, got {value!r}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kdviz._chunked import first_order_only
 from kdviz._rows import compute_dtype
 from kdviz.align.positions import index_pairs, overlap_pairs
 from kdviz.align.scores import alignment_scores
@@ -73,6 +74,7 @@ class _SortedW1(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_values):
+        first_order_only("ULD's sorted W1", "ULD supports first-order gradients only")
         (grad,) = ctx.saved_tensors
         return grad * grad_values[:, None].to(grad.dtype), None, None, None, None
 
@@ -158,7 +160,7 @@ class ULD(nn.Module):
         chunk_rows: int | None = None,
     ) -> None:
         super().__init__()
-        check_weights(ce_weight, kd_weight, tau)
+        ce_weight, kd_weight, tau = check_weights(ce_weight, kd_weight, tau)
         if positions not in POSITIONS:
             raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
         if top_k is not None and not (isinstance(top_k, int) and top_k > 0):

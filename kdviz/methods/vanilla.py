@@ -53,7 +53,7 @@ class VanillaKD(nn.Module):
         trim_vocab: bool | int | None = None,
     ) -> None:
         super().__init__()
-        check_weights(ce_weight, kd_weight, tau)
+        ce_weight, kd_weight, tau = check_weights(ce_weight, kd_weight, tau)
         self.divergence = check_divergence(divergence)
         self.divergence_params = dict(divergence_params or {})
         self.ce_weight, self.kd_weight, self.tau = ce_weight, kd_weight, tau
