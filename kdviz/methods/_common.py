@@ -13,6 +13,7 @@ from torch import nn
 
 from kdviz._chunked import row_cross_entropy
 from kdviz._rows import check_tau, real_number
+from kdviz.align.scores import alignment_scores
 from kdviz.divergences import DIVERGENCES
 from kdviz.methods.base import IGNORE, KDBatch
 
@@ -194,6 +195,14 @@ def _raise_bad_logits(flat: torch.Tensor, index: torch.Tensor, picked: torch.Ten
         f"logits are -inf at the target id {int(picked[first])} of position {position}: the cross-entropy of an "
         "impossible label is infinite; mask that position (target -100) or keep the label's logit finite"
     )
+
+
+def alignment_terms(weights: torch.Tensor, reference: torch.Tensor, row_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The ``align_*`` terms of :func:`kdviz.align.alignment_scores`; a score with no row to score (an
+    empty response: NaN by construction) is left out rather than logged as a non-finite value, and
+    ``align_scored_rows`` (then 0) says why."""
+    scores = alignment_scores(weights, reference, row_mask)
+    return {f"align_{name}": value for name, value in scores.items() if bool(torch.isfinite(value))}
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
