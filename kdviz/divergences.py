@@ -160,14 +160,25 @@ def _tvd(r: Rows, stats: dict) -> Out:
     return 0.5 * r.vsum(diff.abs()), (r.through_softmax(0.5 * diff.sign() * r.q) if r.want_grad else None)
 
 
-def _akl(r: Rows, stats: dict, mu: float = 0.5, crossing_in_head: bool = False) -> Out:
+def _akl(r: Rows, stats: dict, mu: float = 0.5, crossing_in_head: bool = False, tail_mass: float | None = None) -> Out:
     """Adaptive KL: ``w_head KL(p || q) + (1 - w_head) KL(q || p)``, ``w_head = g_head / (g_head + g_tail)``.
 
     ``g_head = sum_{v in H} |p_v - q_v|`` over the teacher's head ``H`` (the top of ``p`` up to
     cumulative mass ``mu``, see :mod:`kdviz.headtail`), ``g_tail`` the same over the rest; the weights
     are detached. When ``g_head + g_tail < 1e-12`` both weights are 0.5; such tokens are counted in
     ``stats["akl_fallbacks"]`` when a ``stats`` dict is passed.
+
+    ``tail_mass=alpha`` is the DSKD repository's ``adaptive_kl`` convention: the tail is the smallest
+    probabilities whose ascending cumulative sum stays below ``alpha``, i.e. ``mu = 1 - alpha`` with
+    ``crossing_in_head=True`` (leave ``mu`` and ``crossing_in_head`` at their defaults).
     """
+    if tail_mass is not None:
+        if mu != 0.5 or crossing_in_head:
+            raise ValueError("pass either tail_mass (the DSKD convention) or mu/crossing_in_head, not both")
+        tail_mass = real_number("tail_mass", tail_mass)
+        if not 0.0 < tail_mass < 1.0:
+            raise ValueError(f"tail_mass must be a number strictly between 0 and 1, got {tail_mass!r}")
+        mu, crossing_in_head = 1.0 - tail_mass, True
     check_mu(mu)
     w_head, fallback = head_weights(r, mu, crossing_in_head)
     stats["akl_fallbacks"] = stats.get("akl_fallbacks", 0) + fallback.sum()

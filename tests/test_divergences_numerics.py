@@ -191,3 +191,35 @@ def test_double_backward_through_fused_divergence_raises():
                                   teacher_logits=torch.randn(2, 3, 6))
     with pytest.raises(RuntimeError, match="create_graph=True"):
         torch.autograd.grad(loss, h, create_graph=True)
+
+
+def official_dskd_akl(student, teacher, alpha):
+    """The DSKD repository's ``compute_adaptive_kl_divergence`` (kd temperature 1), restated."""
+    probs, teacher_probs = student.softmax(-1), teacher.softmax(-1)
+    sorted_teacher, order = teacher_probs.sort(-1)
+    gap = (sorted_teacher - probs.gather(-1, order)).abs()
+    tail = (sorted_teacher.cumsum(-1) < alpha).to(gap.dtype)
+    g_head, g_tail = (gap * (1 - tail)).sum(-1), (gap * tail).sum(-1)
+    fkl = (teacher_probs * (teacher.log_softmax(-1) - student.log_softmax(-1))).sum(-1)
+    rkl = (probs * (student.log_softmax(-1) - teacher.log_softmax(-1))).sum(-1)
+    return g_head / (g_head + g_tail) * fkl + g_tail / (g_head + g_tail) * rkl
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), alpha=st.sampled_from([0.1, 0.3, 0.5, 0.7, 0.9]),
+       scale=st.sampled_from([0.5, 2.0, 6.0]))
+def test_akl_tail_mass_is_the_dskd_adaptive_kl(seed, alpha, scale):
+    gen = torch.Generator().manual_seed(seed)
+    s = torch.randn(6, 40, generator=gen, dtype=torch.float64) * scale
+    t = torch.randn(6, 40, generator=gen, dtype=torch.float64) * scale
+    got = divergence("akl", s, t, reduction="none", tail_mass=alpha)
+    torch.testing.assert_close(got, official_dskd_akl(s, t, alpha))
+    torch.testing.assert_close(got, divergence("akl", s, t, reduction="none", mu=1 - alpha, crossing_in_head=True))
+
+
+def test_akl_tail_mass_errors():
+    s, t = torch.randn(2, 5), torch.randn(2, 5)
+    with pytest.raises(ValueError, match="tail_mass must be a number strictly between 0 and 1"):
+        divergence("akl", s, t, tail_mass=1.0)
+    with pytest.raises(ValueError, match="either tail_mass"):
+        divergence("akl", s, t, tail_mass=0.3, mu=0.2)
