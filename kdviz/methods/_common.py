@@ -205,6 +205,18 @@ def alignment_terms(weights: torch.Tensor, reference: torch.Tensor, row_mask: to
     return {f"align_{name}": value for name, value in scores.items() if bool(torch.isfinite(value))}
 
 
+def check_ids(name: str, ids: torch.Tensor, mask: torch.Tensor, size: int, what: str) -> None:
+    """Raise a ``ValueError`` when an id at a ``mask`` position is outside ``[0, size)`` (``what`` names the
+    table, e.g. "the student's vocabulary")."""
+    picked = ids[mask]
+    if picked.numel() and not (0 <= int(picked.min()) and int(picked.max()) < size):
+        bad = ((ids < 0) | (ids >= size)) & mask
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"{name} must be token ids in [0, {size}) ({what}) where trained, got {int(ids[first])} at index {first}"
+        )
+
+
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``x`` over ``mask`` (0 when the mask is empty); detached float32."""
     x = x.detach().float()
