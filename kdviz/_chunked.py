@@ -294,14 +294,16 @@ class _RowCrossEntropy(torch.autograd.Function):
         z, index, targets, lse = ctx.saved_tensors
         grad, ctx.grad = ctx.grad, None
         if grad is None or torch.is_grad_enabled():  # a second backward, or create_graph=True: recompute
-            # (differentiably: under create_graph the ops below are recorded, so second derivatives are exact)
             grad = torch.zeros_like(z)
             step = auto_chunk_rows(z.shape[-1])
             for start in range(0, index.shape[0], step):
                 chunk = slice(start, start + step)
-                p = torch.exp(z[index[chunk]].to(lse.dtype) - lse[chunk, None])
-                grad.index_copy_(0, index[chunk], _minus_onehot(p, targets[chunk]).to(z.dtype))
-        row_scale = grad_out.new_zeros(z.shape[0]).index_copy_(0, index, grad_out)
+                p = torch.softmax(z[index[chunk]].to(lse.dtype), -1)  # differentiable: exact second derivatives
+                onehot = torch.zeros_like(p).scatter_(-1, targets[chunk, None], 1.0)
+                grad.index_copy_(0, index[chunk], (p - onehot).to(z.dtype))
+        row_scale = grad_out.new_zeros(z.shape[0]).index_copy(0, index, grad_out)
+        if torch.is_grad_enabled():
+            return grad * row_scale[:, None], None, None
         return grad.mul_(row_scale[:, None]), None, None  # float32 scale: one rounding for bf16
 
 

@@ -1,4 +1,4 @@
-"""MinED (METHODS.md section 6): a hand-made alignment with a hand-computed target, a real tokenizer pair
+"""MinED (docs/methods.md, "MinED"): a hand-made alignment with a hand-computed target, a real tokenizer pair
 (vocabulary map through the cache), empty sides and bad arguments."""
 
 from __future__ import annotations
@@ -146,6 +146,15 @@ def test_bad_arguments(batch, tmp_path):
     batch_h = hand_batch()
     with pytest.raises(ValueError, match=r"top_k=7 is larger than the teacher vocabulary \(V_t=6\)"):
         method(batch_h, SimpleNamespace(logits=torch.randn(1, 7, 8)), SimpleNamespace(logits=torch.randn(1, 5, 6)))
+    method = MinED(vocab_map=hand_map(), top_k=3)
+    z_s, z_t = torch.randn(1, 7, 8), torch.randn(1, 5, 6)
+    bad = replace(batch_h, student_labels=batch_h.student_labels.clone())
+    bad.student_labels[0, 4] = 99
+    with pytest.raises(ValueError, match=r"student_targets must be token ids in \[0, 8\).*got 99 at index \(0, 3\)"):
+        method(bad, SimpleNamespace(logits=z_s), SimpleNamespace(logits=z_t))
+    z_t[0, 2, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"teacher_logits contains NaN at index \(0, 2, 5\)"):
+        method(batch_h, SimpleNamespace(logits=z_s), SimpleNamespace(logits=z_t))
 
 
 def test_runs_the_models(batch, tmp_path):

@@ -1,5 +1,5 @@
 """MinED: cross-tokenizer KD through a minimum-edit-distance token alignment and vocabulary map
-(METHODS.md section 6).
+(docs/methods.md, "MinED"; Wan et al., arXiv 2401.10491).
 
 Per example, over the response positions of both sides (each labelled by the token it predicts):
 
@@ -26,12 +26,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from kdviz._rows import check_finite
 from kdviz.align.dtw import MARKERS, align_tokens
-from kdviz.align.scores import alignment_scores
 from kdviz.align.vocab_map import VocabMap
 from kdviz.align.vocab_map import vocab_map as compute_vocab_map
 from kdviz.divergences import divergence
-from kdviz.methods._common import attach_models, check_weights, cross_entropy, masked_mean, run_models
+from kdviz.methods._common import (
+    alignment_terms,
+    attach_models,
+    check_ids,
+    check_weights,
+    cross_entropy,
+    masked_mean,
+    run_models,
+)
 from kdviz.methods.base import KDBatch, KDOutput
 
 
@@ -167,6 +175,8 @@ class MinED(nn.Module):
         if self.top_k > v_t:
             raise ValueError(f"top_k={self.top_k} is larger than the teacher vocabulary (V_t={v_t}); lower top_k")
         targets, mask_s, mask_t = batch.student_targets, batch.student_mask, batch.teacher_mask
+        check_ids("student_targets", targets, mask_s, v_s, "the student's vocabulary")
+        check_finite("teacher_logits", z_t[mask_t], mask_t.nonzero())  # named in the teacher's own shape
         path, partner, active = self.align(batch)
         kd_mask = mask_s & active[:, None]
         aligned = partner >= 0
@@ -185,7 +195,6 @@ class MinED(nn.Module):
         parts = {"ce": ce, "kd": kd}
         with torch.no_grad():
             reference = batch.target_alignment() & mask_t[:, None, :]
-            scores = alignment_scores(path.float(), reference, mask_s)
             terms = {
                 "loss": loss.detach(),
                 **{name: value.detach() for name, value in parts.items()},
@@ -193,7 +202,7 @@ class MinED(nn.Module):
                 "vocab_exact_share": torch.tensor(self.map.exact_share, device=z_s.device),
                 "moved_exact_share": masked_mean(moved_exact, torch.ones_like(moved_exact)),
                 "student_acc": masked_mean(z_s.argmax(-1) == targets, mask_s),
-                **{f"align_{name}": value for name, value in scores.items()},
+                **alignment_terms(path.float(), reference, mask_s),
             }
         diagnostics = {
             "dtw_path": path,
