@@ -1,5 +1,4 @@
-"""Token rows: the checks and the preparation every same-vocabulary loss shares (docs/methods.md,
-"Conventions").
+"""Token rows: the checks and the preparation every same-vocabulary loss shares (docs/methods.md#conventions).
 
 A loss sees two logit tensors ``[..., V]`` and a mask over their leading shape. This module turns them
 into *rows*: the valid tokens only, upcast to float32 (float64 stays float64), at temperature ``tau``,

@@ -1,4 +1,4 @@
-"""Same-vocabulary token divergences and their registry (docs/methods.md, "Same-vocabulary divergences").
+"""Same-vocabulary token divergences and their registry (docs/methods.md#same-vocabulary-divergences).
 
 Every divergence is a short formula on :class:`~kdviz._rows.Rows` (teacher ``logp``, student ``logq``,
 log-softmax at temperature ``tau`` over the shared support) returning one value per token. The public

@@ -1,4 +1,4 @@
-"""Head/tail statistics of a teacher/student pair (METHODS.md section 2), shared by AKL and the probe.
+"""Head/tail statistics of a teacher/student pair (docs/methods.md#akl), shared by AKL and the probe.
 
 For each token the teacher distribution ``p`` is sorted in descending order with cumulative sums
 ``c_k``. The *head* ``H`` is every sorted position with ``c_k <= mu`` plus the argmax (always in the

@@ -1,4 +1,4 @@
-"""CMA (DSKD with cross-model attention, docs/methods.md, "CMA") between a Llama student (Unigram tokenizer)
+"""CMA (DSKD with cross-model attention, docs/methods.md#cma) between a Llama student (Unigram tokenizer)
 and a GPT-2 teacher (byte-level BPE tokenizer)."""
 
 from __future__ import annotations

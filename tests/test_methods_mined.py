@@ -1,4 +1,4 @@
-"""MinED (docs/methods.md, "MinED"): a hand-made alignment with a hand-computed target, a real tokenizer pair
+"""MinED (docs/methods.md#mined): a hand-made alignment with a hand-computed target, a real tokenizer pair
 (vocabulary map through the cache), empty sides and bad arguments."""
 
 from __future__ import annotations

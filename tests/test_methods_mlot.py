@@ -1,4 +1,4 @@
-"""MultiLevelOT (docs/methods.md, "MultiLevelOT"): every level recomputed from the formulas, the SD plan
+"""MultiLevelOT (docs/methods.md#multilevelot): every level recomputed from the formulas, the SD plan
 against ``ot.sinkhorn``, recorded marginals, HAD against the per-token sorted L1, gradients at reg = 0.1 in
 float32, ``mode="reference"`` against a restatement of the published code, empty sides and bad arguments."""
 

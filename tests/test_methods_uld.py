@@ -1,4 +1,4 @@
-"""ULD (docs/methods.md, "ULD"): the sorted W1 against POT's ``wasserstein_1d``, its gradient, the top-k
+"""ULD (docs/methods.md#uld): the sorted W1 against POT's ``wasserstein_1d``, its gradient, the top-k
 switch, both position alignments, rank-matching diagnostics, and bad or empty inputs."""
 
 from __future__ import annotations

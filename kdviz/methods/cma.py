@@ -1,4 +1,4 @@
-"""DSKD with cross-model attention (CMA, docs/methods.md, "CMA"; arXiv 2406.17328): dual-space KD across two
+"""DSKD with cross-model attention (CMA, docs/methods.md#cma; arXiv 2406.17328): dual-space KD across two
 tokenizers.
 
 For student position ``i`` (input ``x_i``, next token ``y_i``) and teacher position ``j`` (``x'_j, y'_j``),

@@ -1,4 +1,4 @@
-"""Dual-space knowledge distillation (DSKD, docs/methods.md, "DSKD"; Zhang et al., arXiv 2406.17328), same
+"""Dual-space knowledge distillation (DSKD, docs/methods.md#dskd; Zhang et al., arXiv 2406.17328), same
 tokenizer.
 
 With ``h_s, h_t`` the last hidden states (what the LM heads consume), ``W_s, W_t`` the LM heads and

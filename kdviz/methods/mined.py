@@ -1,5 +1,5 @@
 """MinED: cross-tokenizer KD through a minimum-edit-distance token alignment and vocabulary map
-(docs/methods.md, "MinED"; Wan et al., arXiv 2401.10491).
+(docs/methods.md#mined; Wan et al., arXiv 2401.10491).
 
 Per example, over the response positions of both sides (each labelled by the token it predicts):
 

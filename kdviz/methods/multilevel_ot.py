@@ -1,5 +1,5 @@
 """MultiLevelOT: token-level and sequence-level optimal transport between two vocabularies
-(docs/methods.md, "MultiLevelOT"; Cui et al., arXiv 2412.14528).
+(docs/methods.md#multilevelot; Cui et al., arXiv 2412.14528).
 
 The ``k``-th response position of the student is paired with the ``k``-th of the teacher over
 ``n = min(n_s, n_t)`` positions (:func:`kdviz.align.positions.index_pairs`). Per sequence:

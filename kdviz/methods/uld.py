@@ -1,4 +1,4 @@
-"""Universal logit distillation (ULD, docs/methods.md, "ULD"; Boizard et al., arXiv 2402.12030): a
+"""Universal logit distillation (ULD, docs/methods.md#uld; Boizard et al., arXiv 2402.12030): a
 Wasserstein-1 distance between sorted distributions, which needs no shared vocabulary.
 
 At each paired position, with ``q = softmax(z_s / tau)`` ``[V_s]`` and ``p = softmax(z_t / tau)`` ``[V_t]``

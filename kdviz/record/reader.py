@@ -160,7 +160,7 @@ class Run:
         return self.table("scalars")
 
     def head_tail(self, per_token: bool = False) -> pd.DataFrame:
-        """Head/tail statistics (METHODS.md section 2).
+        """Head/tail statistics (docs/methods.md#akl).
 
         Aggregated (default): one row per ``step, space, statistic`` with ``count, mean`` and quantiles
         ``q05 ... q95`` over the step's masked tokens. ``per_token=True``: the sampled sequences' tokens,
