@@ -246,7 +246,8 @@ def log_softmax(z: torch.Tensor, tau: float) -> torch.Tensor:
     elif tau != 1:
         z = z / tau
     out = torch.log_softmax(z, -1)
-    return out.clamp(min=torch.finfo(out.dtype).min)
+    lowest = torch.finfo(out.dtype).min
+    return out.clamp(min=lowest) if out.requires_grad else out.clamp_(min=lowest)  # in place: no extra buffer
 
 
 def _check_nonempty(keep: torch.Tensor, what: str) -> None:

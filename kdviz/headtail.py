@@ -169,7 +169,7 @@ def head_tail(
     """Per-token head/tail statistics of ``p = softmax(teacher/tau)`` vs ``q = softmax(student/tau)``.
 
     Logits are ``[..., V]``; ``mask`` (bool, leading shape) selects the tokens; masked positions are NaN
-    in every statistic. ``-inf`` entries are handled as in the divergences (removed from both sides).
+    in every statistic. ``-inf`` entries are handled as the divergences' ``support="shared"`` (removed from both sides).
     """
     check_mu(mu)
     if not (isinstance(tau, (int, float)) and tau > 0):
