@@ -7,7 +7,7 @@ same machine: no recorder, the Recorder with all probes at ``every=10, samples=2
 ratio <= 1.05), and at ``every=1``.
 
 A randomly initialised teacher predicts an almost uniform distribution (entropy ~ log V), so its
-head (METHODS.md section 2) holds thousands of tokens and the head/tail statistics cost far more than on
+head (docs/methods.md#akl) holds thousands of tokens and the head/tail statistics cost far more than on
 a trained model. ``--sharpness`` (default 8) scales the teacher's LM head so that its entropy is closer
 to a trained LM's (~5 nats at V = 8192, still flatter than real models); ``--sharpness 1`` shows that
 worst case. The step also emits a cross-model weight ``t2s_weight`` (computed

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import torch
 
-from kdviz._rows import check_finite, compute_dtype, make_rows
+from kdviz._rows import check_values, compute_dtype, make_rows
 
 # float32 bytes of one [rows, V] intermediate. Small on purpose: on CPU the cost that dominates is not the
 # arithmetic but page faults on freshly mapped memory. Measured at 4 x 256 x 32000 (2 cores): FKL forward +
@@ -52,26 +52,28 @@ def auto_chunk_rows(vocab: int) -> int:
 def chunk_value_and_grad(
     formula: Callable, student: torch.Tensor, teacher: torch.Tensor, tau: float, stats: dict, params: dict,
     positions: torch.Tensor, grad: str | None = "closed", out: torch.Tensor | None = None, scale: float = 1.0,
+    support: str = "full",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-row values ``[c]`` and ``scale * dL/dz_student`` ``[c, V]`` of one chunk of raw logits.
 
     ``grad``: ``"closed"`` (the formula's closed form), ``"autograd"`` (this chunk only) or None.
     ``out``, if given, receives the gradient (any float dtype; written once). A non-finite value
     triggers the input check on this chunk only (``positions`` name the rows), so a NaN or ``+inf``
-    logit is reported with its index without a separate pass over every input.
+    logit is reported with its index without a separate pass over every input; an infinite divergence
+    is reported as such (:func:`kdviz._rows.check_values`).
     """
     if grad == "autograd":
         with torch.enable_grad():
             leaf = student.detach().to(compute_dtype(student.dtype)).requires_grad_()
-            values, _ = formula(make_rows(leaf, teacher, tau), stats, **params)
-            _check_chunk(values, student, teacher, positions)
+            values, _ = formula(make_rows(leaf, teacher, tau, support=support), stats, **params)
+            check_values(values, student, teacher, positions)
             (dz,) = torch.autograd.grad(values.sum(), leaf)
         dz.mul_(scale)
     else:
         with torch.no_grad():
-            rows = make_rows(student, teacher, tau, want_grad=grad == "closed")
+            rows = make_rows(student, teacher, tau, want_grad=grad == "closed", support=support)
             values, grad_u = formula(rows, stats, **params)
-            _check_chunk(values, student, teacher, positions)
+            check_values(values, student, teacher, positions)
             if grad is None:
                 return values, None
             same = out is not None and out.dtype == grad_u.dtype
@@ -84,10 +86,15 @@ def chunk_value_and_grad(
     return values, dz
 
 
-def _check_chunk(values, student, teacher, positions) -> None:
-    if not bool(torch.isfinite(values).all()):
-        check_finite("student_logits", student, positions)
-        check_finite("teacher_logits", teacher, positions)
+def first_order_only(what: str, alternative: str) -> None:
+    """Raise inside a backward run with ``create_graph=True``: its gradient is a stored constant, so a
+    second derivative through it would silently miss every second-order term."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            f"{what} computes its gradient in the forward pass, so a backward with create_graph=True (double "
+            f"backward, gradient penalties, Hessian-vector products) would silently drop the second-order "
+            f"terms; {alternative}"
+        )
 
 
 class RowChunks:
@@ -118,7 +125,9 @@ class _ChunkedDivergence(torch.autograd.Function):
     """Forward: values and the scaled gradient, chunk by chunk. Backward: scale the stored gradient."""
 
     @staticmethod
-    def forward(ctx, student, teacher, mask, formula, params, tau, factor, scale, chunk_rows, stats, grad_mode):
+    def forward(
+        ctx, student, teacher, mask, formula, params, tau, factor, scale, chunk_rows, stats, grad_mode, support
+    ):
         # scale: the reduction's factor (1/count for mean, 1 for sum) or None for reduction="none"
         values = torch.zeros(mask.numel(), dtype=compute_dtype(student.dtype), device=student.device)
         grad = grad_rows = None
@@ -133,7 +142,7 @@ class _ChunkedDivergence(torch.autograd.Function):
                 target = grad_rows[rows] if isinstance(rows, slice) else None
             v, g = chunk_value_and_grad(
                 formula, RowChunks.read(student, rows, positions), RowChunks.read(teacher, rows, positions), tau,
-                stats, params, positions, grad_mode, out=target, scale=grad_scale,
+                stats, params, positions, grad_mode, out=target, scale=grad_scale, support=support,
             )
             values[rows] = v
             if g is not None and target is None:
@@ -145,9 +154,10 @@ class _ChunkedDivergence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        first_order_only("the chunked divergence engine", "pass engine='plain' for higher-order gradients")
         grad = ctx.grad
         if ctx.per_token:  # a vector upstream (per-token weights, Jacobians): keep the buffer, allocate
-            return grad * grad_out.unsqueeze(-1).to(grad.dtype), *([None] * 10)
+            return grad * grad_out.unsqueeze(-1).to(grad.dtype), *([None] * 11)
         if grad is None:
             raise RuntimeError(
                 "backward through a chunked divergence ran twice (retain_graph); the chunked engine hands "
@@ -156,12 +166,13 @@ class _ChunkedDivergence(torch.autograd.Function):
         ctx.grad = None  # the only reference left is the one returned: autograd can adopt it without a copy
         if not bool(grad_out == 1):
             grad.mul_(grad_out.to(grad.dtype))
-        return grad, *([None] * 10)
+        return grad, *([None] * 11)
+
 
 def chunked(
     formula: Callable, student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, *, tau: float,
     reduction: str, factor: float, num_items, chunk_rows: int | None, stats: dict, params: dict,
-    closed_form: bool = True,
+    closed_form: bool = True, support: str = "full",
 ) -> torch.Tensor:
     """Run ``formula`` over the valid rows of checked ``[..., V]`` logits; reduce as asked.
 
@@ -172,7 +183,7 @@ def chunked(
     chunk_rows = chunk_rows or auto_chunk_rows(student.shape[-1])
     if student.device.type == "cpu":
         _raise_heap_thresholds()
-    if chunk_rows < 1:
+    if not isinstance(chunk_rows, int) or isinstance(chunk_rows, bool) or chunk_rows < 1:
         raise ValueError(f"chunk_rows must be a positive number of token rows, got {chunk_rows}")
     count = int(mask.sum())
     if reduction == "none":
@@ -186,7 +197,7 @@ def chunked(
     if torch.is_grad_enabled() and student.requires_grad:
         grad_mode = "closed" if closed_form else "autograd"
     return _ChunkedDivergence.apply(
-        student, teacher.detach(), mask, formula, params, tau, factor, scale, chunk_rows, stats, grad_mode
+        student, teacher.detach(), mask, formula, params, tau, factor, scale, chunk_rows, stats, grad_mode, support
     )
 
 
@@ -256,7 +267,8 @@ def column_mass(
 class _RowCrossEntropy(torch.autograd.Function):
     """Forward: per-row CE and, when ``z`` needs a gradient, ``softmax - onehot`` written into one buffer
     from the same ``exp`` pass. Backward: that buffer scaled row by row in place, handed over once; a
-    second backward (``retain_graph``) recomputes it from ``z``."""
+    second backward (``retain_graph``) or one with ``create_graph=True`` recomputes it from ``z`` with
+    differentiable operations."""
 
     @staticmethod
     def forward(ctx, z, index, targets):
@@ -281,14 +293,17 @@ class _RowCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_out):
         z, index, targets, lse = ctx.saved_tensors
         grad, ctx.grad = ctx.grad, None
-        if grad is None:  # a second backward through the same graph
+        if grad is None or torch.is_grad_enabled():  # a second backward, or create_graph=True: recompute
             grad = torch.zeros_like(z)
             step = auto_chunk_rows(z.shape[-1])
             for start in range(0, index.shape[0], step):
                 chunk = slice(start, start + step)
-                p = torch.exp(z[index[chunk]].to(lse.dtype) - lse[chunk, None])
-                grad.index_copy_(0, index[chunk], _minus_onehot(p, targets[chunk]).to(z.dtype))
-        row_scale = grad_out.new_zeros(z.shape[0]).index_copy_(0, index, grad_out)
+                p = torch.softmax(z[index[chunk]].to(lse.dtype), -1)  # differentiable: exact second derivatives
+                onehot = torch.zeros_like(p).scatter_(-1, targets[chunk, None], 1.0)
+                grad.index_copy_(0, index[chunk], (p - onehot).to(z.dtype))
+        row_scale = grad_out.new_zeros(z.shape[0]).index_copy(0, index, grad_out)
+        if torch.is_grad_enabled():
+            return grad * row_scale[:, None], None, None
         return grad.mul_(row_scale[:, None]), None, None  # float32 scale: one rounding for bf16
 
 

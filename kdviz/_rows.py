@@ -1,19 +1,63 @@
-"""Token rows: the checks and the preparation every same-vocabulary loss shares (METHODS.md section 0).
+"""Token rows: the checks and the preparation every same-vocabulary loss shares (docs/methods.md#conventions).
 
 A loss sees two logit tensors ``[..., V]`` and a mask over their leading shape. This module turns them
-into *rows*: the valid tokens only, upcast to float32 (float64 stays float64), divided by the
-temperature, with the union of both sides' ``-inf`` entries removed from both distributions before any
-arithmetic, so that ``0 * log 0`` terms are exactly 0 and no NaN can reach a gradient.
+into *rows*: the valid tokens only, upcast to float32 (float64 stays float64), at temperature ``tau``,
+as log-probabilities over a *support* chosen by ``support``:
+
+- ``"full"`` (the true divergence): each side is normalised over its own finite entries. An entry that is
+  ``-inf`` on both sides is dropped; one that is ``-inf`` on one side only has probability exactly 0 on
+  that side and stays in the other side's distribution, so that, e.g., the student's mass outside a
+  top-k teacher's support is penalised. Divergences that take the log of that zero are infinite there.
+- ``"shared"`` (renormalised): every entry that is ``-inf`` on either side is removed from both
+  distributions, and both are renormalised over the entries finite on both sides.
+
+Log-probabilities are computed as ``(z - max z) / tau - LSE`` (so ``z / tau`` cannot overflow at a small
+temperature) and clamped to the dtype's most negative finite value: a probability that underflows is
+exactly 0, with a finite logarithm, so ``0 * log 0`` terms are exactly 0 and no NaN reaches a gradient.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from functools import cached_property
 
 import torch
 
 REDUCTIONS = ("mean", "sum", "none")
+SUPPORTS = ("full", "shared")
+
+
+def _plain_number(value):
+    """A one-element tensor's Python number; anything else unchanged."""
+    return value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
+
+
+def real_number(name: str, value) -> float:
+    """``value`` as a float: a finite real number (Python, NumPy or a one-element tensor), else a
+    ``ValueError`` naming ``name``."""
+    value = _plain_number(value)
+    if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def check_tau(tau) -> float:
+    """The temperature as a float: a positive finite number (Python, NumPy or a one-element tensor)."""
+    value = _plain_number(tau)
+    if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value > 0):
+        raise ValueError(f"tau must be a positive number, got {tau!r}")
+    return float(value)
+
+
+def check_support(support: str) -> str:
+    if support not in SUPPORTS:
+        raise ValueError(
+            f"support must be one of {SUPPORTS} ('full': the true divergence, 'shared': both sides renormalised "
+            f"over the entries finite on both), got {support!r}"
+        )
+    return support
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -47,6 +91,13 @@ def check_pair(
     v_s, v_t = student_logits.shape[-1], teacher_logits.shape[-1]
     if trim_vocab is True:
         trim_vocab = min(v_s, v_t)
+    elif trim_vocab is not None and trim_vocab is not False:
+        if not (isinstance(trim_vocab, numbers.Integral) and trim_vocab > 0):
+            raise ValueError(
+                f"trim_vocab must be None, True (drop the larger vocabulary's extra columns) or a positive "
+                f"number of columns to keep, got {trim_vocab!r}"
+            )
+        trim_vocab = int(trim_vocab)
     if trim_vocab:
         if trim_vocab > min(v_s, v_t):
             raise ValueError(f"trim_vocab={trim_vocab} exceeds the vocabularies (student {v_s}, teacher {v_t})")
@@ -79,15 +130,22 @@ def check_pair(
     return student_logits, teacher_logits, mask
 
 
-def check_options(tau: float, reduction: str, num_items: int | float | torch.Tensor | None) -> None:
-    if not (isinstance(tau, (int, float)) and tau > 0):
-        raise ValueError(f"tau must be a positive number, got {tau!r}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+def check_options(
+    tau, reduction: str, num_items: int | float | torch.Tensor | None, reductions: tuple[str, ...] = REDUCTIONS
+) -> float:
+    """Validate the shared options; return ``tau`` as a float."""
+    tau = check_tau(tau)
+    if reduction not in reductions:
+        raise ValueError(f"reduction must be one of {reductions}, got {reduction!r}")
     if num_items is not None and reduction != "mean":
         raise ValueError(f"num_items is the denominator of reduction='mean'; it means nothing with {reduction!r}")
-    if num_items is not None and float(num_items) <= 0:
-        raise ValueError(f"num_items must be positive (the global count of valid tokens), got {num_items!r}")
+    if num_items is not None:
+        value = _plain_number(num_items)
+        if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value > 0):
+            raise ValueError(
+                f"num_items must be a positive finite number (the global count of valid tokens), got {num_items!r}"
+            )
+    return tau
 
 
 def check_finite(name: str, rows: torch.Tensor, positions: torch.Tensor) -> None:
@@ -103,14 +161,36 @@ def check_finite(name: str, rows: torch.Tensor, positions: torch.Tensor) -> None
         raise ValueError(f"{name} contains {kind} at index {index}; logits must be finite or -inf")
 
 
+def check_values(values: torch.Tensor, student: torch.Tensor, teacher: torch.Tensor, positions: torch.Tensor) -> None:
+    """Raise when a per-row value is not finite: first for a NaN/+inf input, else as an infinite divergence."""
+    if bool(torch.isfinite(values).all()):
+        return
+    check_finite("student_logits", student.detach(), positions)
+    check_finite("teacher_logits", teacher.detach(), positions)
+    row = int((~torch.isfinite(values)).nonzero()[0])
+    value, index = float(values[row].detach()), tuple(positions[row].tolist())
+    raise ValueError(
+        f"the divergence is {value} at the token with index {index}: one side "
+        "gives probability 0 (a -inf logit, or one so far below the others that it underflows) to an entry "
+        "the other side does not, and this divergence takes the logarithm of that 0. For a top-k or filtered "
+        "teacher pass support='shared' (both distributions renormalised over the entries finite on both "
+        "sides), or use a divergence that stays finite there (fkl for a filtered teacher, js, tvd, sfkl, "
+        "srkl with a > 0); mask the position out if it should not be trained; float64 logits if the values "
+        "only overflow float32"
+    )
+
+
 @dataclass
 class Rows:
     """Valid token rows of a teacher/student pair, in log space, ready for a divergence formula.
 
-    ``logp`` (teacher) and ``logq`` (student) are log-softmax at temperature ``tau`` over the shared
-    support; entries outside the support (``keep`` False, where either logit was ``-inf``) hold 0 so
-    that any arithmetic on them is finite, and every sum over the vocabulary goes through
-    :meth:`vsum`, which drops them. ``keep`` is None when every entry is in the support.
+    ``logp`` (teacher) and ``logq`` (student) are log-softmax at temperature ``tau`` over the support
+    (module docstring), clamped to the dtype's most negative finite value where a probability is 0.
+    Entries outside the support (``keep`` False) hold 0 so that any arithmetic on them is finite, and
+    every sum over the vocabulary goes through :meth:`vsum`, which drops them. ``keep`` is None when
+    every entry is in the support. Under ``support="full"``, ``teacher_only`` marks the entries where
+    only the teacher's logit is ``-inf`` (``p = 0 < q``) and ``student_only`` the converse (None when
+    there are none): divergences that take ``log p`` (or ``log q``) there are infinite.
 
     ``want_grad`` asks a formula for its closed-form gradient with respect to the scaled student logits
     ``z / tau`` next to its value (the chunked engine's fast path); the plain path leaves it False and
@@ -121,6 +201,8 @@ class Rows:
     logq: torch.Tensor
     keep: torch.Tensor | None
     want_grad: bool = False
+    teacher_only: torch.Tensor | None = None
+    student_only: torch.Tensor | None = None
 
     @cached_property
     def p(self) -> torch.Tensor:
@@ -142,7 +224,9 @@ class Rows:
         return (term if self.keep is None else torch.where(self.keep, term, 0.0)).sum(-1)
 
     def detach(self) -> Rows:
-        return Rows(self.logp.detach(), self.logq.detach(), self.keep, self.want_grad)
+        return Rows(
+            self.logp.detach(), self.logq.detach(), self.keep, self.want_grad, self.teacher_only, self.student_only
+        )
 
 
 def _has_neg_inf(x: torch.Tensor) -> bool:
@@ -150,25 +234,58 @@ def _has_neg_inf(x: torch.Tensor) -> bool:
     return x.numel() > 0 and bool(x.detach().min() == float("-inf"))
 
 
-def make_rows(student: torch.Tensor, teacher: torch.Tensor, tau: float, want_grad: bool = False) -> Rows:
+def log_softmax(z: torch.Tensor, tau: float) -> torch.Tensor:
+    """``log softmax(z / tau)`` over the last axis, clamped to the dtype's most negative finite value.
+
+    At ``tau < 1`` the logits are shifted by their (detached) row maximum before the division, so a large
+    finite logit cannot overflow to ``-inf`` (and be mistaken for padding) or to ``+inf`` (NaN).
+    """
+    if tau < 1:
+        top = z.detach().amax(-1, keepdim=True)
+        z = (z - torch.where(torch.isfinite(top), top, 0.0)) / tau
+    elif tau != 1:
+        z = z / tau
+    out = torch.log_softmax(z, -1)
+    lowest = torch.finfo(out.dtype).min
+    return out.clamp(min=lowest) if out.requires_grad else out.clamp_(min=lowest)  # in place: no extra buffer
+
+
+def _check_nonempty(keep: torch.Tensor, what: str) -> None:
+    empty = ~keep.any(-1)
+    if bool(empty.any()):
+        raise ValueError(f"valid row {int(empty.nonzero()[0])} has no vocabulary entry that is finite in {what}; "
+                         "mask that position out")
+
+
+def make_rows(
+    student: torch.Tensor, teacher: torch.Tensor, tau: float, want_grad: bool = False, support: str = "shared"
+) -> Rows:
     """Build :class:`Rows` from already-checked ``[N, V]`` logits of valid tokens (any float dtype)."""
     dtype = compute_dtype(student.dtype)
     zs, zt = student.to(dtype), teacher.to(dtype)
-    if tau != 1:
-        zs, zt = zs / tau, zt / tau
     if not (_has_neg_inf(zs) or _has_neg_inf(zt)):  # the common case: no support mask at all
-        return Rows(torch.log_softmax(zt, -1), torch.log_softmax(zs, -1), None, want_grad)
-    keep = ~(torch.isneginf(zs) | torch.isneginf(zt))
-    empty = ~keep.any(-1)
-    if bool(empty.any()):
-        raise ValueError(
-            f"valid row {int(empty.nonzero()[0])} has no vocabulary entry that is finite in both "
-            "student_logits and teacher_logits; mask that position out"
-        )
-    neg_inf = torch.tensor(float("-inf"), dtype=dtype, device=zs.device)
-    logq = torch.log_softmax(torch.where(keep, zs, neg_inf), -1)
-    logp = torch.log_softmax(torch.where(keep, zt, neg_inf), -1)
-    return Rows(torch.where(keep, logp, 0.0), torch.where(keep, logq, 0.0), keep, want_grad)
+        return Rows(log_softmax(zt, tau), log_softmax(zs, tau), None, want_grad)
+    neg_s, neg_t = torch.isneginf(zs), torch.isneginf(zt)
+    if support == "shared":
+        keep = ~(neg_s | neg_t)
+        _check_nonempty(keep, "both student_logits and teacher_logits")
+        neg_inf = torch.tensor(float("-inf"), dtype=dtype, device=zs.device)
+        logq = log_softmax(torch.where(keep, zs, neg_inf), tau)
+        logp = log_softmax(torch.where(keep, zt, neg_inf), tau)
+        return Rows(torch.where(keep, logp, 0.0), torch.where(keep, logq, 0.0), keep, want_grad)
+    _check_nonempty(~neg_s, "student_logits")
+    _check_nonempty(~neg_t, "teacher_logits")
+    both = neg_s & neg_t
+    keep = ~both if bool(both.any()) else None
+    logp, logq = log_softmax(zt, tau), log_softmax(zs, tau)
+    if keep is not None:
+        logp, logq = torch.where(keep, logp, 0.0), torch.where(keep, logq, 0.0)
+    teacher_only, student_only = neg_t & ~neg_s, neg_s & ~neg_t
+    return Rows(
+        logp, logq, keep, want_grad,
+        teacher_only if bool(teacher_only.any()) else None,
+        student_only if bool(student_only.any()) else None,
+    )
 
 
 def gather_rows(

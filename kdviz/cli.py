@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 import pandas as pd
 import torch
@@ -82,18 +83,26 @@ def toy(args: argparse.Namespace) -> None:
 QUICK = {"steps": 40, "eval_examples": 100}
 
 
+class UserError(Exception):
+    """A mistake in what the user asked for: printed as one line on stderr, exit status 2."""
+
+
 def demo(args: argparse.Namespace) -> None:
     """Distil the teacher into the students with every method; print the results table."""
     from kdviz.train.demo import DEMO_METHODS, check_methods, default_setup, run_demo
     from kdviz.train.loop import TrainConfig
 
-    names = check_methods(args.methods or list(DEMO_METHODS))
-    steps = args.steps or (QUICK["steps"] if args.quick else 300)
+    names = args.methods or list(DEMO_METHODS)
+    steps = args.steps if args.steps is not None else QUICK["steps"] if args.quick else 300
     eval_examples = QUICK["eval_examples"] if args.quick else 500
-    setup = default_setup(args.teacher, args.student)
+    try:
+        check_methods(names)
+        config = TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+        setup = default_setup(args.teacher, args.student)
+    except (ValueError, TypeError) as error:
+        raise UserError(str(error)) from error
     print(f"kdviz demo: {len(names)} methods x {steps} steps, batch {args.batch_size}, "
           f"evaluated on {eval_examples} test examples; runs under {args.out}/\n")
-    config = TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     table = run_demo(setup, names, args.out, config, eval_examples=eval_examples)
     pd.set_option("display.width", 200)
     print("\n" + table.round(1).to_string(index=False))
@@ -107,7 +116,10 @@ def report(args: argparse.Namespace) -> None:
     from kdviz.record.reader import open_run
     from kdviz.viz.report import report as write_report
 
-    runs = [open_run(path) for path in args.runs]  # labelled by method, numbered when repeated
+    try:
+        runs = [open_run(path) for path in args.runs]  # labelled by method, numbered when repeated
+    except ValueError as error:  # a damaged meta.json; missing directories are OSErrors
+        raise UserError(str(error)) from error
     out = write_report(runs, args.output, title=args.title, max_steps=args.max_steps)
     print(f"kdviz report: {len(runs)} run(s) -> {out} ({out.stat().st_size / 1e6:.1f} MB, opens without network)")
 
@@ -123,8 +135,7 @@ def inspect(args: argparse.Namespace) -> None:
     student = load_tokenizer_from(args.student) if args.student else load_tokenizer(paths.student_tokenizer)
     teacher = load_tokenizer_from(args.teacher) if args.teacher else load_tokenizer(paths.teacher_tokenizer)
     if args.texts:
-        with open(args.texts, encoding="utf-8") as f:
-            texts = [line.rstrip("\n") for line in f if line.strip()]
+        texts = read_texts(args.texts)
     else:
         texts = [format_prompt(e["prompt"]) + e["response"] for e in load_split(paths.dev)]
     texts = texts[: args.limit]
@@ -133,6 +144,17 @@ def inspect(args: argparse.Namespace) -> None:
     print(f"kdviz inspect: student {args.student or 'embedded'} (A) vs teacher {args.teacher or 'embedded'} (B) "
           f"on {len(texts)} texts\n")
     print(compare_tokenizers(student, teacher, texts))
+
+
+def read_texts(path: str) -> list[str]:
+    """The non-empty lines of the UTF-8 file ``path``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.rstrip("\n") for line in f if line.strip()]
+    except UnicodeDecodeError as error:
+        raise UserError(f"--texts {path} is not UTF-8 text ({error.reason} at byte {error.start})") from error
+    except OSError as error:
+        raise UserError(f"--texts {path}: {error.strerror or error}") from error
 
 
 def lab(args: argparse.Namespace) -> None:
@@ -180,13 +202,32 @@ def main(argv: list[str] | None = None) -> None:
     toy_parser.add_argument("--mu", type=float, default=0.5, help="head mass threshold (default 0.5)")
     toy_parser.set_defaults(run=toy)
     args = parser.parse_args(argv)
-    if args.command == "toy" and (not 0 < args.mu < 1 or math.isnan(args.mu)):
-        parser.error("--mu must be strictly between 0 and 1")
+    problem = _check_arguments(args)
+    try:
+        if problem:
+            raise UserError(problem)
+        args.run(args)
+    except (UserError, OSError) as error:  # OSError: missing files and directories, model loading, disk full
+        print(f"kdviz {args.command}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _check_arguments(args: argparse.Namespace) -> str | None:
+    """What is wrong with the numbers given on the command line, or None."""
+    if args.command == "toy" and not 0 < args.mu < 1:  # False for NaN too
+        return f"--mu must be strictly between 0 and 1, got {args.mu}"
     if args.command == "inspect" and args.limit < 1:
-        parser.error("--limit must be at least 1")
+        return f"--limit must be at least 1, got {args.limit}"
     if args.command == "report" and args.max_steps < 1:
-        parser.error("--max-steps must be at least 1")
-    args.run(args)
+        return f"--max-steps must be at least 1, got {args.max_steps}"
+    if args.command == "demo":
+        if args.steps is not None and args.steps < 1:
+            return f"--steps must be at least 1, got {args.steps}"
+        if args.batch_size < 1:
+            return f"--batch-size must be at least 1, got {args.batch_size}"
+        if not (math.isfinite(args.lr) and args.lr > 0):
+            return f"--lr must be a finite number > 0, got {args.lr}"
+    return None
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Same-vocabulary token divergences (METHODS.md sections 0-2) and their registry.
+"""Same-vocabulary token divergences and their registry (docs/methods.md#same-vocabulary-divergences).
 
 Every divergence is a short formula on :class:`~kdviz._rows.Rows` (teacher ``logp``, student ``logq``,
 log-softmax at temperature ``tau`` over the shared support) returning one value per token. The public
@@ -10,8 +10,15 @@ adds the conventions shared by all:
   ``/ num_items`` under gradient accumulation), ``"sum"``, ``"none"`` (per token, 0 where masked).
 - ``tau`` divides both sides; ``tau_squared=True`` multiplies the loss by ``tau**2`` (Hinton).
 - Compute in float32 (float64 inputs stay float64); bf16/fp16 are upcast.
-- ``-inf`` logits are legal: an entry that is ``-inf`` on either side is removed from both
-  distributions before any arithmetic, so ``0 log 0 = 0`` exactly and gradients stay finite.
+- ``-inf`` logits are legal. ``support="full"`` (default) computes the true divergence: each side is a
+  distribution over its own finite entries, an entry ``-inf`` on one side only has probability 0 there
+  (so a top-k teacher's zeros penalise the student's mass outside the teacher's support in ``fkl``), and
+  a divergence that is infinite because it takes the log of such a zero (``rkl`` against a filtered
+  teacher) raises ``ValueError`` rather than returning ``inf``. ``support="shared"`` removes every entry
+  that is ``-inf`` on either side from both distributions and renormalises both over the rest (the
+  convention of some KD codes for cached top-k teachers). Either way ``0 log 0 = 0`` exactly and
+  gradients stay finite; huge finite logits (even ``+-3e38``, or ``1e36`` at ``tau=1e-3``) are exact
+  up to rounding, never mistaken for padding.
 - NaN or ``+inf`` on a valid token raises ``ValueError`` naming the tensor and index; two different
   vocabulary sizes raise ``ValueError`` naming both (``trim_vocab=True`` drops padded columns).
 - An all-masked batch gives exactly 0 with zero gradients.
@@ -26,7 +33,18 @@ from collections.abc import Callable
 import torch
 
 from kdviz._chunked import chunked
-from kdviz._rows import Rows, check_options, check_pair, gather_rows, make_rows, reduce, scatter_rows
+from kdviz._rows import (
+    Rows,
+    check_options,
+    check_pair,
+    check_support,
+    check_values,
+    gather_rows,
+    make_rows,
+    real_number,
+    reduce,
+    scatter_rows,
+)
 from kdviz.headtail import check_mu, head_weights
 
 Formula = Callable[..., "Out"]
@@ -38,30 +56,49 @@ differentiates that chunk with autograd). From ``g = dL/d(log q)``: ``dL/du = g 
 
 
 def _mix(w1, a: Out, w2, b: Out) -> Out:
-    """``w1 * a + w2 * b`` for values and gradients (weights: floats or per-row ``[N]`` tensors)."""
-    def col(w):
-        return w[:, None] if isinstance(w, torch.Tensor) else w
+    """``w1 * a + w2 * b`` for values and gradients (weights: floats or per-row ``[N]`` tensors); a weight
+    of 0 takes nothing from its side, even an infinite value."""
+    def times(w, x):
+        if isinstance(w, torch.Tensor):
+            return torch.where((w == 0).view(-1, *[1] * (x.dim() - 1)), 0.0, (w.view(-1, *[1] * (x.dim() - 1)) * x))
+        return 0.0 if w == 0 else w * x
 
-    value = w1 * a[0] + w2 * b[0]
-    grad = None if a[1] is None or b[1] is None else col(w1) * a[1] + col(w2) * b[1]
+    value = times(w1, a[0]) + times(w2, b[0])
+    grad = None if a[1] is None or b[1] is None else times(w1, a[1]) + times(w2, b[1])
     return value, grad
+
+
+def _infinite_where(r: Rows, out: Out, *, teacher_zero: bool = False, student_zero: bool = False) -> Out:
+    """``+inf`` on the rows where the divergence is infinite because it takes ``log p`` where only the
+    teacher's logit is ``-inf`` (``teacher_zero``), or ``log q`` where only the student's is
+    (``student_zero``); only under ``support="full"``, and the engine turns it into a clear error."""
+    bad = None
+    for flag, where in ((teacher_zero, r.teacher_only), (student_zero, r.student_only)):
+        if flag and where is not None:
+            bad = where.any(-1) if bad is None else bad | where.any(-1)
+    if bad is None:
+        return out
+    return torch.where(bad, math.inf, out[0]), out[1]
 
 
 def _fkl(r: Rows, stats: dict) -> Out:
     """Forward KL: ``KL(p || q) = sum_v p (log p - log q)``."""
-    return r.vsum(r.p * (r.logp - r.logq)), (r.q - r.p if r.want_grad else None)
+    out = r.vsum(r.p * (r.logp - r.logq)), (r.q - r.p if r.want_grad else None)
+    return _infinite_where(r, out, student_zero=True)
 
 
 def _rkl(r: Rows, stats: dict) -> Out:
     """Reverse KL: ``KL(q || p) = sum_v q (log q - log p)``."""
     log_ratio = r.logq - r.logp
     value = r.vsum(r.q * log_ratio)
-    return value, (r.q * (log_ratio - value[:, None]) if r.want_grad else None)
+    return _infinite_where(r, (value, r.q * (log_ratio - value[:, None]) if r.want_grad else None), teacher_zero=True)
 
 
-def _unit_interval(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+def _unit_interval(name: str, value: float) -> float:
+    value = real_number(name, value)
+    if not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    return value
 
 
 def _log_mixture(r: Rows, weight_p: float) -> torch.Tensor:
@@ -73,7 +110,7 @@ def _log_mixture(r: Rows, weight_p: float) -> torch.Tensor:
 
 def _sym_kl(r: Rows, stats: dict, lam: float = 0.5) -> Out:
     """Symmetric KL: ``(1 - lam) KL(p || q) + lam KL(q || p)``."""
-    _unit_interval("lam", lam)
+    lam = _unit_interval("lam", lam)
     return _mix(1.0 - lam, _fkl(r, stats), lam, _rkl(r, stats))
 
 
@@ -88,7 +125,7 @@ def _gjsd(r: Rows, stats: dict, beta: float = 0.5) -> Out:
     The ends are special-cased as in GKD: ``beta=0`` is forward KL and ``beta=1`` reverse KL (the
     formula itself tends to 0 at both ends).
     """
-    _unit_interval("beta", beta)
+    beta = _unit_interval("beta", beta)
     if beta == 0.0:
         return _fkl(r, stats)
     if beta == 1.0:
@@ -101,18 +138,20 @@ def _gjsd(r: Rows, stats: dict, beta: float = 0.5) -> Out:
 
 def _sfkl(r: Rows, stats: dict, a: float = 0.1) -> Out:
     """Skew forward KL: ``KL(p || a p + (1 - a) q)``."""
-    _unit_interval("a", a)
+    a = _unit_interval("a", a)
     log_m = _log_mixture(r, a)
     value = r.vsum(r.p * (r.logp - log_m))
-    return value, (r.through_softmax(-(1.0 - a) * r.p * (r.logq - log_m).exp()) if r.want_grad else None)
+    grad = r.through_softmax(-(1.0 - a) * r.p * (r.logq - log_m).exp()) if r.want_grad else None
+    return _infinite_where(r, (value, grad), student_zero=a == 0)
 
 
 def _srkl(r: Rows, stats: dict, a: float = 0.1) -> Out:
     """Skew reverse KL: ``KL(q || (1 - a) p + a q)``."""
-    _unit_interval("a", a)
+    a = _unit_interval("a", a)
     q_to_m = r.logq - _log_mixture(r, 1.0 - a)
     value = r.vsum(r.q * q_to_m)
-    return value, (r.through_softmax(r.q * (q_to_m + 1.0 - a * q_to_m.exp())) if r.want_grad else None)
+    grad = r.through_softmax(r.q * (q_to_m + 1.0 - a * q_to_m.exp())) if r.want_grad else None
+    return _infinite_where(r, (value, grad), teacher_zero=a == 0)
 
 
 def _tvd(r: Rows, stats: dict) -> Out:
@@ -121,18 +160,103 @@ def _tvd(r: Rows, stats: dict) -> Out:
     return 0.5 * r.vsum(diff.abs()), (r.through_softmax(0.5 * diff.sign() * r.q) if r.want_grad else None)
 
 
-def _akl(r: Rows, stats: dict, mu: float = 0.5, crossing_in_head: bool = False) -> Out:
+def _akl(r: Rows, stats: dict, mu: float = 0.5, crossing_in_head: bool = False, tail_mass: float | None = None) -> Out:
     """Adaptive KL: ``w_head KL(p || q) + (1 - w_head) KL(q || p)``, ``w_head = g_head / (g_head + g_tail)``.
 
     ``g_head = sum_{v in H} |p_v - q_v|`` over the teacher's head ``H`` (the top of ``p`` up to
     cumulative mass ``mu``, see :mod:`kdviz.headtail`), ``g_tail`` the same over the rest; the weights
     are detached. When ``g_head + g_tail < 1e-12`` both weights are 0.5; such tokens are counted in
     ``stats["akl_fallbacks"]`` when a ``stats`` dict is passed.
+
+    ``tail_mass=alpha`` is the DSKD repository's ``adaptive_kl`` convention: the tail is the smallest
+    probabilities whose ascending cumulative sum stays below ``alpha``, i.e. ``mu = 1 - alpha`` with
+    ``crossing_in_head=True`` (leave ``mu`` and ``crossing_in_head`` at their defaults).
     """
+    if tail_mass is not None:
+        if mu != 0.5 or crossing_in_head:
+            raise ValueError("pass either tail_mass (the DSKD convention) or mu/crossing_in_head, not both")
+        tail_mass = real_number("tail_mass", tail_mass)
+        if not 0.0 < tail_mass < 1.0:
+            raise ValueError(f"tail_mass must be a number strictly between 0 and 1, got {tail_mass!r}")
+        mu, crossing_in_head = 1.0 - tail_mass, True
     check_mu(mu)
     w_head, fallback = head_weights(r, mu, crossing_in_head)
     stats["akl_fallbacks"] = stats.get("akl_fallbacks", 0) + fallback.sum()
     return _mix(w_head, _fkl(r, stats), 1.0 - w_head, _rkl(r, stats))
+
+
+_SERIES_TERMS = 12  # |delta| * max(1, |lam|) < 0.5: the remainder is below 1e-10 of the leading term
+
+
+def _excess(delta: torch.Tensor, lam: float, x: torch.Tensor | None = None, y: torch.Tensor | None = None):
+    """``v phi_lam(delta)``, ``phi_lam(delta) = sum_{n >= 2} (1 + lam + ... + lam^(n-2)) delta^n / n!``, without
+    cancellation; ``v = 1``, or ``v = e^y`` with ``delta = x - y`` when ``x`` and ``y`` are given.
+
+    In closed form ``phi_lam = (lam expm1(delta) - expm1(lam delta)) / (lam (1 - lam))``, with the limits
+    ``expm1(delta) - delta`` at ``lam = 0`` and ``delta e^delta - expm1(delta)`` at ``lam = 1``. Each closed
+    form loses the leading ``delta^2 / 2`` to cancellation for small ``delta``: there the series is summed.
+    ``lam`` is at most 1/2 or exactly 1 (callers use the divergence's symmetry), so the closed form has no
+    ``1 / (1 - lam)`` blow-up. For ``delta > 1`` the factor ``v`` is folded into the exponentials
+    (``v e^delta = e^x``, ``v e^(lam delta) = e^(lam x + (1 - lam) y)``), so ``v = 0`` with a large ``delta``
+    gives the exact finite value.
+    """
+    small = delta.abs() * max(1.0, abs(lam)) < 0.5
+    d = torch.where(small, delta, 0.0)  # each branch gets inputs that keep it finite (for the gradient)
+    series, power, coef, fact = torch.zeros_like(d), d * d, 1.0, 2.0
+    for n in range(2, 2 + _SERIES_TERMS):
+        series = series + (coef / fact) * power
+        power, coef, fact = power * d, coef * lam + 1.0, fact * (n + 1)
+    fold = torch.zeros_like(small) if y is None else ~small & (delta > 1)
+    f = torch.where(small | fold, 1.0, delta)
+    if lam == 0:
+        closed = torch.expm1(f) - f
+    elif lam == 1:
+        closed = f * f.exp() - torch.expm1(f)
+    else:
+        closed = (lam * torch.expm1(f) - torch.expm1(lam * f)) / (lam * (1.0 - lam))
+    if y is None:
+        return torch.where(small, series, closed)
+    v = y.exp()
+    g = torch.where(fold, delta, 2.0)
+    u = torch.where(fold, x, y + 2.0).exp()  # v e^g
+    if lam == 1:
+        folded = (g - 1.0) * u + v
+    else:  # lam <= 1/2: v expm1(lam g) is folded only where lam g > 1 (expm1 keeps the digits of a tiny lam)
+        lg = lam * g
+        mixed = torch.where(fold, lam * x + (1.0 - lam) * y, y + 2.0).exp()
+        second = torch.where(lg > 1, mixed - v, v * torch.expm1(lg.clamp(max=1.0)))
+        folded = (lam * (u - v) - second) / (lam * (1.0 - lam))
+    return torch.where(fold, folded, v * torch.where(small, series, closed))
+
+
+def _abkd_terms(lp: torch.Tensor, lq: torch.Tensor, a: float, b: float) -> tuple[torch.Tensor, bool, bool]:
+    """Per-entry alpha-beta divergence and whether a teacher / student zero makes it infinite.
+
+    With ``s = a + b``, ``lam = a / s``, ``u = p^s``, ``v = q^s`` and ``delta = s (log p - log q)``, the
+    entry ``-1/(ab) [p^a q^b - lam u - (1 - lam) v]`` is ``v phi_lam(delta) / s^2`` (:func:`_excess`),
+    which keeps every digit when ``a`` or ``b`` is tiny (the direct form cancels to nothing in float32
+    at ``a = b = 1e-6``). The symmetry ``(a, p) <-> (b, q)`` brings ``lam`` to at most 1/2. The limits
+    ``b = 0`` (``v = q^a``, ``lam = 1``), ``a = 0`` (its mirror) and ``a + b = 0`` (``lam = 0``) use the
+    same function.
+    """
+    if a == 0 and b == 0:
+        return 0.5 * (lp - lq) ** 2, True, True
+    if b == 0 or a == 0:  # b = 0: 1/a^2 [u log(u / v) - u + v], u = p^a, v = q^a; a = 0 by symmetry
+        c, x, y = (a, lp, lq) if b == 0 else (b, lq, lp)
+        x, y = c * x, c * y
+        if c > 0:
+            x, y = x.clamp(min=-1e4), y.clamp(min=-1e4)  # exp(-1e4) == 0: the same zero, no inf - inf
+        return _excess(x - y, 1.0, x, y) / c**2, (a < 0) if b == 0 else True, True if b == 0 else (b < 0)
+    s = a + b
+    if s == 0:  # 1/a^2 [log(v / u) + u / v - 1], u = p^a, v = q^a
+        return _excess(a * (lp - lq), 0.0) / a**2, True, True
+    lam, x, y = a / s, lp, lq
+    if lam > 0.5:
+        lam, x, y = 1.0 - lam, lq, lp
+    x, y = s * x, s * y
+    if s > 0:
+        x, y = x.clamp(min=-1e4), y.clamp(min=-1e4)
+    return _excess(x - y, lam, x, y) / s**2, a < 0 or s < 0, b < 0 or s < 0
 
 
 def _abkd(r: Rows, stats: dict, alpha: float = 0.2, beta: float = 0.7) -> Out:
@@ -143,26 +267,13 @@ def _abkd(r: Rows, stats: dict, alpha: float = 0.2, beta: float = 0.7) -> Out:
     ``a = 0``: ``1/b^2 sum [q^b log(q^b / p^b) - q^b + p^b]``;
     ``a + b = 0``: ``1/a^2 sum [log(q^a / p^a) + p^a / q^a - 1]``;
     ``a = b = 0``: ``1/2 sum (log p - log q)^2``.
-    ``(1, 0)`` is forward KL and ``(0, 1)`` reverse KL. Powers are taken in log space. The chunked engine
-    differentiates it with autograd, chunk by chunk.
+    ``(1, 0)`` is forward KL and ``(0, 1)`` reverse KL. Powers are taken in log space and each term is
+    evaluated in a form without cancellation (exact to float32 rounding even at ``a = b = 1e-6``). The
+    chunked engine differentiates it with autograd, chunk by chunk.
     """
-    for name, value in (("alpha", alpha), ("beta", beta)):
-        if not (isinstance(value, (int, float)) and math.isfinite(value)):
-            raise ValueError(f"{name} must be a finite number, got {value!r}")
-    a, b, lp, lq = alpha, beta, r.logp, r.logq
-    if a == 0 and b == 0:
-        return 0.5 * r.vsum((lp - lq) ** 2), None
-    if b == 0:
-        pa = (a * lp).exp()
-        return r.vsum(pa * a * (lp - lq) - pa + (a * lq).exp()) / a**2, None
-    if a == 0:
-        qb = (b * lq).exp()
-        return r.vsum(qb * b * (lq - lp) - qb + (b * lp).exp()) / b**2, None
-    if a + b == 0:
-        return r.vsum(a * (lq - lp) + (a * (lp - lq)).exp() - 1.0) / a**2, None
-    s = a + b
-    term = (a * lp + b * lq).exp() - a / s * (s * lp).exp() - b / s * (s * lq).exp()
-    return -r.vsum(term) / (a * b), None
+    a, b = real_number("alpha", alpha), real_number("beta", beta)
+    terms, teacher_zero, student_zero = _abkd_terms(r.logp, r.logq, a, b)
+    return _infinite_where(r, (r.vsum(terms), None), teacher_zero=teacher_zero, student_zero=student_zero)
 
 
 _FORMULAS: dict[str, Formula] = {
@@ -221,22 +332,27 @@ def divergence(
     stats: dict | None = None,
     engine: str = "chunked",
     chunk_rows: int | None = None,
+    support: str = "full",
     **params,
 ) -> torch.Tensor:
     """The divergence ``name`` between ``p = softmax(teacher / tau)`` and ``q = softmax(student / tau)``.
 
     ``student_logits`` and ``teacher_logits`` are ``[..., V]`` (typically ``[B, T, V]``). ``params``
     are the divergence's own (see ``DIVERGENCES[name].__doc__``). ``stats``, if a dict, receives
-    counters such as ``"tokens"`` and ``"akl_fallbacks"``. The conventions are in the module docstring.
+    counters such as ``"tokens"`` and ``"akl_fallbacks"``. ``support``: ``"full"`` (the true divergence)
+    or ``"shared"`` (both sides renormalised over the entries finite on both); the conventions are in the
+    module docstring.
 
     ``engine="chunked"`` (default, :mod:`kdviz._chunked`) walks the tokens in chunks of ``chunk_rows``
     rows (chosen from V when None) and keeps only the gradient and one chunk in memory; it treats the
     teacher as a constant, so a teacher that requires a gradient is routed to ``engine="plain"``, the
     straightforward autograd reference. The chunked engine's backward can run once (no
-    ``retain_graph`` / double backward: use the plain engine for those).
+    ``retain_graph``) and is first order: ``create_graph=True`` through it raises (use the plain engine
+    for double backward).
     """
     formula, closed_form = lookup(name, params)
-    check_options(tau, reduction, num_items)
+    tau = check_options(tau, reduction, num_items)
+    check_support(support)
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     student_logits, teacher_logits, mask = check_pair(student_logits, teacher_logits, mask, trim_vocab)
@@ -246,10 +362,11 @@ def divergence(
         return chunked(
             formula, student_logits, teacher_logits, mask, tau=tau, reduction=reduction, factor=factor,
             num_items=num_items, chunk_rows=chunk_rows, stats=stats, params=params,
-            closed_form=closed_form,
+            closed_form=closed_form, support=support,
         )
-    s, t, _ = gather_rows(student_logits, teacher_logits, mask)
-    values, _ = formula(make_rows(s, t, tau), stats, **params)
+    s, t, positions = gather_rows(student_logits, teacher_logits, mask)
+    values, _ = formula(make_rows(s, t, tau, support=support), stats, **params)
+    check_values(values, s, t, positions)
     stats["tokens"] = stats.get("tokens", 0) + values.shape[0]
     return reduce(scatter_rows(values * factor, mask), mask, reduction, num_items)
 
@@ -263,7 +380,8 @@ def _public(name: str, formula: Formula) -> Callable[..., torch.Tensor]:
     loss.__doc__ = (
         f"{formula.__doc__}\n\n"
         f"Signature: ``{name}(student_logits, teacher_logits, mask=None, *, tau=1.0, reduction='mean', "
-        f"tau_squared=False, num_items=None, trim_vocab=None, stats=None, engine='chunked', chunk_rows=None"
+        f"tau_squared=False, num_items=None, trim_vocab=None, stats=None, engine='chunked', chunk_rows=None, "
+        f"support='full'"
         f"{', ' + params if params else ''})``; "
         "conventions in :mod:`kdviz.divergences`."
     )

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from kdviz._chunked import chunk_value_and_grad
-from kdviz._rows import compute_dtype
+from kdviz._chunked import chunk_value_and_grad, first_order_only
+from kdviz._rows import check_options, check_support, compute_dtype, real_number
 from kdviz.divergences import lookup
 
 FUSED_CHUNK_BYTES = 32 * 2**20  # float32 bytes of one [rows, V] chunk: large enough to amortise the head read
@@ -44,6 +44,7 @@ class _FusedLoss(torch.autograd.Function):
             kd, dz_kd = chunk_value_and_grad(
                 cfg["formula"], z, teacher(rows), cfg["tau"], cfg["stats"], cfg["params"],
                 positions[start : start + rows_per_chunk], grad_mode if (need_h or need_w) else None,
+                support=cfg["support"],
             )
             y = labels[rows]
             log_z = torch.log_softmax(z, -1)
@@ -67,6 +68,7 @@ class _FusedLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        first_order_only("fused_divergence", "compute the logits and use kdviz.divergences with engine='plain'")
         if ctx.grads is None:
             raise RuntimeError("backward through fused_divergence ran twice (retain_graph): not supported")
         grad_h, grad_w = ctx.grads
@@ -102,6 +104,7 @@ def fused_divergence(
     num_items: int | float | torch.Tensor | None = None,
     chunk_rows: int | None = None,
     stats: dict | None = None,
+    support: str = "full",
     **params,
 ) -> torch.Tensor:
     """``ce_weight * CE + kd_weight * D(teacher || student)`` from hidden states, never materialising logits.
@@ -113,18 +116,19 @@ def fused_divergence(
     - The teacher: ``teacher_logits`` ``[..., V]``, or ``teacher_hidden`` ``[..., d_t]`` with
       ``teacher_head_weight`` ``[V, d_t]`` (projected chunk by chunk, without gradient).
     - ``name`` and ``params``: any divergence of :data:`kdviz.DIVERGENCES` at temperature ``tau``
-      (``tau_squared`` scales the KD term by ``tau**2``); CE is at temperature 1.
+      (``tau_squared`` scales the KD term by ``tau**2``; ``support`` as in :func:`kdviz.divergence`); CE
+      is at temperature 1.
     - ``reduction``: ``"mean"`` over valid tokens (or ``/ num_items``) or ``"sum"``.
     - ``stats``: if a dict, receives the detached ``"ce"`` and ``"kd"`` terms, ``"tokens"`` and the
       divergence's counters.
 
-    Gradients flow to ``student_hidden`` and ``student_head_weight``; the teacher is a constant.
+    Gradients flow to ``student_hidden`` and ``student_head_weight``; the teacher is a constant. The
+    backward is first order (``create_graph=True`` raises).
     """
     formula, closed_form = lookup(name, params)
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction must be 'mean' or 'sum' for fused_divergence, got {reduction!r}")
-    if not (isinstance(tau, (int, float)) and tau > 0):
-        raise ValueError(f"tau must be a positive number, got {tau!r}")
+    tau = check_options(tau, reduction, num_items, reductions=("mean", "sum"))
+    check_support(support)
+    ce_weight, kd_weight = (real_number(n, w) for n, w in (("ce_weight", ce_weight), ("kd_weight", kd_weight)))
     _check_matrix("student_head_weight", student_head_weight, "student_hidden", student_hidden)
     lead = student_hidden.shape[:-1]
     if labels.shape != lead:
@@ -178,6 +182,7 @@ def fused_divergence(
         "kd_weight": float(kd_weight),
         "chunk_rows": chunk_rows or max(1, FUSED_CHUNK_BYTES // (4 * vocab)),
         "stats": {} if stats is None else stats,
+        "support": support,
         "need_grad": (grad_on and student_hidden.requires_grad, grad_on and student_head_weight.requires_grad),
     }
     return _FusedLoss.apply(student_hidden, student_head_weight, teacher, labels, positions, cfg)

@@ -1,4 +1,4 @@
-"""Head/tail statistics of a teacher/student pair (METHODS.md section 2), shared by AKL and the probe.
+"""Head/tail statistics of a teacher/student pair (docs/methods.md#akl), shared by AKL and the probe.
 
 For each token the teacher distribution ``p`` is sorted in descending order with cumulative sums
 ``c_k``. The *head* ``H`` is every sorted position with ``c_k <= mu`` plus the argmax (always in the
@@ -169,7 +169,7 @@ def head_tail(
     """Per-token head/tail statistics of ``p = softmax(teacher/tau)`` vs ``q = softmax(student/tau)``.
 
     Logits are ``[..., V]``; ``mask`` (bool, leading shape) selects the tokens; masked positions are NaN
-    in every statistic. ``-inf`` entries are handled as in the divergences (removed from both sides).
+    in every statistic. ``-inf`` entries are handled as the divergences' ``support="shared"`` (removed from both sides).
     """
     check_mu(mu)
     if not (isinstance(tau, (int, float)) and tau > 0):

@@ -1,4 +1,4 @@
-"""Independent float64 references for the divergences, written from METHODS.md in NumPy/SciPy.
+"""Independent float64 references for the divergences, written from docs/methods.md in NumPy/SciPy.
 
 Nothing here calls kdviz. Probabilities are formed in probability space in float64 and the
 ``x log(x / y)`` terms use ``scipy.special.rel_entr`` (which defines ``0 log 0 = 0``).
@@ -10,13 +10,15 @@ import numpy as np
 from scipy.special import rel_entr
 
 
-def distributions(student: np.ndarray, teacher: np.ndarray, tau: float):
-    """``(p, q)`` in float64 over the entries finite on both sides, rows ``[N, V]``."""
+def distributions(student: np.ndarray, teacher: np.ndarray, tau: float, support: str = "shared"):
+    """``(p, q)`` in float64, rows ``[N, V]``: each side over its own finite entries (``support="full"``,
+    the true distributions) or both over the entries finite on both sides (``"shared"``)."""
     s = np.asarray(student, dtype=np.float64) / tau
     t = np.asarray(teacher, dtype=np.float64) / tau
-    keep = np.isfinite(s) & np.isfinite(t)
+    both = np.isfinite(s) & np.isfinite(t)
 
     def softmax(z):
+        keep = both if support == "shared" else np.isfinite(z)
         z = np.where(keep, z, -np.inf)
         z = z - z.max(-1, keepdims=True)
         e = np.where(keep, np.exp(z), 0.0)
@@ -65,16 +67,16 @@ def akl_weights(p, q, mu, crossing_in_head=False):
 
 def abkd(p, q, alpha, beta):
     a, b = alpha, beta
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         support = (p > 0) | (q > 0)
         if a == 0 and b == 0:
             return np.where(support, 0.5 * (np.log(p) - np.log(q)) ** 2, 0.0).sum(-1)
         if b == 0:
-            t = np.power(p, a) * np.log(np.power(p, a) / np.power(q, a)) - np.power(p, a) + np.power(q, a)
-            return np.where(support, t, 0.0).sum(-1) / a**2
+            pa, qa = np.power(p, a), np.power(q, a)
+            return np.where(support, rel_entr(pa, qa) - pa + qa, 0.0).sum(-1) / a**2
         if a == 0:
-            t = np.power(q, b) * np.log(np.power(q, b) / np.power(p, b)) - np.power(q, b) + np.power(p, b)
-            return np.where(support, t, 0.0).sum(-1) / b**2
+            pb, qb = np.power(p, b), np.power(q, b)
+            return np.where(support, rel_entr(qb, pb) - qb + pb, 0.0).sum(-1) / b**2
         if a + b == 0:
             r = np.power(q, a) / np.power(p, a)
             return np.where(support, np.log(r) + 1.0 / r - 1.0, 0.0).sum(-1) / a**2
@@ -83,16 +85,21 @@ def abkd(p, q, alpha, beta):
         return -np.where(support, t, 0.0).sum(-1) / (a * b)
 
 
-def divergence(name: str, student, teacher, tau: float = 1.0, **params) -> np.ndarray:
-    """Per-row float64 value of divergence ``name``; rows ``[N, V]``."""
-    p, q = distributions(student, teacher, tau)
+def weighted(w, x):
+    """``w * x`` with ``0 * inf = 0`` (a zero weight takes nothing from an infinite term)."""
+    return np.where(w == 0, 0.0, w * x)
+
+
+def divergence(name: str, student, teacher, tau: float = 1.0, support: str = "full", **params) -> np.ndarray:
+    """Per-row float64 value of divergence ``name``; rows ``[N, V]`` (``inf`` where it is infinite)."""
+    p, q = distributions(student, teacher, tau, support)
     if name == "fkl":
         return kl(p, q)
     if name == "rkl":
         return kl(q, p)
     if name == "sym_kl":
         lam = params.get("lam", 0.5)
-        return (1 - lam) * kl(p, q) + lam * kl(q, p)
+        return weighted(1 - lam, kl(p, q)) + weighted(lam, kl(q, p))
     if name in ("js", "gjsd"):
         beta = 0.5 if name == "js" else params.get("beta", 0.5)
         if beta == 0:
@@ -111,7 +118,7 @@ def divergence(name: str, student, teacher, tau: float = 1.0, **params) -> np.nd
         return 0.5 * np.abs(p - q).sum(-1)
     if name == "akl":
         w, _ = akl_weights(p, q, params.get("mu", 0.5), params.get("crossing_in_head", False))
-        return w * kl(p, q) + (1 - w) * kl(q, p)
+        return weighted(w, kl(p, q)) + weighted(1 - w, kl(q, p))
     if name == "abkd":
         return abkd(p, q, params.get("alpha", 0.2), params.get("beta", 0.7))
     raise KeyError(name)

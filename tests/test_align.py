@@ -1,4 +1,4 @@
-"""Ground-truth alignment (METHODS.md section 8) on hand-made cases and on two trained tokenizers."""
+"""Ground-truth alignment (docs/methods.md#ground-truth-alignment) on hand-made cases and on two trained tokenizers."""
 
 from __future__ import annotations
 

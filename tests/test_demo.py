@@ -37,12 +37,80 @@ def test_toy_comparison_prints_every_divergence(capsys):
     assert table.loc["peak shifted by 8 classes", "fkl"] > table.loc["peak shifted by 8 classes", "rkl"]
 
 
-def test_cli_errors(capsys):
-    with pytest.raises(ValueError, match="unknown demo method"):
-        cli.main(["demo", "--methods", "fkl", "nope", "--steps", "1"])
-    with pytest.raises(SystemExit):
-        cli.main(["toy", "--mu", "1.5"])
-    with pytest.raises(FileNotFoundError, match="cannot load the model"):
+def _user_error(capsys, argv):
+    """Run the CLI; it must exit 2 with exactly one line on stderr (returned)."""
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_cli_user_errors_are_one_line_and_exit_2(capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad.txt").write_bytes(b"\xff\xfe not utf-8\n")
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "meta.json").write_text("{not json")
+    cases = {
+        ("demo", "--methods", "fkl", "bogus"): "unknown demo method",
+        ("demo", "--steps", "-1"): "--steps must be at least 1, got -1",
+        ("demo", "--steps", "0"): "--steps must be at least 1, got 0",
+        ("demo", "--lr", "nan"): "--lr must be a finite number > 0, got nan",
+        ("demo", "--lr", "inf"): "--lr must be a finite number",
+        ("demo", "--batch-size", "0"): "--batch-size must be at least 1",
+        ("demo", "--student", "/nonexistent/model/path", "--steps", "1"): "cannot load the tokenizer",
+        ("report", str(tmp_path / "missing")): "no run directory at",
+        ("report", str(tmp_path / "empty")): "is not a kdviz run",
+        ("report", str(tmp_path / "bad.txt")): "is a file, not a run directory",
+        ("report", str(tmp_path / "damaged")): "meta.json is damaged",
+        ("inspect", "--texts", str(tmp_path / "missing.txt")): "No such file",
+        ("inspect", "--texts", str(tmp_path / "bad.txt")): "is not UTF-8 text",
+        ("inspect", "--student", "./no/such/dir"): "does not exist",
+        ("inspect", "--limit", "0"): "--limit must be at least 1",
+        ("toy", "--mu", "nan"): "--mu must be strictly between 0 and 1",
+        ("toy", "--mu", "1.5"): "--mu must be strictly between 0 and 1",
+    }
+    for argv, message in cases.items():
+        err = _user_error(capsys, list(argv))
+        assert message in err and err.startswith(f"kdviz {argv[0]}: error: "), (argv, err)
+
+
+def test_an_uncached_hub_id_fails_fast_offline(capsys, monkeypatch):
+    import time
+
+    from huggingface_hub import constants
+
+    from kdviz.train import demo
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    start = time.perf_counter()
+    err = _user_error(capsys, ["inspect", "--student", "nobody/kdviz-no-such-model"])
+    assert "HF_HUB_OFFLINE is set" in err and "hf download nobody/kdviz-no-such-model" in err
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(demo, "_unreachable_hub", lambda: "huggingface.co")
+    err = _user_error(capsys, ["demo", "--teacher", "nobody/kdviz-no-such-model"])
+    assert "huggingface.co cannot be reached" in err and "or pass a local directory" in err
+    assert time.perf_counter() - start < 10
+
+
+def test_demo_steps_are_taken_as_given(monkeypatch, capsys):
+    import pandas as pd
+
+    from kdviz.train import demo
+
+    configs = []
+
+    def run_demo(setup, names, out, config, **kwargs):
+        configs.append(config)
+        return pd.DataFrame({"method": names})
+
+    monkeypatch.setattr(demo, "run_demo", run_demo)
+    monkeypatch.setattr(demo, "default_setup", lambda *names: None)
+    cli.main(["demo", "--steps", "7", "--methods", "fkl"])
+    cli.main(["demo", "--quick", "--methods", "fkl"])
+    assert [c.steps for c in configs] == [7, cli.QUICK["steps"]]
+    with pytest.raises(FileNotFoundError, match="cannot load the tokenizer"):
         default_setup(student="/nonexistent/model/path")
 
 

@@ -48,24 +48,29 @@ def logit_pairs(draw, max_v=48):
             torch.tensor(mask))
 
 
-def reference_tokens(name, s, t, mask, tau, **params):
-    rows = reference.divergence(name, s[mask].double().numpy(), t[mask].double().numpy(), tau, **params)
+def reference_tokens(name, s, t, mask, tau, support="full", **params):
+    rows = reference.divergence(name, s[mask].double().numpy(), t[mask].double().numpy(), tau, support, **params)
     out = np.zeros(mask.shape)
     out[mask.numpy()] = rows
     return out
 
 
+@pytest.mark.parametrize("support", ["full", "shared"])
 @pytest.mark.parametrize(("name", "params"), CASES, ids=CASE_IDS)
 @settings(max_examples=25, deadline=None)
 @given(pair=logit_pairs(), tau=st.sampled_from([0.5, 1.0, 2.0]))
-def test_matches_float64_reference(name, params, pair, tau):
+def test_matches_float64_reference(name, params, support, pair, tau):
     s, t, mask = pair
-    got = divergence(name, s, t, mask, tau=tau, reduction="none", **params)
-    want = reference_tokens(name, s, t, mask, tau, **params)
+    want = reference_tokens(name, s, t, mask, tau, support, **params)
+    if not np.all(np.isfinite(want)):  # the true divergence is infinite: a clear error, never inf or NaN
+        with pytest.raises(ValueError, match="the divergence is inf"):
+            divergence(name, s, t, mask, tau=tau, reduction="none", support=support, **params)
+        return
     assume(np.all(want < 1e30))  # abkd with a negative exponent can exceed float32's range on wide logits
+    got = divergence(name, s, t, mask, tau=tau, reduction="none", support=support, **params)
     assert got.dtype == torch.float32 and got.shape == mask.shape
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=2e-6)
-    mean = divergence(name, s, t, mask, tau=tau, **params)
+    mean = divergence(name, s, t, mask, tau=tau, support=support, **params)
     np.testing.assert_allclose(float(mean), want.sum() / max(mask.sum().item(), 1), rtol=1e-5, atol=2e-6)
 
 
@@ -73,14 +78,14 @@ def test_matches_float64_reference(name, params, pair, tau):
 @given(pair=logit_pairs(), tau=st.sampled_from([0.5, 1.0, 3.0]))
 def test_fkl_rkl_gradients_match_closed_forms(pair, tau):
     s, t, mask = pair
-    p, q = (torch.tensor(x) for x in reference.distributions(s.double().numpy(), t.double().numpy(), tau))
+    p, q = (torch.tensor(x) for x in reference.distributions(s.double().numpy(), t.double().numpy(), tau, "shared"))
     m = mask[..., None].double()
     s_f = s.clone().requires_grad_()
-    divergence("fkl", s_f, t, mask, tau=tau, reduction="sum").backward()
+    divergence("fkl", s_f, t, mask, tau=tau, reduction="sum", support="shared").backward()
     np.testing.assert_allclose(s_f.grad.double(), m * (q - p) / tau, atol=2e-6)
 
     s_r = s.clone().requires_grad_()
-    divergence("rkl", s_r, t, mask, tau=tau, reduction="sum").backward()
+    divergence("rkl", s_r, t, mask, tau=tau, reduction="sum", support="shared").backward()
     with np.errstate(divide="ignore", invalid="ignore"):
         log_ratio = torch.where(q > 0, torch.log(q) - torch.log(p), 0.0)
     rkl = (torch.special.xlogy(q, q) - torch.where(q > 0, q * torch.log(p), 0.0)).sum(-1, keepdim=True)
@@ -102,9 +107,9 @@ def test_gradcheck_float64(name, params):
     t.requires_grad_()
 
     def f(student, teacher):
-        return divergence(name, student, teacher, mask, tau=1.5, reduction="none", **params)
+        return divergence(name, student, teacher, mask, tau=1.5, reduction="none", support="shared", **params)
 
-    assert divergence(name, s, t, mask, **params).dtype == torch.float64
+    assert divergence(name, s, t, mask, support="shared", **params).dtype == torch.float64
     assert torch.autograd.gradcheck(f, (s, t), eps=1e-6, atol=1e-5)
 
 
@@ -139,7 +144,7 @@ def test_nonnegative_and_zero_on_equal(name, pair):
     s, t, mask = pair
     # float32 rounding of a sum of V non-negative terms; abkd's 1/(alpha beta) = 7 amplifies it
     tol = 2e-5 if name == "abkd" else 1e-6
-    per_token = divergence(name, s, t, mask, reduction="none")
+    per_token = divergence(name, s, t, mask, reduction="none", support="shared")
     assert torch.all(per_token >= -tol)
     equal = divergence(name, t.clone(), t, mask, reduction="none")
     assert torch.all(equal.abs() <= tol)
@@ -151,7 +156,7 @@ def test_special_cases_and_bounds(pair):
     s, t, mask = pair
 
     def d(name, **kw):
-        return divergence(name, s, t, mask, reduction="none", **kw)
+        return divergence(name, s, t, mask, reduction="none", support="shared", **kw)
 
     assert torch.equal(d("gjsd", beta=0.0), d("fkl"))
     assert torch.equal(d("gjsd", beta=1.0), d("rkl"))
@@ -277,7 +282,13 @@ def test_mismatched_vocabularies_raise_and_trim_vocab_drops_padding():
         ({"tau": 0}, "tau must be a positive number"),
         ({"reduction": "avg"}, "reduction must be one of"),
         ({"reduction": "sum", "num_items": 5}, "num_items is the denominator"),
-        ({"num_items": 0}, "num_items must be positive"),
+        ({"num_items": 0}, "num_items must be a positive finite number"),
+        ({"num_items": -1}, "num_items must be a positive finite number"),
+        ({"num_items": math.nan}, "num_items must be a positive finite number"),
+        ({"tau": math.inf}, "tau must be a positive number"),
+        ({"tau": True}, "tau must be a positive number"),
+        ({"trim_vocab": -3}, "trim_vocab must be None, True .* or a positive number"),
+        ({"support": "union"}, "support must be one of"),
         ({"mask": torch.ones(3, 2, dtype=torch.bool)}, r"mask has shape \(3, 2\)"),
         ({"mask": torch.full((2, 3), 0.5)}, "mask must be boolean"),
     ],

@@ -1,4 +1,4 @@
-"""DSKD (METHODS.md section 3): a Llama student and a GPT-2 teacher sharing the Unigram tokenizer."""
+"""DSKD (docs/methods.md#dskd): a Llama student and a GPT-2 teacher sharing the Unigram tokenizer."""
 
 from __future__ import annotations
 

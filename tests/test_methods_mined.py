@@ -1,4 +1,4 @@
-"""MinED (METHODS.md section 6): a hand-made alignment with a hand-computed target, a real tokenizer pair
+"""MinED (docs/methods.md#mined): a hand-made alignment with a hand-computed target, a real tokenizer pair
 (vocabulary map through the cache), empty sides and bad arguments."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from rapidfuzz.distance import Levenshtein
 
 from kdviz.align.vocab_map import VocabMap, vocab_map
 from kdviz.methods import IGNORE, KDBatch, KDCollator, MinED
@@ -146,6 +147,15 @@ def test_bad_arguments(batch, tmp_path):
     batch_h = hand_batch()
     with pytest.raises(ValueError, match=r"top_k=7 is larger than the teacher vocabulary \(V_t=6\)"):
         method(batch_h, SimpleNamespace(logits=torch.randn(1, 7, 8)), SimpleNamespace(logits=torch.randn(1, 5, 6)))
+    method = MinED(vocab_map=hand_map(), top_k=3)
+    z_s, z_t = torch.randn(1, 7, 8), torch.randn(1, 5, 6)
+    bad = replace(batch_h, student_labels=batch_h.student_labels.clone())
+    bad.student_labels[0, 4] = 99
+    with pytest.raises(ValueError, match=r"student_targets must be token ids in \[0, 8\).*got 99 at index \(0, 3\)"):
+        method(bad, SimpleNamespace(logits=z_s), SimpleNamespace(logits=z_t))
+    z_t[0, 2, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"teacher_logits contains NaN at index \(0, 2, 5\)"):
+        method(batch_h, SimpleNamespace(logits=z_s), SimpleNamespace(logits=z_t))
 
 
 def test_runs_the_models(batch, tmp_path):
@@ -156,3 +166,82 @@ def test_runs_the_models(batch, tmp_path):
     out.loss.backward()
     assert all(p.grad is None for p in teacher.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+
+
+def official_dtw(series_1, series_2, dist):
+    """The DSKD repository's ``dtw`` (after simpledtw): the mapping of each token of ``series_2``."""
+    matrix = np.zeros((len(series_1) + 1, len(series_2) + 1))
+    matrix[0, :] = np.inf
+    matrix[:, 0] = np.inf
+    matrix[0, 0] = 0
+    for i, a in enumerate(series_1):
+        for j, b in enumerate(series_2):
+            matrix[i + 1, j + 1] = dist(a, b) + min(matrix[i, j + 1], matrix[i + 1, j], matrix[i, j])
+    matrix = matrix[1:, 1:]
+    i, j = matrix.shape[0] - 1, matrix.shape[1] - 1
+    mappings_2 = [[] for _ in range(matrix.shape[1])]
+    while i > 0 or j > 0:
+        mappings_2[j].append(i)
+        diag = matrix[i - 1, j - 1] if i > 0 and j > 0 else np.inf
+        up = matrix[i - 1, j] if i > 0 else np.inf
+        left = matrix[i, j - 1] if j > 0 else np.inf
+        move = np.argmin([diag, up, left])
+        if move == 0:
+            i, j = i - 1, j - 1
+        elif move == 1:
+            i -= 1
+        else:
+            j -= 1
+    mappings_2[0].append(0)
+    return [m[::-1] for m in mappings_2]
+
+
+def official_mined_kd(batch, z_s, z_t, tea2stu, tau):
+    """The DSKD repository's ``MinEditDisForwardKLD`` KD term (summed FKL / student tokens), restated."""
+    stu2tea = {}
+    for tea_id, stu_id in enumerate(tea2stu.tolist()):
+        stu2tea.setdefault(stu_id, []).append(tea_id)
+    stu_keys = torch.tensor(list(stu2tea))
+    tea_first = torch.tensor([ids[0] for ids in stu2tea.values()])
+    total, count = 0.0, 0
+    for b in range(batch.batch_size):
+        s_pos = batch.student_mask[b].nonzero().flatten()
+        t_pos = batch.teacher_mask[b].nonzero().flatten()
+        s_tokens = [batch.student_tokens[b][i] for i in s_pos]
+        t_tokens = [batch.teacher_tokens[b][i] for i in t_pos]
+        mapping = official_dtw(t_tokens, s_tokens, lambda a, s: Levenshtein.distance(a.replace("Ġ", ""),
+                                                                                       s.replace("▁", "")))
+        ok = torch.tensor([len(m) == 1 for m in mapping])
+        partner = torch.tensor([m[0] if len(m) == 1 else 0 for m in mapping])
+        s_ids, t_ids = batch.student_input_ids[b, s_pos], batch.teacher_input_ids[b, t_pos]
+        ok &= s_ids.eq(tea2stu[t_ids[partner]])
+        rows = z_t[b, t_pos][partner][:, tea_first.view(-1)].view(-1, len(tea_first), 1).max(-1)[0]
+        moved = torch.full((len(s_pos), z_s.shape[-1]), -100000.0)
+        moved[:, stu_keys] = rows
+        ok &= moved.max(-1)[0].ne(-100000)
+        one_hot = F.one_hot(batch.student_targets[b, s_pos], z_s.shape[-1])
+        one_hot = (1 - one_hot) * (-100000) + one_hot * 100
+        target = torch.where(ok[:, None], moved, one_hot.float())
+        p = (target / tau).log_softmax(-1)
+        q = (z_s[b, s_pos].detach() / tau).log_softmax(-1)
+        total += float((p.exp() * (p - q)).sum())
+        count += len(s_pos)
+    return total / count
+
+
+def test_reference_mode_is_the_dskd_repository_mined(batch, tmp_path):
+    cases = [(hand_batch(), hand_map()),
+             (batch, vocab_map(bpe_tokenizer(), unigram_tokenizer(), cache_dir=tmp_path))]
+    for case, vmap in cases:
+        g = torch.Generator().manual_seed(0)
+        v_s = 8 if case is cases[0][0] else len(unigram_tokenizer())
+        v_t = len(vmap)
+        z_s = torch.randn(*case.student_input_ids.shape, v_s, generator=g) * 3
+        z_t = torch.randn(*case.teacher_input_ids.shape, v_t, generator=g) * 3
+        out = MinED(vocab_map=vmap, mode="reference", top_k=3)(case, SimpleNamespace(logits=z_s),
+                                                               SimpleNamespace(logits=z_t))
+        want = official_mined_kd(case, z_s, z_t, torch.as_tensor(vmap.ids), 2.0)
+        assert float(out.terms["kd"]) == pytest.approx(want, rel=1e-5)
+        assert torch.isfinite(out.loss)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        MinED(vocab_map=hand_map(), mode="official")

@@ -1,6 +1,6 @@
-"""MultiLevelOT (METHODS.md section 7): every level recomputed from the formulas, the SD plan against
-``ot.sinkhorn``, recorded marginals, HAD against the per-token sorted L1, gradients at reg = 0.1 in
-float32, one test per quirk of ``mode="reference"``, empty sides and bad arguments."""
+"""MultiLevelOT (docs/methods.md#multilevelot): every level recomputed from the formulas, the SD plan
+against ``ot.sinkhorn``, recorded marginals, HAD against the per-token sorted L1, gradients at reg = 0.1 in
+float32, ``mode="reference"`` against a restatement of the published code, empty sides and bad arguments."""
 
 from __future__ import annotations
 
@@ -39,20 +39,13 @@ def windows(batch):
     return out
 
 
-def levels(z_s, z_t, batch, k=50, reference=False):
+def levels(z_s, z_t, batch, k=50):
     """Per example ``(t^k, s^k, ids_t, ids_s, logq^k)`` at tau = 1, written out from the formulas."""
     zs = [z_s[b, s].detach().float() for b, (s, _) in enumerate(windows(batch))]
     zt = [z_t[b, t].float() for b, (_, t) in enumerate(windows(batch))]
-    if reference:
-        zs = [z / (z.std(-1, keepdim=True) + 1e-4) for z in zs]
-        zt = [z / (z.std(-1, keepdim=True) + 1e-4) for z in zt]
     q, p = [z.softmax(-1) for z in zs], [z.softmax(-1) for z in zt]
-    if reference:
-        ids_s = [torch.cat(q).sum(0).argsort(descending=True)[:k]] * len(q)
-        ids_t = [torch.cat(p).sum(0).argsort(descending=True)[:k]] * len(p)
-    else:
-        ids_s = [x.sum(0).argsort(descending=True)[:k] for x in q]
-        ids_t = [x.sum(0).argsort(descending=True)[:k] for x in p]
+    ids_s = [x.sum(0).argsort(descending=True)[:k] for x in q]
+    ids_t = [x.sum(0).argsort(descending=True)[:k] for x in p]
     return [
         (p[b][:, ids_t[b]], q[b][:, ids_s[b]], ids_t[b], ids_s[b], zs[b].log_softmax(-1)[:, ids_s[b]], zs[b], zt[b])
         for b in range(len(q))
@@ -155,15 +148,85 @@ def test_gradients_finite_at_reg_0_1_in_float32(batch, mode):
 # -- mode="reference": one test per quirk -----------------------------------------------------------
 
 
-def test_reference_ranks_over_the_whole_batch(batch):
+def official_start_and_size(labels):
+    """The published code's answer start (the position before the first label) and size, per row."""
+    out = []
+    for row in labels:
+        ignored = row.eq(IGNORE)
+        size = len(row) - int(ignored.sum())
+        idx = ignored.nonzero(as_tuple=True)[0]
+        if len(idx) == 0 or idx[0] != 0:
+            start = 0
+        else:
+            breaks = ((idx[1:] - idx[:-1]) != 1).nonzero()
+            start = (breaks[0].item() + 1 if len(breaks) else len(idx)) - 1
+        out.append((start, size))
+    return out
+
+
+def official_mlot(z_s, z_t, batch, skip_student_eos=True, k=50):
+    """The published ``DistillationLoss.forward`` (f=1, temperatures 1, distillation weight 1.5), restated."""
+    sides = []
+    spans_s = official_start_and_size(batch.student_labels)
+    spans_t = official_start_and_size(batch.teacher_labels)
+    if skip_student_eos:
+        spans_s = [(a, n - 1) for a, n in spans_s]
+    for z, spans in ((z_s.detach().double(), spans_s), (z_t.double(), spans_t)):
+        z = z / (z.std(-1, keepdim=True) + 1e-4)
+        rows = []
+        for b, (start, size) in enumerate(spans):
+            answer = z[b, start : start + size].softmax(-1)
+            rows.append(torch.cat([answer, torch.zeros_like(z[b, : z.shape[1] - size])]))
+        sides.append(torch.stack(rows))
+    length = max(max(n for _, n in spans_s), max(n for _, n in spans_t))
+    # cut to the longest span (zero rows added where a side has fewer positions than that, where the
+    # published code would fail on mismatched shapes)
+    student, teacher = (torch.nn.functional.pad(x, (0, 0, 0, max(0, length - x.shape[1])))[:, :length] for x in sides)
+    teacher = teacher[:, :, teacher.sum(dim=(0, 1)).argsort(descending=True)][:, :, :k]
+    student = student[:, :, student.sum(dim=(0, 1)).argsort(descending=True)][:, :, :k]
+    had = torch.stack([
+        (student[b, :n] - teacher[b, :n]).abs().sum(-1).mean(-1)
+        for b, n in enumerate(min(a[1], c[1]) for a, c in zip(spans_s, spans_t, strict=True))
+    ]).mean()
+    sl = -(student.softmax(-1) * teacher.log_softmax(-1)).sum(-1).mean()
+    sd = 0.0
+    for b in range(len(student)):
+        x, y = (teacher[b] / 2).softmax(-1), (student[b] / 2).softmax(-1)
+        cost = torch.cdist(x, y, p=1)
+        plan = torch.exp(-cost / 0.1)
+        for _ in range(10):
+            plan = plan / plan.sum(1, keepdim=True)
+            plan = plan / plan.sum(0, keepdim=True)
+        sd = sd + 0.001 * (plan * cost).sum()
+    mask = batch.student_mask
+    ce = torch.nn.functional.cross_entropy(z_s.detach().double()[mask], batch.student_targets[mask])
+    kd = had + 0.1 * sl + 0.1 * sd
+    return {"had": had, "sl": sl, "sd": sd / 0.001, "ce": ce, "kd": kd, "loss": ce + 1.5 * kd}
+
+
+@pytest.mark.parametrize("skip_student_eos", [True, False])
+def test_reference_mode_equals_the_published_computation(batch, skip_student_eos):
     s_out, t_out = outputs(batch, seed=4)
-    ref = MultiLevelOT(mode="reference")(batch, s_out, t_out).diagnostics
-    paper = MultiLevelOT()(batch, s_out, t_out).diagnostics
-    want = levels(s_out.logits, t_out.logits, batch, reference=True)
-    for b in range(batch.batch_size):
-        assert torch.equal(ref["teacher_topk_ids"][b], want[0][2])
-        assert torch.equal(ref["student_topk_ids"][b], want[0][3])
-    assert not torch.equal(paper["teacher_topk_ids"][0], paper["teacher_topk_ids"][1])
+    method = MultiLevelOT(mode="reference", skip_student_eos=skip_student_eos)
+    out = method(batch, s_out, t_out)
+    want = official_mlot(s_out.logits, t_out.logits, batch, skip_student_eos)
+    for name, value in want.items():
+        assert float(out.terms[name]) == pytest.approx(float(value), rel=2e-5, abs=1e-7), name
+    assert float(out.terms["sinkhorn_iterations"]) == 10
+    assert MultiLevelOT(mode="reference").skip_student_eos and not MultiLevelOT().skip_student_eos
+
+
+def test_reference_mode_accepts_neg_inf_and_mixed_dtypes(batch):
+    s_out, t_out = outputs(batch, seed=5)
+    padded = t_out.logits.clone()
+    padded[..., -3:] = float("-inf")  # padded LM-head rows of the teacher
+    for mode in ("reference", "paper"):
+        out = MultiLevelOT(mode=mode)(batch, s_out, SimpleNamespace(logits=padded))
+        assert torch.isfinite(out.loss)
+        mixed = MultiLevelOT(mode=mode)(batch, s_out, SimpleNamespace(logits=t_out.logits.double()))
+        assert torch.isfinite(mixed.loss)
+        same = MultiLevelOT(mode=mode)(batch, s_out, t_out)
+        assert float(mixed.terms["kd"]) == pytest.approx(float(same.terms["kd"]), rel=1e-4)
 
 
 def test_reference_divides_logits_by_their_std(batch):
@@ -175,36 +238,6 @@ def test_reference_divides_logits_by_their_std(batch):
         b = MultiLevelOT(mode=mode)(batch, scaled, t_out).terms
         close = all(abs(float(a[k]) - float(b[k])) <= 1e-3 * abs(float(a[k])) + 1e-6 for k in ("had", "sl", "sd"))
         assert close == same, mode
-
-
-def test_reference_sl_swaps_roles_with_a_second_softmax(batch):
-    s_out, t_out = outputs(batch, seed=6)
-    out = MultiLevelOT(mode="reference")(batch, s_out, t_out)
-    total = count = 0.0
-    for t_k, s_k, *_ in levels(s_out.logits, t_out.logits, batch, reference=True):
-        total += float(-(s_k.softmax(-1) * t_k.log_softmax(-1)).sum())
-        count += len(t_k)
-    assert float(out.terms["sl"]) == pytest.approx(total / count, rel=1e-5)
-
-
-def test_reference_runs_10_rounds_of_row_column_normalisation(batch):
-    s_out, t_out = outputs(batch, seed=7)
-    out = MultiLevelOT(mode="reference")(batch, s_out, t_out)
-    assert float(out.terms["sinkhorn_iterations"]) == 10
-    d = out.diagnostics
-    for b, ((s_pos, t_pos), (t_k, s_k, *_)) in enumerate(
-        zip(windows(batch), levels(s_out.logits, t_out.logits, batch, reference=True), strict=True)
-    ):
-        x, y = (t_k / 2).softmax(-1), (s_k / 2).softmax(-1)  # the second softmax, at T = 2
-        cost = (x[:, None, :] - y[None, :, :]).abs().sum(-1).double()
-        torch.testing.assert_close(window_matrix(d["cost_matrix"], b, s_pos, t_pos).double(), cost, atol=1e-6,
-                                   rtol=1e-5)
-        plan = torch.exp(-cost / 0.1)
-        for _ in range(10):  # the published loop: rows, then columns
-            plan = plan / plan.sum(1, keepdim=True)
-            plan = plan / plan.sum(0, keepdim=True)
-        torch.testing.assert_close(window_matrix(d["transport_plan"], b, s_pos, t_pos).double(), plan, atol=1e-5,
-                                   rtol=1e-4)
 
 
 def test_reference_weights_sd_by_an_extra_1e_3_so_1e_4_in_all(batch):

@@ -1,4 +1,4 @@
-"""ULD (METHODS.md section 5): the sorted W1 against POT's ``wasserstein_1d``, its gradient, the top-k
+"""ULD (docs/methods.md#uld): the sorted W1 against POT's ``wasserstein_1d``, its gradient, the top-k
 switch, both position alignments, rank-matching diagnostics, and bad or empty inputs."""
 
 from __future__ import annotations
@@ -175,3 +175,65 @@ def test_the_recorder_keeps_the_pairing_as_an_alignment_matrix(batch, tmp_path):
     }
     assert (m.values.sum(1) == 1).all() and set(np.unique(m.values)) <= {0.0, 1.0}  # one teacher position per row
     assert m.reference.shape == m.values.shape and m.info["argmax_overlap"] >= 0.9  # offsets follow characters
+
+
+def official_uld(z_s, z_t, batch):
+    """The DSKD repository's ULD baseline (kd_rate 0.5), restated: roll each side so its first response
+    position comes first, sort both softmaxes, zero-pad, sum |difference| where both targets are valid,
+    and divide ``0.5 CE_sum + 0.5 ULD_sum`` by the number of student response tokens."""
+    s_tgt, t_tgt = batch.student_targets.clone(), batch.teacher_targets.clone()
+    z_s, z_t = z_s.detach().double().clone(), z_t.double().clone()
+    width = max(z_s.shape[1], z_t.shape[1])
+    pad = torch.nn.functional.pad
+    s_tgt, t_tgt = pad(s_tgt, (0, width - s_tgt.shape[1]), value=IGNORE), pad(t_tgt, (0, width - t_tgt.shape[1]),
+                                                                               value=IGNORE)
+    z_s, z_t = pad(z_s, (0, 0, 0, width - z_s.shape[1])), pad(z_t, (0, 0, 0, width - z_t.shape[1]))
+    ce_sum = torch.nn.functional.cross_entropy(z_s[s_tgt != IGNORE], s_tgt[s_tgt != IGNORE], reduction="sum")
+    n_student = int((s_tgt != IGNORE).sum())
+    for i in range(len(s_tgt)):
+        a_s, a_t = int(s_tgt[i].ne(IGNORE).nonzero()[0]), int(t_tgt[i].ne(IGNORE).nonzero()[0])
+        s_tgt[i], z_s[i] = torch.cat([s_tgt[i][a_s:], s_tgt[i][:a_s]]), torch.cat([z_s[i][a_s:], z_s[i][:a_s]])
+        t_tgt[i], z_t[i] = torch.cat([t_tgt[i][a_t:], t_tgt[i][:a_t]]), torch.cat([z_t[i][a_t:], z_t[i][:a_t]])
+    q = z_s.softmax(-1).sort(-1, descending=True).values
+    p = z_t.softmax(-1).sort(-1, descending=True).values
+    gap = q.shape[-1] - p.shape[-1]
+    p = pad(p, (0, max(gap, 0)))
+    q = pad(q, (0, max(-gap, 0)))
+    both = s_tgt.ne(IGNORE) & t_tgt.ne(IGNORE)
+    uld_sum = ((q - p).abs().sum(-1) * both).sum()
+    return (0.5 * ce_sum + 0.5 * uld_sum) / n_student
+
+
+def test_official_convention_switches_reproduce_the_dskd_repository_uld(batch):
+    s_out, t_out = outputs(batch, seed=5)
+    method = ULD(ce_weight=0.5, kd_weight=0.5, positions="shift", kd_normaliser="student")
+    got = method(batch, s_out, t_out).loss
+    torch.testing.assert_close(got.double(), official_uld(s_out.logits, t_out.logits, batch), rtol=1e-5, atol=1e-6)
+    # on contiguous responses "shift" and "index" pair the same positions
+    assert torch.equal(method.pair_index(batch), ULD(positions="index").pair_index(batch))
+    holed = replace(batch, teacher_labels=batch.teacher_labels.clone())
+    first = int(holed.teacher_mask[0].nonzero()[2])
+    holed.teacher_labels[0, first + 1] = IGNORE  # an untrained teacher token inside the response
+    shift, index = ULD(positions="shift").pair_index(holed), ULD(positions="index").pair_index(holed)
+    assert not torch.equal(shift, index) and int((shift[0] == first).sum()) == 0
+
+
+def test_float64_logits_and_plus_inf_input(batch):
+    s_out, t_out = outputs(batch)
+    s64 = SimpleNamespace(logits=s_out.logits.detach().double().requires_grad_())
+    out = ULD()(batch, s64, SimpleNamespace(logits=t_out.logits.double()))
+    assert out.loss.dtype == torch.float64 and out.diagnostics["token_kd"].dtype == torch.float64
+    out.loss.backward()
+    ref = ULD()(batch, s_out, t_out)
+    assert float(out.terms["kd"]) == pytest.approx(float(ref.terms["kd"]), rel=1e-5)
+    bad = t_out.logits.clone()
+    bad[0, int(batch.teacher_mask[0].nonzero()[0]), 4] = float("inf")
+    with pytest.raises(ValueError, match=r"teacher_logits contains \+inf"):
+        ULD()(batch, s_out, SimpleNamespace(logits=bad))
+
+
+def test_double_backward_is_a_clear_error(batch):
+    s_out, t_out = outputs(batch)
+    loss = ULD()(batch, s_out, t_out).loss
+    with pytest.raises(RuntimeError, match="create_graph=True"):
+        torch.autograd.grad(loss, s_out.logits, create_graph=True)

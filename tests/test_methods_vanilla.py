@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 
 from kdviz import divergence
 from kdviz.methods import IGNORE, KDCollator, VanillaKD
-from tests.kd_helpers import bpe_tokenizer, pairs, student_model, teacher_model
+from tests.kd_helpers import bpe_tokenizer, pairs, student_model, teacher_model, unigram_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +71,17 @@ def test_vocabulary_mismatch_and_edge_cases(batch, models):
     assert out.loss.item() == 0.0
     out.loss.backward()
     assert torch.isfinite(m(KDCollator(bpe_tokenizer())(pairs(1))).loss)
+
+
+def test_a_filtered_teacher_needs_the_shared_support_for_reverse_kl():
+    batch = KDCollator(unigram_tokenizer())(pairs(2))
+    z = torch.randn(*batch.student_input_ids.shape, len(unigram_tokenizer()))
+    top = z.topk(5, -1).indices
+    filtered = torch.full_like(z, -math.inf).scatter(-1, top, z.gather(-1, top) + 1.0)  # a top-5 teacher cache
+    s, t = SimpleNamespace(logits=z), SimpleNamespace(logits=filtered)
+    with pytest.raises(ValueError, match="support='shared'"):
+        VanillaKD(divergence="rkl")(batch, s, t)
+    out = VanillaKD(divergence="rkl", divergence_params={"support": "shared"})(batch, s, t)
+    assert torch.isfinite(out.loss)
+    assert float(VanillaKD(divergence="fkl")(batch, s, t).terms["kd"]) > float(
+        VanillaKD(divergence="fkl", divergence_params={"support": "shared"})(batch, s, t).terms["kd"])

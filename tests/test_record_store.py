@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import builtins
+import contextlib
+import errno
 import json
+import os
 import pickle
+import time
 import warnings
+import zlib
 
 import numpy as np
 import pytest
 
-from kdviz.record import FORMAT_VERSION, TornRecordWarning, open_run
-from kdviz.record.frames import Frame, Problem, encode, scan
-from kdviz.record.store import RunWriter
+from kdviz.record import FORMAT_VERSION, TornRecordWarning, open_run, store
+from kdviz.record.frames import MAGIC, PREFIX, Frame, Problem, encode, scan
+from kdviz.record.store import RecordWriteError, RunWriter
 
 
 def _write_scalars(path, steps, **kwargs) -> RunWriter:
@@ -183,3 +189,172 @@ def test_nothing_in_the_store_unpickles(tmp_path, monkeypatch):
     run = open_run(tmp_path / "run")
     assert run.tokens()["token"].tolist() == ["x"] and run.matrix("m").values.shape == (1, 1)
     assert {p.suffix for p in (tmp_path / "run").iterdir()} == {".json", ".kdr"}
+
+
+@contextlib.contextmanager
+def fill_disk_after(monkeypatch, budget: int):
+    """The run store's writes see a disk that is full after ``budget`` more bytes (a write then stops
+    part-way, and every later one fails with ENOSPC), like a real full file system."""
+    left = [budget]
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            n = min(len(data), left[0])
+            if n == 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            left[0] -= n
+            return self.f.write(memoryview(data)[:n])
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    with monkeypatch.context() as m:
+        m.setattr(store, "open", lambda *a, **k: Full(builtins.open(*a, **k)), raising=False)
+        yield left
+
+
+def test_a_full_disk_names_the_run_keeps_earlier_records_and_leaves_no_torn_frame(tmp_path, monkeypatch):
+    _write_scalars(tmp_path / "run", range(3)).close()
+    with fill_disk_after(monkeypatch, 10**6) as left:
+        writer = RunWriter(tmp_path / "run", resume=True)
+        left[0] = 30
+        writer.append_rows("scalars", {"step": [3], "name": ["a"], "value": [3.0], "wall_time": [0.0]})
+        with pytest.raises(RecordWriteError, match=f"run directory {tmp_path / 'run'}: the disk is full"):
+            writer.flush()
+        with pytest.raises(RecordWriteError, match="the disk is full"):
+            writer.update_meta(note="x")
+        with pytest.warns(RuntimeWarning, match="records buffered since the last flush are lost"):
+            writer.close()  # does not raise
+    assert not list((tmp_path / "run").glob(".*.tmp"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run = open_run(tmp_path / "run")
+    assert sorted(run.scalars["step"].unique()) == [0, 1, 2]
+
+
+def test_a_failed_flush_is_retried_by_the_next(tmp_path, monkeypatch):
+    _write_scalars(tmp_path / "run", range(1)).close()
+    with fill_disk_after(monkeypatch, 10**6) as left:
+        writer = RunWriter(tmp_path / "run", resume=True)
+        writer.append_rows("scalars", {"step": [1], "name": ["a"], "value": [1.0], "wall_time": [0.0]})
+        left[0] = 10
+        with pytest.raises(RecordWriteError):
+            writer.flush()
+        left[0] = 10**6  # space freed
+        writer.flush()
+    writer.close()
+    assert sorted(open_run(tmp_path / "run").scalars["step"].unique()) == [0, 1]
+
+
+def _crafted_frames():
+    """Frames whose checksums verify but whose content is not what a run holds."""
+    yield encode({"kind": "table"})  # no columns
+    yield encode({"columns": ["step"], "text": {}})  # column missing
+    yield encode({"columns": ["a", "b"], "text": {"b": ["x"]}}, {"a": np.arange(2)})  # lengths differ
+    yield encode({"columns": ["a"], "text": {}}, {"a": np.zeros((2, 2))})  # 2-d column
+    yield encode({"columns": ["a"], "text": {}, "session": "x"}, {"a": np.arange(2)})
+    good = encode({"columns": ["a"], "text": {}}, {"a": np.arange(2)})
+    header_len = PREFIX.unpack_from(good)[1]
+    header = json.loads(good[PREFIX.size : PREFIX.size + header_len])
+    body = good[PREFIX.size + header_len :]
+    for bad in ({"attrs": [], "arrays": []}, {"attrs": {}, "arrays": {}}, [1],
+                {**header, "arrays": [{**header["arrays"][0], "shape": [-1]}]},
+                {**header, "arrays": [{**header["arrays"][0], "shape": [10**6]}]},
+                {**header, "arrays": [{**header["arrays"][0], "dtype": "O"}]},
+                {**header, "arrays": [{**header["arrays"][0], "dtype": "nonsense"}]},
+                {**header, "arrays": [{**header["arrays"][0], "offset": "0"}]},
+                {**header, "arrays": ["a"]}):
+        raw = json.dumps(bad).encode()
+        yield PREFIX.pack(MAGIC, len(raw), len(body), zlib.crc32(raw + body)) + raw + body
+    for raw in (b"\xff\xfe", b"[" * 100_000 + b"]" * 100_000):  # not UTF-8; nested too deeply
+        yield PREFIX.pack(MAGIC, len(raw), 0, zlib.crc32(raw)) + raw
+
+
+def test_crafted_checksum_valid_frames_are_skipped_with_a_warning(tmp_path):
+    _write_scalars(tmp_path / "run", range(2)).close()
+    crafted = list(_crafted_frames())
+    matrix_bad = [encode({"name": "m", "step": "0", "sample": 0}, {"values": np.zeros((1, 1))}),
+                  encode({"name": "m", "step": 0, "sample": 0, "row_tokens": ["a"], "col_tokens": []},
+                         {"values": np.zeros((1, 1))})]
+    with open(tmp_path / "run" / "scalars.kdr", "ab") as f:
+        f.write(b"".join(crafted))
+    (tmp_path / "run" / "matrices.kdr").write_bytes(b"".join(matrix_bad))
+    _write_scalars(tmp_path / "more", [7]).close()
+    with open(tmp_path / "run" / "scalars.kdr", "ab") as f:
+        f.write((tmp_path / "more" / "scalars.kdr").read_bytes())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = open_run(tmp_path / "run")
+    messages = [str(w.message) for w in caught]
+    assert all(issubclass(w.category, TornRecordWarning) for w in caught)
+    assert len(messages) == len(crafted) + len(matrix_bad)
+    assert all("skipped a" in m and "at byte" in m and ".kdr" in m for m in messages)
+    assert sorted(run.scalars["step"].unique()) == [0, 1, 7] and run.matrix_names() == []
+
+
+def test_resync_after_a_bad_frame_is_linear():
+    def crafted(size):
+        """Candidate frames everywhere, each claiming to run to the end of the file, none verifying."""
+        out = bytearray()
+        while len(out) < size - PREFIX.size:
+            out += PREFIX.pack(MAGIC, 0, size - len(out) - PREFIX.size, 0)
+        return bytes(out) + encode({"k": 1})
+
+    def seconds(size):
+        data = crafted(size)
+        start = time.perf_counter()
+        items = list(scan(data))
+        assert isinstance(items[-1], Frame) and items[-1].attrs == {"k": 1}
+        return time.perf_counter() - start
+
+    seconds(1024)  # tables
+    small, large = seconds(128 * 1024), seconds(512 * 1024)
+    assert large < 1.0 and large < 8 * small  # 4x the size: linear is ~4x, quadratic 16x
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe{}", b"[" * 100_000 + b"]" * 100_000, b'{"format": "kdviz-run"}'])
+def test_bad_meta_is_a_clear_error_naming_the_file(tmp_path, content):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "meta.json").write_bytes(content)
+    with pytest.raises(ValueError, match=r"meta\.json"):
+        open_run(tmp_path / "run")
+
+
+@pytest.mark.parametrize("version", [True, -5, 0, 1.0, "1"])
+def test_invalid_format_versions_are_refused(tmp_path, version):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "meta.json").write_text(json.dumps({"format": "kdviz-run", "format_version": version}))
+    with pytest.raises(ValueError, match="invalid format_version"):
+        open_run(tmp_path / "run")
+
+
+def test_symlinks_never_lead_writes_outside_the_run(tmp_path):
+    real = tmp_path / "real"
+    _write_scalars(real, range(2)).close()
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    _write_scalars(link, [5], overwrite=True).close()  # a linked run directory may be replaced
+    assert link.is_symlink() and open_run(real).scalars["step"].unique().tolist() == [5]
+    outside = tmp_path / "outside.kdr"
+    outside.write_bytes(b"precious")
+    (real / "scalars.kdr").unlink()
+    (real / "scalars.kdr").symlink_to(outside)
+    with pytest.raises(ValueError, match="symbolic link"):
+        RunWriter(real, resume=True)
+    (real / "scalars.kdr").unlink()
+    meta = real / "meta.json"
+    (tmp_path / "outside.json").write_text(meta.read_text())
+    meta.unlink()
+    meta.symlink_to(tmp_path / "outside.json")
+    with pytest.raises(ValueError, match="symbolic link"):
+        RunWriter(real, resume=True)
+    assert outside.read_bytes() == b"precious" and meta.is_symlink()

@@ -88,8 +88,9 @@ def test_report_command_line(tmp_path, capsys):
         cli.main(["report", str(cma_run()), "--max-steps", "0"])
 
 
-def test_report_command_line_rejects_a_directory_that_is_not_a_run(tmp_path):
+def test_report_command_line_rejects_a_directory_that_is_not_a_run(tmp_path, capsys):
     from kdviz import cli
 
-    with pytest.raises(Exception, match=str(tmp_path)):
+    with pytest.raises(SystemExit) as stopped:
         cli.main(["report", str(tmp_path), "-o", str(tmp_path / "r.html")])
+    assert stopped.value.code == 2 and str(tmp_path) in capsys.readouterr().err

@@ -2,7 +2,7 @@
 
 - :func:`encode_example` tokenises a (prompt, response) pair with character offsets; special tokens get
   empty spans.
-- :func:`overlap_matrix` is the ``[T_a, T_b]`` ground truth of METHODS.md section 8; :func:`regions`
+- :func:`overlap_matrix` is the ``[T_a, T_b]`` ground truth of docs/methods.md#ground-truth-alignment; :func:`regions`
   groups it into one-to-one / one-to-many (split) / many-to-one (merge) regions.
 - :func:`alignment_scores` judges any soft alignment (CMA attention, an OT plan) against it.
 - :func:`compare_tokenizers` is the first thing to run with two tokenizers.

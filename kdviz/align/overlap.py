@@ -1,4 +1,4 @@
-"""Ground-truth alignment between two tokenisations of one text (METHODS.md section 8).
+"""Ground-truth alignment between two tokenisations of one text (docs/methods.md#ground-truth-alignment).
 
 Token ``i`` of side A and token ``j`` of side B are aligned when their character spans overlap. Two
 details keep the matrix honest:

@@ -1,4 +1,4 @@
-"""The teacher -> student vocabulary map of MinED (METHODS.md section 6), computed fast and cached on disk.
+"""The teacher -> student vocabulary map of MinED (docs/methods.md#mined), computed fast and cached on disk.
 
 Each teacher token ``t`` maps to one student token:
 

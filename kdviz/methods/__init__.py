@@ -2,11 +2,11 @@
 
 - :class:`SFT`: cross-entropy on the gold response only, the floor KD is compared with.
 - :class:`VanillaKD`: same tokenizer, any divergence of :data:`kdviz.DIVERGENCES`.
-- :class:`DSKD`: dual-space KD, same tokenizer (METHODS.md section 3).
-- :class:`CMA`: DSKD with cross-model attention, different tokenizers (section 4).
-- :class:`ULD`: universal logit distillation, W1 between sorted distributions (section 5).
-- :class:`MinED`: minimum-edit-distance token alignment and vocabulary map (section 6).
-- :class:`MultiLevelOT`: token- and sequence-level optimal transport, HAD + SL + SD (section 7).
+- :class:`DSKD`: dual-space KD, same tokenizer (docs/methods.md#dskd).
+- :class:`CMA`: DSKD with cross-model attention, different tokenizers (docs/methods.md#cma).
+- :class:`ULD`: universal logit distillation, W1 between sorted distributions (docs/methods.md#uld).
+- :class:`MinED`: minimum-edit-distance token alignment and vocabulary map (docs/methods.md#mined).
+- :class:`MultiLevelOT`: token- and sequence-level optimal transport, HAD + SL + SD (docs/methods.md#multilevelot).
 
 Batches come from :class:`KDCollator`; see :class:`KDBatch` for the fields.
 """

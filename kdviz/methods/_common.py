@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdviz._chunked import row_cross_entropy
+from kdviz._rows import check_tau, real_number
+from kdviz.align.scores import alignment_scores
 from kdviz.divergences import DIVERGENCES
 from kdviz.methods.base import IGNORE, KDBatch
 
@@ -35,12 +37,15 @@ def check_divergence(name: str, role: str = "divergence") -> str:
     return name
 
 
-def check_weights(ce_weight: float, kd_weight: float, tau: float) -> None:
+def check_weights(ce_weight: float, kd_weight: float, tau: float) -> tuple[float, float, float]:
+    """The weights and temperature as floats (NumPy and tensor numbers accepted), or a ``ValueError``."""
+    weights = []
     for name, value in (("ce_weight", ce_weight), ("kd_weight", kd_weight)):
-        if not isinstance(value, (int, float)) or value < 0:
+        value = real_number(name, value)
+        if value < 0:
             raise ValueError(f"{name} must be a non-negative number, got {value!r}")
-    if not isinstance(tau, (int, float)) or tau <= 0:
-        raise ValueError(f"tau must be a positive number, got {tau!r}")
+        weights.append(value)
+    return weights[0], weights[1], check_tau(tau)
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -167,9 +172,49 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Te
             f"targets must be -100 or a token id in [0, {vocab}) (the logits' vocabulary), "
             f"got ids from {int(picked.min())} to {int(picked.max())}"
         )
-    per_valid = row_cross_entropy(logits.reshape(-1, vocab), index, picked)
+    flat = logits.reshape(-1, vocab)
+    per_valid = row_cross_entropy(flat, index, picked)
+    if not bool(torch.isfinite(per_valid.detach()).all()):
+        _raise_bad_logits(flat, index, picked, targets.shape)
     per_token = per_valid.new_zeros(flat_targets.shape).index_copy(0, index, per_valid).view(targets.shape)
     return per_valid.sum() / max(len(index), 1), per_token
+
+
+def _raise_bad_logits(flat: torch.Tensor, index: torch.Tensor, picked: torch.Tensor, shape: torch.Size) -> None:
+    """A non-finite cross-entropy: name the first position and why (NaN, +inf, or a -inf at the target)."""
+    rows = flat[index].detach()
+    bad_rows = torch.isnan(rows) | (rows == float("inf"))
+    target_neg_inf = torch.isneginf(rows.gather(-1, picked[:, None]).squeeze(-1))
+    first = int((bad_rows.any(-1) | target_neg_inf).nonzero()[0])
+    position = tuple(int(i) for i in torch.unravel_index(index[first], shape))
+    if bool(bad_rows[first].any()):
+        col = int(bad_rows[first].nonzero()[0])
+        kind = "NaN" if torch.isnan(rows[first, col]) else "+inf"
+        raise ValueError(f"logits contain {kind} at index {(*position, col)}; logits must be finite or -inf")
+    raise ValueError(
+        f"logits are -inf at the target id {int(picked[first])} of position {position}: the cross-entropy of an "
+        "impossible label is infinite; mask that position (target -100) or keep the label's logit finite"
+    )
+
+
+def alignment_terms(weights: torch.Tensor, reference: torch.Tensor, row_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The ``align_*`` terms of :func:`kdviz.align.alignment_scores`; a score with no row to score (an
+    empty response: NaN by construction) is left out rather than logged as a non-finite value, and
+    ``align_scored_rows`` (then 0) says why."""
+    scores = alignment_scores(weights, reference, row_mask)
+    return {f"align_{name}": value for name, value in scores.items() if bool(torch.isfinite(value))}
+
+
+def check_ids(name: str, ids: torch.Tensor, mask: torch.Tensor, size: int, what: str) -> None:
+    """Raise a ``ValueError`` when an id at a ``mask`` position is outside ``[0, size)`` (``what`` names the
+    table, e.g. "the student's vocabulary")."""
+    picked = ids[mask]
+    if picked.numel() and not (0 <= int(picked.min()) and int(picked.max()) < size):
+        bad = ((ids < 0) | (ids >= size)) & mask
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"{name} must be token ids in [0, {size}) ({what}) where trained, got {int(ids[first])} at index {first}"
+        )
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """The data a KD method consumes (:class:`KDBatch`), what it returns (:class:`KDOutput`), the collator that
 builds batches from (prompt, response) pairs, and the :class:`Method` protocol.
 
-Conventions (METHODS.md section 0): labels follow Hugging Face -- ``labels[b, t] == input_ids[b, t]`` on
+Conventions (docs/methods.md#conventions): labels follow Hugging Face -- ``labels[b, t] == input_ids[b, t]`` on
 trained tokens, ``-100`` elsewhere -- and logits at position ``t`` predict token ``t + 1``. Methods work
 on *next-token targets* ``targets[b, t] = labels[b, t + 1]`` (``-100`` in the last column), which have the
 shape of the logits; :func:`next_token_targets` makes them.
@@ -48,7 +48,7 @@ class KDBatch:
       chat-template scaffolding, padding. Byte-level pieces of one character share that character's span.
     - ``teacher_input_ids``, ``teacher_attention_mask``, ``teacher_labels``, ``teacher_offsets``: the same
       for the teacher tokenizer, ``[B, T_t]`` (``[B, T_t, 2]``).
-    - ``alignment`` ``[B, T_s, T_t]`` bool: the ground truth of METHODS.md section 8 between *input
+    - ``alignment`` ``[B, T_s, T_t]`` bool: the ground truth of docs/methods.md#ground-truth-alignment between *input
       tokens*: ``alignment[b, i, j]`` is True when student token ``i`` and teacher token ``j`` share a
       (non-whitespace) character (:func:`kdviz.align.overlap_matrix`). False on padding and special tokens.
       Between *predicted tokens* (the rows/columns of logits and of CMA attention) use

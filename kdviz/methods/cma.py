@@ -1,4 +1,5 @@
-"""DSKD with cross-model attention (CMA, METHODS.md section 4): dual-space KD across two tokenizers.
+"""DSKD with cross-model attention (CMA, docs/methods.md#cma; arXiv 2406.17328): dual-space KD across two
+tokenizers.
 
 For student position ``i`` (input ``x_i``, next token ``y_i``) and teacher position ``j`` (``x'_j, y'_j``),
 with ``E_s, E_t`` the detached input embeddings and ``N(z) = z / std(z)`` (one scalar std)::
@@ -23,8 +24,7 @@ import math
 import torch
 from torch import nn
 
-from kdviz.align.scores import alignment_scores
-from kdviz.methods._common import embed, embedding_table, model_device, project
+from kdviz.methods._common import alignment_terms, check_ids, embed, embedding_table, model_device, project
 from kdviz.methods.base import KDBatch
 from kdviz.methods.dskd import DSKD
 
@@ -47,8 +47,8 @@ class CMA(DSKD):
     """DSKD with cross-model attention, for a student and a teacher with different tokenizers.
 
     ``CMA(student, teacher, *, divergence="fkl", divergence_params=None, teacher_space_divergence="fkl",
-    ce_weight=0.5, kd_weight=0.5, tau=2.0, tau_squared=False, key_norm="valid", value_target="gold",
-    acc_filter=True, mask_value=-1e5)``
+    ce_weight=0.5, kd_weight=0.5, tau=2.0, tau_squared=False, s2t_normaliser="teacher", key_norm="valid",
+    value_target="gold", acc_filter=True, mask_value=-1e5)``
 
     Switches beyond :class:`DSKD`'s:
 
@@ -90,6 +90,7 @@ class CMA(DSKD):
         kd_weight: float = 0.5,
         tau: float = 2.0,
         tau_squared: bool = False,
+        s2t_normaliser: str = "teacher",
         key_norm: str = "valid",
         value_target: str = "gold",
         acc_filter: bool = True,
@@ -105,6 +106,7 @@ class CMA(DSKD):
             kd_weight=kd_weight,
             tau=tau,
             tau_squared=tau_squared,
+            s2t_normaliser=s2t_normaliser,
         )
         if key_norm not in KEY_NORMS:
             raise ValueError(f"key_norm must be one of {KEY_NORMS}, got {key_norm!r}")
@@ -132,6 +134,7 @@ class CMA(DSKD):
     def attention_scores(self, batch: KDBatch) -> torch.Tensor:
         """The masked scores ``A`` ``[B, T_s, T_t]`` (float32) of the current projectors."""
         mask_s, mask_t = batch.student_mask, batch.teacher_mask
+        self._check_ids(batch)
         x_s = torch.where(mask_s, batch.student_input_ids, 0)
         y_s = torch.where(mask_s, batch.student_targets, 0)
         x_t = torch.where(mask_t, batch.teacher_input_ids, 0)
@@ -143,6 +146,14 @@ class CMA(DSKD):
         scores = query @ key.transpose(-1, -2) / math.sqrt(2 * self.d_t)
         pair = mask_s[:, :, None] & mask_t[:, None, :]
         return scores.masked_fill(~pair, self.mask_value)
+
+    def _check_ids(self, batch: KDBatch) -> None:
+        """Every embedded id (inputs and targets of both response spans) within its embedding table."""
+        for side, model in (("student", self.student), ("teacher", self.teacher)):
+            size = embedding_table(model, side).weight.shape[0]
+            mask = getattr(batch, f"{side}_mask")
+            for kind in ("input_ids", "targets"):
+                check_ids(f"{side}_{kind}", getattr(batch, f"{side}_{kind}"), mask, size, f"the {side}'s embeddings")
 
     def project_spaces(self, batch: KDBatch, s_out, t_out) -> tuple[torch.Tensor, torch.Tensor, dict, dict]:
         mask_s, mask_t = batch.student_mask, batch.teacher_mask
@@ -160,8 +171,7 @@ class CMA(DSKD):
         )
         value_s = project(self.s2t, h_s)
         reference = batch.target_alignment() & mask_t[:, None, :]
-        scores_vs_truth = alignment_scores(t2s_weight, reference, mask_s)
-        terms = {f"align_{name}": value for name, value in scores_vs_truth.items()}
+        terms = alignment_terms(t2s_weight, reference, mask_s)
         diagnostics = {
             "t2s_weight": t2s_weight.detach(),
             "s2t_weight": s2t_weight.detach(),

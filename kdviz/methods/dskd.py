@@ -1,4 +1,5 @@
-"""Dual-space knowledge distillation (DSKD, METHODS.md section 3), same tokenizer.
+"""Dual-space knowledge distillation (DSKD, docs/methods.md#dskd; Zhang et al., arXiv 2406.17328), same
+tokenizer.
 
 With ``h_s, h_t`` the last hidden states (what the LM heads consume), ``W_s, W_t`` the LM heads and
 learned projectors ``t2s: d_t -> d_s``, ``s2t: d_s -> d_t``::
@@ -11,7 +12,9 @@ learned projectors ``t2s: d_t -> d_s``, ``s2t: d_s -> d_t``::
     KD   = t2s_kd + t2s_ce + s2t_kd
     loss = ce_weight * CE(z_s, y) + kd_weight * KD
 
-``sg`` is stop-gradient. KD terms use temperature ``tau`` on both sides; the CE terms do not.
+``sg`` is stop-gradient. KD terms use temperature ``tau`` on both sides; the CE terms do not. Each term is
+a token mean: ``t2s_*`` over the student's response tokens, ``s2t_kd`` over the teacher's (or, with
+``s2t_normaliser="student"``, the teacher-token sum over the student's count, as the published code does).
 """
 
 from __future__ import annotations
@@ -37,18 +40,24 @@ from kdviz.methods._common import (
 )
 from kdviz.methods.base import IGNORE, KDBatch, KDOutput
 
+S2T_NORMALISERS = ("teacher", "student")
+
 
 class DSKD(nn.Module):
     """Dual-space KD between a student and a teacher that share a tokenizer.
 
     ``DSKD(student, teacher, *, divergence="fkl", divergence_params=None, teacher_space_divergence="fkl",
-    ce_weight=0.5, kd_weight=0.5, tau=2.0, tau_squared=False)``
+    ce_weight=0.5, kd_weight=0.5, tau=2.0, tau_squared=False, s2t_normaliser="teacher")``
 
     - ``divergence``: ``D`` of the student-space term, any name of :data:`kdviz.DIVERGENCES`, with
       ``divergence_params`` (also given to ``teacher_space_divergence`` when it names the same divergence).
     - ``teacher_space_divergence``: the teacher-space term; forward KL in the paper whatever ``D`` is.
     - ``ce_weight``, ``kd_weight``, ``tau``: the paper's 0.5, 0.5, 2.0. ``tau_squared`` multiplies the KD
       terms by ``tau**2``.
+    - ``s2t_normaliser``: ``"teacher"`` (default) makes ``s2t_kd`` the mean over the teacher's response
+      tokens; ``"student"`` divides its sum by the student's token count, as the published code divides
+      every summed term by one per-batch count (a factor ``N_t / N_s`` between the two; 1 with one
+      tokenizer). For the DSKD repository's ``adaptive_kl``, pass ``divergence_params={"tail_mass": a}``.
 
     Both models are any Hugging Face causal LM; they are read through ``output_hidden_states=True``
     (``hidden_states[-1]``) and ``get_output_embeddings()``. The teacher is frozen. ``method.parameters()``
@@ -63,7 +72,9 @@ class DSKD(nn.Module):
 
     Terms: ``loss``, ``ce``, ``kd``, ``t2s_ce``, ``t2s_kd``, ``s2t_kd`` (also in ``out.parts``, attached
     to the graph), ``t2s_acc`` (argmax of ``t2s_logits`` equals the label), ``s2t_acc`` (argmax of
-    ``s2t_logits`` equals the teacher's argmax), ``max_t2s_prob`` (mean max probability of
+    ``s2t_logits`` equals the teacher's argmax), ``s2t_gold_acc`` (argmax of ``s2t_logits`` equals the
+    teacher's label: the published code's ``s2t_acc``), ``student_acc`` (the student's token accuracy,
+    the published code's ``accuracy``), ``max_t2s_prob`` (mean max probability of
     ``softmax(t2s_logits)``), ``kept_fraction`` (share of response tokens in ``t2s_kd``: 1 without CMA's
     accuracy filter). Diagnostics: ``token_kd`` ``[B, T_s]`` (per-token ``t2s_kd``), ``token_s2t_kd``
     ``[B, T_t]``, ``token_ce``, the masks (``student_mask``, ``teacher_mask``, ``t2s_kept``), token ids
@@ -85,12 +96,16 @@ class DSKD(nn.Module):
         kd_weight: float = 0.5,
         tau: float = 2.0,
         tau_squared: bool = False,
+        s2t_normaliser: str = "teacher",
     ) -> None:
         super().__init__()
         for role, model in (("student", student), ("teacher", teacher)):
             if not isinstance(model, nn.Module):
                 raise TypeError(f"{role} must be a Hugging Face causal LM (an nn.Module), got {type(model).__name__}")
-        check_weights(ce_weight, kd_weight, tau)
+        ce_weight, kd_weight, tau = check_weights(ce_weight, kd_weight, tau)
+        if s2t_normaliser not in S2T_NORMALISERS:
+            raise ValueError(f"s2t_normaliser must be one of {S2T_NORMALISERS}, got {s2t_normaliser!r}")
+        self.s2t_normaliser = s2t_normaliser
         self.divergence = check_divergence(divergence)
         self.teacher_space_divergence = check_divergence(teacher_space_divergence, "teacher_space_divergence")
         self.divergence_params = dict(divergence_params or {})
@@ -105,7 +120,8 @@ class DSKD(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"divergence={self.divergence!r}, teacher_space_divergence={self.teacher_space_divergence!r}, "
-            f"ce_weight={self.ce_weight}, kd_weight={self.kd_weight}, tau={self.tau}"
+            f"ce_weight={self.ce_weight}, kd_weight={self.kd_weight}, tau={self.tau}, "
+            f"s2t_normaliser={self.s2t_normaliser!r}"
         )
 
     # -- the two projections; CMA replaces this ------------------------------------------------------
@@ -148,7 +164,8 @@ class DSKD(nn.Module):
         token_kd = self._divergence(self.divergence, z_s, t2s_logits.detach(), kept)
         t2s_kd = token_kd.sum() / mask_s.sum().clamp(min=1)
         token_s2t = self._divergence(self.teacher_space_divergence, s2t_logits, z_t, mask_t)
-        s2t_kd = token_s2t.sum() / mask_t.sum().clamp(min=1)
+        s2t_count = mask_t.sum() if self.s2t_normaliser == "teacher" else mask_s.sum()
+        s2t_kd = token_s2t.sum() / s2t_count.clamp(min=1)
         kd = t2s_kd + t2s_ce + s2t_kd
         loss = self.ce_weight * ce + self.kd_weight * kd
         parts = {"ce": ce, "kd": kd, "t2s_ce": t2s_ce, "t2s_kd": t2s_kd, "s2t_kd": s2t_kd}
@@ -158,6 +175,8 @@ class DSKD(nn.Module):
                 **{name: value.detach() for name, value in parts.items()},
                 "t2s_acc": masked_mean(t2s_correct, mask_s),
                 "s2t_acc": masked_mean(s2t_logits.argmax(-1) == z_t.argmax(-1), mask_t),
+                "s2t_gold_acc": masked_mean(s2t_logits.argmax(-1) == t_tgt, mask_t),
+                "student_acc": masked_mean(z_s.detach().argmax(-1) == s_tgt, mask_s),
                 "max_t2s_prob": masked_mean(t2s_logits.softmax(-1).amax(-1), mask_s),
                 "kept_fraction": masked_mean(kept, mask_s),
             }

@@ -1,5 +1,5 @@
 """MultiLevelOT: token-level and sequence-level optimal transport between two vocabularies
-(METHODS.md section 7).
+(docs/methods.md#multilevelot; Cui et al., arXiv 2412.14528).
 
 The ``k``-th response position of the student is paired with the ``k``-th of the teacher over
 ``n = min(n_s, n_t)`` positions (:func:`kdviz.align.positions.index_pairs`). Per sequence:
@@ -24,18 +24,30 @@ Each part is a token mean pooled over the batch (sum over sequences / total ``n`
 ``loss = ce_weight * CE + kd_weight * (HAD + beta SL + gamma SD)`` (``ce_weight=1``, ``kd_weight=0.15``,
 ``beta = gamma = 0.1``).
 
-``mode="reference"`` reproduces the published code instead:
+``mode="reference"`` reproduces the published code (Multi-Level-OT, ``models/distillation_model.py``)
+step by step instead:
 
-1. one ranking for the whole batch (probabilities summed over every sequence);
-2. logits divided by their per-position standard deviation (over the vocabulary) + 1e-4 before the softmax;
-3. ``SL = -sum_t sum_i softmax(s^k(t))_i log softmax(t^k(t))_i``: roles swapped, and a second softmax
-   over the ``k`` already-softmaxed values;
-4. ``SD``: the cost between ``softmax(t^k / 2)`` and ``softmax(s^k / 2)`` (a second softmax again),
-   10 Sinkhorn rounds of plain row/column normalisation of ``exp(-C / reg)`` (unit marginals), with
-   gradients through the iterations;
-5. ``SD`` weighted by ``gamma * 1e-3`` (the code's ``0.001`` inside its Sinkhorn loss, i.e. ``1e-4`` in
-   all at ``gamma = 0.1``);
-6. a distillation factor ``kd_weight = 1.5``.
+1. each side's *answer span* is its own trained positions (``skip_student_eos=True``, the published
+   training loop's setting, drops the last one of the student, which predicts EOS); both sides are laid
+   out from their first answer position and zero-padded to ``L``, the longest span of either side in the
+   batch;
+2. logits are divided by their per-position standard deviation over the vocabulary + 1e-4 (over the
+   finite entries: the published code gives NaN on ``-inf`` logits, kdviz keeps them as probability 0),
+   then softmaxed (at ``tau``);
+3. one ranking per side for the whole batch: vocabulary columns ordered by their probability summed over
+   every answer position of that side (its own full span), truncated to the top ``k`` (``t^k``, ``s^k``;
+   zero rows past a span);
+4. ``HAD``: per sequence, the mean over its first ``min(n_s, n_t)`` positions of ``sum_i |t^k_i - s^k_i|``,
+   then the mean over sequences;
+5. ``SL = -sum_i softmax(s^k)_i log softmax(t^k)_i`` (roles swapped, a second softmax over the ``k``
+   values) averaged over all ``B x L`` rows, padded ones included (a zero row contributes ``log k``);
+6. ``SD``: per sequence, ``0.001 <P, C>`` on the padded ``L x L`` problem, ``C`` the L1 cost between the
+   rows of ``softmax(t^k / 2)`` and ``softmax(s^k / 2)``, ``P`` 10 rounds of row-then-column
+   normalisation of ``exp(-C / reg)`` (gradients through the iterations), *summed* over sequences;
+7. ``kd = HAD + beta SL + gamma SD`` with a distillation factor ``kd_weight = 1.5``.
+
+A sequence whose answer is empty on either side has no term in reference mode (the published code gives
+NaN for the whole batch); ``sd`` and the plans are recorded on the ``L x L`` problem.
 """
 
 from __future__ import annotations
@@ -45,9 +57,15 @@ from torch import nn
 
 from kdviz._chunked import column_mass, log_softmax_at, row_logsumexp
 from kdviz.align.positions import index_pairs
-from kdviz.align.scores import alignment_scores
 from kdviz.align.transport import sinkhorn_plans
-from kdviz.methods._common import attach_models, check_weights, cross_entropy, masked_mean, run_models
+from kdviz.methods._common import (
+    alignment_terms,
+    attach_models,
+    check_weights,
+    cross_entropy,
+    masked_mean,
+    run_models,
+)
 from kdviz.methods.base import KDBatch, KDOutput
 
 MODES = ("paper", "reference")
@@ -57,10 +75,30 @@ REFERENCE_SD_TAU = 2.0
 
 
 def std_normalise(logits: torch.Tensor) -> torch.Tensor:
-    """The published code's ``z / (std_v(z) + 1e-4)`` per position (unbiased std over the vocabulary)."""
+    """The published code's ``z / (std_v(z) + 1e-4)`` per position (unbiased std over the vocabulary's
+    finite entries; ``-inf`` stays ``-inf``)."""
     if logits.numel() == 0:
         return logits
-    return logits / (logits.std(-1, keepdim=True) + REFERENCE_STD_EPS)
+    finite = torch.isfinite(logits)
+    if bool(finite.all()):
+        return logits / (logits.std(-1, keepdim=True) + REFERENCE_STD_EPS)
+    count = finite.sum(-1, keepdim=True)
+    zero = torch.where(finite, logits, 0.0)
+    mean = zero.sum(-1, keepdim=True) / count.clamp(min=1)
+    var = torch.where(finite, (logits - mean) ** 2, 0.0).sum(-1, keepdim=True) / (count - 1).clamp(min=1)
+    return logits / (var.sqrt() + REFERENCE_STD_EPS)
+
+
+def answer_positions(mask: torch.Tensor, width: int, drop_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(pos [B, width], valid [B, width])``: each row's trained positions in order (0 past the end),
+    optionally without the last one."""
+    pos, _, valid = index_pairs(mask, mask)
+    if drop_last:
+        valid = valid & (torch.arange(valid.shape[1], device=valid.device) < valid.sum(-1, keepdim=True) - 1)
+    pad = width - pos.shape[1]
+    pos = torch.nn.functional.pad(pos, (0, pad))[:, :width]
+    valid = torch.nn.functional.pad(valid, (0, pad))[:, :width]
+    return torch.where(valid, pos, 0), valid
 
 
 def ranked_log_probs(
@@ -94,9 +132,12 @@ class MultiLevelOT(nn.Module):
     """Multi-level optimal-transport KD (HAD + SL + SD) between any two vocabularies.
 
     ``MultiLevelOT(student=None, teacher=None, *, mode="paper", top_k=50, ce_weight=1.0, kd_weight=None,
-    beta=0.1, gamma=0.1, tau=1.0, tau_sd=2.0, reg=0.1, n_iter=None, sinkhorn_tol=0.0)``
+    beta=0.1, gamma=0.1, tau=1.0, tau_sd=2.0, reg=0.1, n_iter=None, sinkhorn_tol=0.0, skip_student_eos=None)``
 
     - ``mode``: ``"paper"`` or ``"reference"`` (the published code; see the module docstring).
+    - ``skip_student_eos``: leave the student's last response position (the one predicting EOS) out of
+      the distillation terms, as the published training loop does; None gives True in reference mode,
+      False in paper mode.
     - ``kd_weight``: ``alpha``; None gives 0.15 (paper) or 1.5 (reference). ``n_iter``: None gives 20
       (paper) or 10 (reference). ``sinkhorn_tol``: stop Sinkhorn early below this marginal error
       (0: always run ``n_iter`` rounds).
@@ -131,6 +172,7 @@ class MultiLevelOT(nn.Module):
         reg: float = 0.1,
         n_iter: int | None = None,
         sinkhorn_tol: float = 0.0,
+        skip_student_eos: bool | None = None,
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -138,7 +180,7 @@ class MultiLevelOT(nn.Module):
         reference = mode == "reference"
         kd_weight = (1.5 if reference else 0.15) if kd_weight is None else kd_weight
         n_iter = (10 if reference else 20) if n_iter is None else n_iter
-        check_weights(ce_weight, kd_weight, tau)
+        ce_weight, kd_weight, tau = check_weights(ce_weight, kd_weight, tau)
         for name, value in (("beta", beta), ("gamma", gamma), ("sinkhorn_tol", sinkhorn_tol)):
             if not (isinstance(value, (int, float)) and value >= 0):
                 raise ValueError(f"{name} must be a non-negative number, got {value!r}")
@@ -151,13 +193,14 @@ class MultiLevelOT(nn.Module):
         self.mode, self.top_k, self.n_iter, self.sinkhorn_tol = mode, top_k, n_iter, sinkhorn_tol
         self.ce_weight, self.kd_weight, self.beta, self.gamma = ce_weight, kd_weight, beta, gamma
         self.tau, self.tau_sd, self.reg = tau, tau_sd, reg
+        self.skip_student_eos = reference if skip_student_eos is None else bool(skip_student_eos)
         attach_models(self, student, teacher)
 
     def extra_repr(self) -> str:
         return (
             f"mode={self.mode!r}, top_k={self.top_k}, ce_weight={self.ce_weight}, kd_weight={self.kd_weight}, "
             f"beta={self.beta}, gamma={self.gamma}, tau={self.tau}, tau_sd={self.tau_sd}, reg={self.reg}, "
-            f"n_iter={self.n_iter}"
+            f"n_iter={self.n_iter}, skip_student_eos={self.skip_student_eos}"
         )
 
     def forward(self, batch: KDBatch, student_outputs=None, teacher_outputs=None) -> KDOutput:
@@ -168,67 +211,46 @@ class MultiLevelOT(nn.Module):
             raise ValueError(
                 f"top_k={self.top_k} is larger than a vocabulary (V_s={v_s}, V_t={v_t}); lower top_k"
             )
-        reference = self.mode == "reference"
         targets, mask_s, mask_t = batch.student_targets, batch.student_mask, batch.teacher_mask
-        s_pos, t_pos, valid = index_pairs(mask_s, mask_t)
-        rows = torch.arange(len(s_pos), device=s_pos.device)[:, None]
-        taus = (self.tau,) if reference else (self.tau, self.tau_sd)
-        ids_s, (logq_k, *logy_s) = ranked_log_probs(z_s, s_pos, valid, self.top_k, taus, reference)
-        ids_t, (logp_k, *logx_t) = ranked_log_probs(z_t, t_pos, valid, self.top_k, taus, reference)
-        s_k, t_k = logq_k.exp(), logp_k.exp()
-        token_had = (t_k - s_k).abs().sum(-1)
-        if reference:
-            token_sl = -(torch.softmax(s_k, -1) * torch.log_softmax(t_k, -1)).sum(-1)
-            x_t = torch.softmax(t_k / REFERENCE_SD_TAU, -1)
-            y_s = torch.softmax(s_k / REFERENCE_SD_TAU, -1)
-        else:
-            token_sl = -(t_k * logq_k).sum(-1)
-            x_t, y_s = logx_t[0].exp(), logy_s[0].exp()
-        cost = torch.cdist(x_t, y_s, p=1)
-        transport = sinkhorn_plans(
-            cost,
-            valid,
-            valid,
-            reg=self.reg,
-            n_iter=self.n_iter,
-            tol=self.sinkhorn_tol,
-            mass="unit" if reference else "probability",
-            grad="autodiff" if reference else "envelope",
+        kd_mask_s = mask_s
+        if self.skip_student_eos:
+            last = mask_s.long().cumsum(-1) == mask_s.sum(-1, keepdim=True)
+            kd_mask_s = mask_s & ~last
+        levels = (self._reference_levels if self.mode == "reference" else self._paper_levels)(
+            z_s, z_t, kd_mask_s, mask_t
         )
-        n = valid.sum(-1)
-        scale = 1.0 if reference else n.to(cost.dtype)
-        plan, seq_cost = transport.plan * (1.0 if reference else scale[:, None, None]), transport.value * scale
-        count = n.sum().clamp(min=1)
-        had = (token_had * valid).sum() / count
-        sl = (token_sl * valid).sum() / count
-        sd = seq_cost.sum() / count
-        kd = had + self.beta * sl + self.gamma * (REFERENCE_SD_SCALE if reference else 1.0) * sd
+        kd = levels["had"] + self.beta * levels["sl"] + self.gamma * levels["sd_weight"] * levels["sd"]
         ce, token_ce = cross_entropy(z_s, targets)
         loss = self.ce_weight * ce + self.kd_weight * kd
-        parts = {"ce": ce, "kd": kd, "had": had, "sl": sl, "sd": sd}
+        parts = {"ce": ce, "kd": kd, "had": levels["had"], "sl": levels["sl"], "sd": levels["sd"]}
         with torch.no_grad():
-            full_plan = self._scatter_pairs(plan.detach(), t_pos, s_pos, valid, z_t.shape[1], z_s.shape[1])
-            full_cost = self._scatter_pairs(cost.detach(), t_pos, s_pos, valid, z_t.shape[1], z_s.shape[1])
+            s_pos, t_pos, valid_s, valid_t = levels["s_pos"], levels["t_pos"], levels["valid_s"], levels["valid_t"]
+            full_plan = self._scatter_pairs(levels["plan"].detach(), t_pos, s_pos, valid_t, valid_s, z_t.shape[1],
+                                            z_s.shape[1])
+            full_cost = self._scatter_pairs(levels["cost"].detach(), t_pos, s_pos, valid_t, valid_s, z_t.shape[1],
+                                            z_s.shape[1])
             reference_alignment = batch.target_alignment() & mask_t[:, None, :]
-            scores = alignment_scores(full_plan.transpose(1, 2), reference_alignment, mask_s)
+            paired = valid_s & valid_t
             pair = torch.full(mask_s.shape, -1, dtype=torch.long, device=mask_s.device)
-            pair[rows.expand_as(s_pos)[valid], s_pos[valid]] = t_pos[valid]
+            rows = torch.arange(len(s_pos), device=s_pos.device)[:, None].expand_as(s_pos)
+            pair[rows[paired], s_pos[paired]] = t_pos[paired]
+            transport = levels["transport"]
             terms = {
                 "loss": loss.detach(),
                 **{name: value.detach() for name, value in parts.items()},
                 "sinkhorn_iterations": torch.tensor(float(transport.iterations), device=z_s.device),
                 "sinkhorn_marginal_error": torch.tensor(transport.marginal_error, device=z_s.device),
                 "student_acc": masked_mean(z_s.argmax(-1) == targets, mask_s),
-                **{f"align_{name}": value for name, value in scores.items()},
+                **alignment_terms(full_plan.transpose(1, 2), reference_alignment, mask_s),
             }
             diagnostics = {
                 "transport_plan": full_plan,
                 "cost_matrix": full_cost,
-                "transport_cost": seq_cost.detach(),
-                "teacher_topk_ids": ids_t,
-                "student_topk_ids": ids_s,
-                "token_had": self._to_student(token_had.detach(), s_pos, valid, mask_s.shape),
-                "token_sl": self._to_student(token_sl.detach(), s_pos, valid, mask_s.shape),
+                "transport_cost": levels["seq_cost"].detach(),
+                "teacher_topk_ids": levels["ids_t"],
+                "student_topk_ids": levels["ids_s"],
+                "token_had": self._to_student(levels["token_had"].detach(), s_pos, paired, mask_s.shape),
+                "token_sl": self._to_student(levels["token_sl"].detach(), s_pos, paired, mask_s.shape),
                 "token_ce": token_ce.detach(),
                 "pair_index": pair,
                 "student_mask": mask_s,
@@ -239,13 +261,81 @@ class MultiLevelOT(nn.Module):
             }
         return KDOutput(loss, terms, diagnostics, parts)
 
+    def _paper_levels(self, z_s, z_t, mask_s, mask_t) -> dict:
+        """The paper's HAD, SL, SD: index-paired positions, per-sequence rankings, token means."""
+        s_pos, t_pos, valid = index_pairs(mask_s, mask_t)
+        ids_s, (logq_k, logy_s) = ranked_log_probs(z_s, s_pos, valid, self.top_k, (self.tau, self.tau_sd), False)
+        ids_t, (logp_k, logx_t) = ranked_log_probs(z_t, t_pos, valid, self.top_k, (self.tau, self.tau_sd), False)
+        dtype = torch.promote_types(logq_k.dtype, logp_k.dtype)
+        logq_k, logp_k, logy_s, logx_t = (x.to(dtype) for x in (logq_k, logp_k, logy_s, logx_t))
+        s_k, t_k = logq_k.exp(), logp_k.exp()
+        token_had = (t_k - s_k).abs().sum(-1)
+        token_sl = -(t_k * logq_k).sum(-1)
+        cost = torch.cdist(logx_t.exp(), logy_s.exp(), p=1)
+        transport = sinkhorn_plans(
+            cost, valid, valid, reg=self.reg, n_iter=self.n_iter, tol=self.sinkhorn_tol, mass="probability",
+            grad="envelope",
+        )
+        n = valid.sum(-1).to(cost.dtype)
+        count = n.sum().clamp(min=1)
+        seq_cost = transport.value * n
+        return {
+            "had": (token_had * valid).sum() / count, "sl": (token_sl * valid).sum() / count,
+            "sd": seq_cost.sum() / count, "sd_weight": 1.0, "token_had": token_had, "token_sl": token_sl,
+            "plan": transport.plan * n[:, None, None], "cost": cost, "seq_cost": seq_cost, "transport": transport,
+            "ids_s": ids_s, "ids_t": ids_t, "s_pos": s_pos, "t_pos": t_pos, "valid_s": valid, "valid_t": valid,
+        }
+
+    def _reference_levels(self, z_s, z_t, mask_s, mask_t) -> dict:
+        """The published code's HAD, SL, SD (module docstring, steps 1-7)."""
+        live = mask_s.any(-1) & mask_t.any(-1)  # the published code has no value for an empty answer
+        mask_s, mask_t = mask_s & live[:, None], mask_t & live[:, None]
+        width = int(max(mask_s.sum(-1).max(), mask_t.sum(-1).max())) if live.any() else 0
+        s_pos, valid_s = answer_positions(mask_s, width)
+        t_pos, valid_t = answer_positions(mask_t, width)
+        ids_s, (logq_k,) = ranked_log_probs(z_s, s_pos, valid_s, self.top_k, (self.tau,), True)
+        ids_t, (logp_k,) = ranked_log_probs(z_t, t_pos, valid_t, self.top_k, (self.tau,), True)
+        dtype = torch.promote_types(logq_k.dtype, logp_k.dtype)
+        s_k = torch.where(valid_s[..., None], logq_k.to(dtype).exp(), 0.0)[live]
+        t_k = torch.where(valid_t[..., None], logp_k.to(dtype).exp(), 0.0)[live]
+        both = (valid_s & valid_t)[live]
+        token_had = (t_k - s_k).abs().sum(-1)
+        per_seq = (token_had * both).sum(-1) / both.sum(-1).clamp(min=1)
+        token_sl = -(torch.softmax(s_k, -1) * torch.log_softmax(t_k, -1)).sum(-1)
+        x_t = torch.softmax(t_k / REFERENCE_SD_TAU, -1)
+        y_s = torch.softmax(s_k / REFERENCE_SD_TAU, -1)
+        cost = torch.cdist(x_t, y_s, p=1)
+        everywhere = torch.ones(cost.shape[:2], dtype=torch.bool, device=cost.device)
+        transport = sinkhorn_plans(
+            cost, everywhere, everywhere, reg=self.reg, n_iter=self.n_iter, tol=self.sinkhorn_tol, mass="unit",
+            grad="autodiff",
+        )
+        b = len(live)
+        zero = z_s.new_zeros((), dtype=dtype) + 0 * z_s.sum().to(dtype)  # keeps the graph for an empty batch
+        has_any = bool(live.any())
+        return {
+            "had": per_seq.mean() if has_any else zero, "sl": token_sl.mean() if has_any else zero,
+            "sd": transport.value.sum() if has_any else zero, "sd_weight": REFERENCE_SD_SCALE,
+            "token_had": self._expand(token_had, live, width), "token_sl": self._expand(token_sl, live, width),
+            "plan": self._expand(transport.plan, live, width), "cost": self._expand(cost, live, width),
+            "seq_cost": self._expand(transport.value, live, 0).reshape(b), "transport": transport,
+            "ids_s": ids_s, "ids_t": ids_t, "s_pos": s_pos, "t_pos": t_pos, "valid_s": valid_s, "valid_t": valid_t,
+        }
+
     @staticmethod
-    def _scatter_pairs(values, t_pos, s_pos, valid, t_t: int, t_s: int) -> torch.Tensor:
-        """``[B, N, N]`` values on paired positions -> ``[B, T_t, T_s]`` (0 elsewhere)."""
-        b, n = valid.shape
-        both = valid[:, :, None] & valid[:, None, :]
+    def _expand(values: torch.Tensor, live: torch.Tensor, width: int) -> torch.Tensor:
+        """Values of the live sequences back into the batch (zeros for the others)."""
+        out = values.new_zeros(len(live), *values.shape[1:]) if values.dim() else values.new_zeros(len(live))
+        out[live] = values
+        return out
+
+    @staticmethod
+    def _scatter_pairs(values, t_pos, s_pos, valid_t, valid_s, t_t: int, t_s: int) -> torch.Tensor:
+        """``[B, N, N]`` values between teacher rows and student columns -> ``[B, T_t, T_s]`` (0 elsewhere)."""
+        b, n = valid_t.shape
+        both = valid_t[:, :, None] & valid_s[:, None, :]
         index = (
-            torch.arange(b, device=valid.device)[:, None, None].expand(b, n, n)[both],
+            torch.arange(b, device=valid_t.device)[:, None, None].expand(b, n, n)[both],
             t_pos[:, :, None].expand(b, n, n)[both],
             s_pos[:, None, :].expand(b, n, n)[both],
         )

@@ -1,5 +1,5 @@
-"""Universal logit distillation (ULD, METHODS.md section 5): a Wasserstein-1 distance between sorted
-distributions, which needs no shared vocabulary.
+"""Universal logit distillation (ULD, docs/methods.md#uld; Boizard et al., arXiv 2402.12030): a
+Wasserstein-1 distance between sorted distributions, which needs no shared vocabulary.
 
 At each paired position, with ``q = softmax(z_s / tau)`` ``[V_s]`` and ``p = softmax(z_t / tau)`` ``[V_t]``
 sorted in descending order and the shorter zero-padded to ``V = max(V_s, V_t)``::
@@ -17,13 +17,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kdviz._chunked import first_order_only
 from kdviz._rows import compute_dtype
 from kdviz.align.positions import index_pairs, overlap_pairs
-from kdviz.align.scores import alignment_scores
-from kdviz.methods._common import attach_models, check_weights, cross_entropy, masked_mean, run_models
+from kdviz.methods._common import alignment_terms, attach_models, check_weights, cross_entropy, masked_mean, run_models
 from kdviz.methods.base import KDBatch, KDOutput
 
-POSITIONS = ("index", "offsets")
+POSITIONS = ("index", "shift", "offsets")
+KD_NORMALISERS = ("paired", "student")
 
 # float32 bytes per [rows, V] intermediate of the sorts. Larger than the divergences' chunks on purpose: a
 # sort parallelises over rows, and one row of 151936 sorted alone took 25.8 ms/token against 14.2 ms with
@@ -73,6 +74,7 @@ class _SortedW1(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_values):
+        first_order_only("ULD's sorted W1", "ULD supports first-order gradients only")
         (grad,) = ctx.saved_tensors
         return grad * grad_values[:, None].to(grad.dtype), None, None, None, None
 
@@ -102,13 +104,33 @@ def sorted_w1(
             f"top_k={top_k!r} must be a positive integer no larger than both vocabularies (V_s={v_s}, V_t={v_t})"
         )
     for name, x in (("student_logits", student_logits), ("teacher_logits", teacher_logits)):
-        if bool(torch.isnan(x).any()):
-            first = torch.isnan(x).nonzero()[0].tolist()
-            raise ValueError(f"{name} contains NaN (first at index {first})")
+        bad = torch.isnan(x) | (x == float("inf"))
+        if bool(bad.any()):
+            first = bad.nonzero()[0].tolist()
+            kind = "NaN" if bool(torch.isnan(x[tuple(first)])) else "+inf"
+            raise ValueError(f"{name} contains {kind} (first at index {first}); logits must be finite or -inf")
     if len(student_logits) == 0:
         return student_logits.new_zeros(0, dtype=torch.float32) + 0 * student_logits.sum()
     chunk = chunk_rows or max(1, SORT_CHUNK_BYTES // (4 * max(v_s, v_t)))
     return _SortedW1.apply(student_logits, teacher_logits.detach(), tau, top_k, chunk)
+
+
+def shift_pairs(mask_s: torch.Tensor, mask_t: torch.Tensor) -> torch.Tensor:
+    """``[B, T_s]``: student position ``a_s + k`` paired with teacher position ``a_t + k`` (``a`` each side's
+    first response position) where both are trained, else -1."""
+    pair = torch.full(mask_s.shape, -1, dtype=torch.long, device=mask_s.device)
+    t_t = mask_t.shape[1]
+    for b in range(mask_s.shape[0]):
+        if not (mask_s[b].any() and mask_t[b].any()):
+            continue
+        a_s, a_t = int(mask_s[b].nonzero()[0]), int(mask_t[b].nonzero()[0])
+        s_pos = torch.arange(a_s, mask_s.shape[1], device=mask_s.device)
+        t_pos = s_pos - a_s + a_t
+        inside = t_pos < t_t
+        s_pos, t_pos = s_pos[inside], t_pos[inside]
+        both = mask_s[b, s_pos] & mask_t[b, t_pos]
+        pair[b, s_pos[both]] = t_pos[both]
+    return pair
 
 
 def target_spans(offsets: torch.Tensor) -> torch.Tensor:
@@ -122,12 +144,19 @@ class ULD(nn.Module):
     """Universal logit distillation: sorted-distribution W1 at paired positions, for any two vocabularies.
 
     ``ULD(student=None, teacher=None, *, positions="index", ce_weight=1.0, kd_weight=1.5, tau=1.0,
-    top_k=None, ranks=10, chunk_rows=None)``
+    top_k=None, ranks=10, chunk_rows=None, kd_normaliser="paired")``
 
-    - ``positions``: ``"index"`` (published) pairs the ``k``-th response position of each side, over
-      ``min(len_s, len_t)`` positions; ``"offsets"`` pairs each student position with the teacher
-      position whose predicted token overlaps its own the most in characters (EOS with EOS).
+    - ``positions``: ``"index"`` (the paper's code) pairs the ``k``-th response position of each side, over
+      ``min(len_s, len_t)`` positions; ``"shift"`` (the DSKD repository's ULD baseline) pairs the
+      positions at the same offset from each side's first response position, where both are trained
+      (the same pairs unless a response has untrained holes); ``"offsets"`` pairs each student position
+      with the teacher position whose predicted token overlaps its own the most in characters (EOS with
+      EOS).
     - ``ce_weight``, ``kd_weight``: the paper's 1.0 and 1.5; ``tau`` divides both sides (1.0).
+    - ``kd_normaliser``: ``"paired"`` (default) makes ``kd`` the mean over paired positions;
+      ``"student"`` divides the summed W1 by the number of student response tokens, as the DSKD
+      repository does. With ``ce_weight=kd_weight=0.5, positions="shift", kd_normaliser="student"`` the
+      loss is that repository's ``(0.5 CE_sum + 0.5 ULD_sum) / N_student``.
     - ``top_k``: None (default) for the exact full sort; an integer for the top-k-plus-residual
       approximation.
     - ``ranks``: how many ranks of each side to record in the diagnostics.
@@ -156,13 +185,17 @@ class ULD(nn.Module):
         top_k: int | None = None,
         ranks: int = 10,
         chunk_rows: int | None = None,
+        kd_normaliser: str = "paired",
     ) -> None:
         super().__init__()
-        check_weights(ce_weight, kd_weight, tau)
+        ce_weight, kd_weight, tau = check_weights(ce_weight, kd_weight, tau)
         if positions not in POSITIONS:
             raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
         if top_k is not None and not (isinstance(top_k, int) and top_k > 0):
             raise ValueError(f"top_k must be None (exact) or a positive integer, got {top_k!r}")
+        if kd_normaliser not in KD_NORMALISERS:
+            raise ValueError(f"kd_normaliser must be one of {KD_NORMALISERS}, got {kd_normaliser!r}")
+        self.kd_normaliser = kd_normaliser
         if not (isinstance(ranks, int) and ranks > 0):
             raise ValueError(f"ranks must be a positive integer, got {ranks!r}")
         self.positions, self.top_k, self.ranks, self.chunk_rows = positions, top_k, ranks, chunk_rows
@@ -172,7 +205,7 @@ class ULD(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"positions={self.positions!r}, ce_weight={self.ce_weight}, kd_weight={self.kd_weight}, "
-            f"tau={self.tau}, top_k={self.top_k}"
+            f"tau={self.tau}, top_k={self.top_k}, kd_normaliser={self.kd_normaliser!r}"
         )
 
     def pair_index(self, batch: KDBatch) -> torch.Tensor:
@@ -186,6 +219,8 @@ class ULD(nn.Module):
                 mask_t,
                 batch.target_alignment(),
             )
+        if self.positions == "shift":
+            return shift_pairs(mask_s, mask_t)
         s_pos, t_pos, valid = index_pairs(mask_s, mask_t)
         pair = torch.full(mask_s.shape, -1, dtype=torch.long, device=mask_s.device)
         rows = torch.arange(len(pair), device=pair.device)[:, None].expand_as(s_pos)
@@ -203,22 +238,22 @@ class ULD(nn.Module):
         values = sorted_w1(
             z_s[b_idx, s_idx], z_t[b_idx, t_idx], tau=self.tau, top_k=self.top_k, chunk_rows=self.chunk_rows
         )
-        kd = values.sum() / paired.sum().clamp(min=1)
+        denominator = paired.sum() if self.kd_normaliser == "paired" else mask_s.sum()
+        kd = values.sum() / denominator.clamp(min=1)
         ce, token_ce = cross_entropy(z_s, targets)
         loss = self.ce_weight * ce + self.kd_weight * kd
         parts = {"ce": ce, "kd": kd}
         with torch.no_grad():
-            token_kd = torch.zeros(mask_s.shape, device=z_s.device).index_put((b_idx, s_idx), values.detach())
+            token_kd = values.new_zeros(mask_s.shape).index_put((b_idx, s_idx), values.detach())
             pairing = torch.zeros(*mask_s.shape, z_t.shape[1], device=z_s.device)
             pairing[b_idx, s_idx, t_idx] = 1.0
             reference = batch.target_alignment() & mask_t[:, None, :]
-            scores = alignment_scores(pairing, reference, mask_s)
             terms = {
                 "loss": loss.detach(),
                 **{name: value.detach() for name, value in parts.items()},
                 "paired_fraction": masked_mean(paired, mask_s),
                 "student_acc": masked_mean(z_s.argmax(-1) == targets, mask_s),
-                **{f"align_{name}": value for name, value in scores.items()},
+                **alignment_terms(pairing, reference, mask_s),
             }
             diagnostics = {
                 "token_kd": token_kd,

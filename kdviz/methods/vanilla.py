@@ -23,7 +23,7 @@ class VanillaKD(nn.Module):
     - ``divergence``: a name of :data:`kdviz.DIVERGENCES`; ``divergence_params`` its parameters
       (e.g. ``{"mu": 0.5}`` for ``"akl"``).
     - ``ce_weight``, ``kd_weight``: ``loss = ce_weight * CE + kd_weight * KD`` (0.5/0.5 as in the DSKD
-      paper's baselines); ``tau`` divides both sides' logits (METHODS.md section 0, default 1);
+      paper's baselines); ``tau`` divides both sides' logits (docs/methods.md#conventions, default 1);
       ``tau_squared=True`` multiplies KD by ``tau**2``.
     - ``trim_vocab``: ``True`` drops the padded LM-head rows when the two vocabularies differ only by
       padding (e.g. 151936 vs 152064).
@@ -53,7 +53,7 @@ class VanillaKD(nn.Module):
         trim_vocab: bool | int | None = None,
     ) -> None:
         super().__init__()
-        check_weights(ce_weight, kd_weight, tau)
+        ce_weight, kd_weight, tau = check_weights(ce_weight, kd_weight, tau)
         self.divergence = check_divergence(divergence)
         self.divergence_params = dict(divergence_params or {})
         self.ce_weight, self.kd_weight, self.tau = ce_weight, kd_weight, tau

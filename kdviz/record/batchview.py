@@ -6,7 +6,7 @@ Fields used, per side ``student`` / ``teacher``: ``<side>_input_ids``, ``<side>_
 unshifted) or ``<side>_mask`` (next-token mask, as :class:`KDBatch` provides), ``<side>_tokens``
 (vocabulary strings); and ``texts``, ``example_ids``, ``target_alignment()`` / ``alignment``.
 
-Positions follow METHODS.md section 0: position ``t`` predicts token ``t + 1``. Each position is
+Positions follow docs/methods.md#conventions: position ``t`` predicts token ``t + 1``. Each position is
 labelled with the token it predicts; ``input_token`` is the token it reads.
 """
 

@@ -10,14 +10,18 @@ C-contiguous at its ``offset`` in the body (8-byte aligned). Only plain numeric 
 accepted, so decoding is ``numpy.frombuffer`` and nothing is ever unpickled.
 
 A frame is written with one ``write`` call. A reader that meets a frame it cannot verify (a torn tail
-after a crash, or a damaged byte) reports it and, when the frame's length is intact, skips it; a frame
-that runs past the end of the file is left in place so a later read can pick it up once the writer
-finishes it.
+after a crash, or a damaged byte) reports it and resumes at the next frame that verifies; a frame that
+runs past the end of the file is left in place so a later read can pick it up once the writer finishes
+it. Finding the next good frame takes time linear in the file's size whatever its bytes: the checksum
+of any candidate frame comes from prefix checksums of the file computed in one pass. A frame whose
+checksum verifies but whose header is not a well-formed frame header is reported like a damaged one.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import struct
 import zlib
 from collections.abc import Iterator, Mapping
@@ -71,17 +75,43 @@ def encode(attrs: Mapping[str, Any], arrays: Mapping[str, np.ndarray] | None = N
     return PREFIX.pack(MAGIC, len(header), len(body), zlib.crc32(header + body)) + header + body
 
 
+class FrameError(ValueError):
+    """A frame whose bytes verify but whose header does not describe a valid frame."""
+
+
 def _decode(header: bytes, body: memoryview, offset: int, size: int) -> Frame:
-    meta = json.loads(header)
+    try:
+        meta = json.loads(header)
+    except (ValueError, RecursionError) as error:  # bad UTF-8 or JSON, or nesting too deep
+        raise FrameError(f"header is not JSON ({type(error).__name__})") from None
+    if not (isinstance(meta, dict) and isinstance(meta.get("attrs"), dict) and isinstance(meta.get("arrays"), list)):
+        raise FrameError("header lacks an 'attrs' object and an 'arrays' list")
     arrays = {}
     for d in meta["arrays"]:
-        dtype = np.dtype(d["dtype"])
-        if dtype.kind not in ALLOWED_KINDS:
-            raise ValueError(f"array {d['name']!r} has a forbidden dtype {dtype}")
-        count = int(np.prod(d["shape"], dtype=np.int64))
-        flat = np.frombuffer(body, dtype=dtype, count=count, offset=d["offset"])
-        arrays[d["name"]] = flat.reshape(d["shape"])
+        name, dtype, shape, start = _descriptor(d)
+        count = math.prod(shape)
+        if start + count * dtype.itemsize > len(body):
+            raise FrameError(f"array {name!r} runs past the frame's body")
+        arrays[name] = np.frombuffer(body, dtype=dtype, count=count, offset=start).reshape(shape)
     return Frame(meta["attrs"], arrays, offset, size)
+
+
+def _descriptor(d: Any) -> tuple[str, np.dtype, list[int], int]:
+    """``(name, dtype, shape, offset)`` of one array descriptor, checked."""
+    if not isinstance(d, dict) or not isinstance(d.get("name"), str):
+        raise FrameError("an array descriptor is not an object with a 'name'")
+    name, shape, start = d["name"], d.get("shape"), d.get("offset")
+    if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
+        raise FrameError(f"array {name!r} has an invalid shape {shape!r}")
+    if type(start) is not int or start < 0:
+        raise FrameError(f"array {name!r} has an invalid offset {start!r}")
+    try:
+        dtype = np.dtype(d.get("dtype"))
+    except (TypeError, ValueError):
+        raise FrameError(f"array {name!r} has an invalid dtype {d.get('dtype')!r}") from None
+    if dtype.kind not in ALLOWED_KINDS or dtype.itemsize == 0:
+        raise FrameError(f"array {name!r} has a forbidden dtype {dtype}")
+    return name, dtype, shape, start
 
 
 def _frame_at(data: bytes, pos: int) -> tuple[int, str | None, bool]:
@@ -102,12 +132,85 @@ def _frame_at(data: bytes, pos: int) -> tuple[int, str | None, bool]:
     return size, None, False
 
 
-def _next_good(data: bytes, pos: int) -> int:
-    """Offset of the next frame after ``pos`` that verifies, or -1."""
-    found = data.find(MAGIC, pos + 1)
-    while found >= 0 and _frame_at(data, found)[1] is not None:
-        found = data.find(MAGIC, found + 1)
-    return found
+_POLY = 0xEDB88320  # CRC-32 (zlib), reflected
+
+
+def _zero_byte(register: int) -> int:
+    for _ in range(8):
+        register = (register >> 1) ^ (_POLY if register & 1 else 0)
+    return register
+
+
+@functools.cache
+def _zero_tables() -> list[tuple[list[int], ...]]:
+    """For k = 0..63, byte-sliced tables of the linear map "feed 2**k zero bytes" on a CRC register."""
+    columns = [_zero_byte(1 << i) for i in range(32)]  # the map for one zero byte, column by column
+    levels = []
+    for _ in range(64):
+        tables = []
+        for part in range(4):
+            table = [0] * 256
+            for b in range(1, 256):
+                low = b & -b
+                table[b] = table[b ^ low] ^ columns[8 * part + low.bit_length() - 1]
+            tables.append(table)
+        levels.append(tuple(tables))
+        columns = [_apply(tables, c) for c in columns]  # square: twice as many zero bytes
+    return levels
+
+
+def _apply(tables: tuple[list[int], ...], v: int) -> int:
+    return tables[0][v & 255] ^ tables[1][(v >> 8) & 255] ^ tables[2][(v >> 16) & 255] ^ tables[3][v >> 24]
+
+
+class _RangeChecksums:
+    """CRC-32 of any stretch ``data[a:b]`` between chosen offsets, from one pass over ``data``.
+
+    With ``P(x) = crc32(data[:x])``, ``crc32(data[a:b]) = Z(P(a), b - a) ^ P(b)``, where ``Z(r, n)`` feeds
+    ``n`` zero bytes to the register ``r`` (a linear map, applied by powers of two).
+    """
+
+    def __init__(self, data: bytes, offsets: list[int]):
+        self.prefix: dict[int, int] = {}
+        view, done, crc = memoryview(data), 0, 0
+        for x in sorted(set(offsets)):
+            crc = zlib.crc32(view[done:x], crc)
+            self.prefix[x], done = crc, x
+
+    def crc(self, a: int, b: int) -> int:
+        value, n, levels = self.prefix[a], b - a, _zero_tables()
+        for k in range(n.bit_length()):
+            if n >> k & 1:
+                value = _apply(levels[k], value)
+        return value ^ self.prefix[b]
+
+
+class _Resync:
+    """Finds the next frame that verifies after a damaged stretch, in time linear in ``len(data)``."""
+
+    def __init__(self, data: bytes, pos: int):
+        self.data = data
+        self.candidates: list[tuple[int, int, int]] = []  # (offset, size, crc) of frames that fit
+        found = data.find(MAGIC, pos + 1)
+        while found >= 0:
+            if len(data) - found >= PREFIX.size:
+                _, header_len, body_len, crc = PREFIX.unpack_from(data, found)
+                size = PREFIX.size + header_len + body_len
+                if header_len <= _MAX_HEADER and size <= len(data) - found:
+                    self.candidates.append((found, size, crc))
+            found = data.find(MAGIC, found + 1)
+        offsets = [x for offset, size, _ in self.candidates for x in (offset + PREFIX.size, offset + size)]
+        self.checksums = _RangeChecksums(data, offsets)
+        self.index = 0
+
+    def next_good(self, pos: int) -> int:
+        """Offset of the first frame after ``pos`` that verifies, or -1."""
+        while self.index < len(self.candidates):
+            offset, size, crc = self.candidates[self.index]
+            if offset > pos and self.checksums.crc(offset + PREFIX.size, offset + size) == crc:
+                return offset
+            self.index += 1
+        return -1
 
 
 def scan(data: bytes, start: int = 0) -> Iterator[Frame | Problem]:
@@ -117,7 +220,7 @@ def scan(data: bytes, start: int = 0) -> Iterator[Frame | Problem]:
     follows, the scan ends with a problem marked ``incomplete`` if the last frame may still be being
     written (it runs past the end of ``data``), or not when its bytes are simply wrong.
     """
-    pos = start
+    pos, resync = start, None
     while pos < len(data):
         size, reason, cut = _frame_at(data, pos)
         if reason is None:
@@ -125,12 +228,15 @@ def scan(data: bytes, start: int = 0) -> Iterator[Frame | Problem]:
             header = data[pos + PREFIX.size : pos + PREFIX.size + header_len]
             body = memoryview(data)[pos + PREFIX.size + header_len : pos + size]
             try:
-                yield _decode(header, body, pos, size)
-            except (ValueError, KeyError, TypeError) as error:
+                frame = _decode(header, body, pos, size)
+            except FrameError as error:
                 yield Problem(pos, f"undecodable frame ({error})", incomplete=False)
+            else:
+                yield frame
             pos += size
             continue
-        following = _next_good(data, pos)
+        resync = resync or _Resync(data, pos)
+        following = resync.next_good(pos)
         if following < 0:
             yield Problem(pos, reason, incomplete=cut)
             return

@@ -15,7 +15,7 @@ probe          runs              records
                                  file of the batch rows, once per term); at recorded steps NaN counts
                                  of per-token diagnostics, ``numerics/empty_masks`` (rows with no
                                  trained token) and ``numerics/akl_fallbacks`` (AKL 0/0 weights)
-``head_tail``  recorded steps    METHODS.md section 2 statistics: mean and quantiles over the step's
+``head_tail``  recorded steps    docs/methods.md#akl statistics: mean and quantiles over the step's
                                  trained tokens (at most 256, evenly strided; ``count`` is the number
                                  of trained tokens) in the ``head_tail`` table; per token for samples
 ``alignment``  recorded steps    ``t2s_weight`` / ``s2t_weight`` (CMA's attentions) and ``pairing``
@@ -329,7 +329,7 @@ def _transport_crop(
     positions of its rows and columns, and its reference.
 
     A plan over every position (``[T_t, T_s]``) is cropped to both responses; a smaller one covers the
-    first ``R`` / ``C`` response positions (answer spans aligned by index, METHODS.md section 7); a plan
+    first ``R`` / ``C`` response positions (answer spans aligned by index, docs/methods.md#multilevelot); a plan
     that fits neither keeps its own indices and has no reference.
     """
     t_len, s_len = _length(view, "teacher"), _length(view, "student")

@@ -4,11 +4,16 @@
 :class:`Matrix` (values plus row and column token labels plus the ground-truth reference). ``refresh()``
 reads only what was appended since the last read, so a dashboard can poll a live run cheaply.
 
-Damage policy: a frame that does not verify (a torn last frame after a crash, a flipped byte) is
-skipped with a :class:`TornRecordWarning` naming the file, the byte offset and the reason, once per
-frame; everything else reads normally. No partial row is ever returned. A missing directory, a
-directory that is not a run, a damaged ``meta.json`` or a newer format version raise an error naming
-the path.
+Damage policy: a frame that does not verify (a torn last frame after a crash, a flipped byte), or that
+verifies but does not hold a well-formed table or matrix, is skipped with a :class:`TornRecordWarning`
+naming the file, the byte offset and the reason, once per frame; everything else reads normally. No
+partial row is ever returned. A missing directory, a directory that is not a run, a damaged ``meta.json``
+(not UTF-8, not JSON, too deeply nested, not a run's metadata, an invalid or newer format version) raise
+an error naming the path.
+
+Sessions: a resumed run may write a key (``step, name`` of a scalar, ...) again. The tables keep the
+last row written per key; ``run.table(stream, history=True)`` returns every row ever written, with the
+``session`` that wrote it (an index into ``meta["sessions"]``), so nothing on disk is hidden.
 """
 
 from __future__ import annotations
@@ -60,6 +65,13 @@ class _StreamFile:
         self.offset = 0
         self._warned: set[tuple[int, str]] = set()
 
+    def warn(self, offset: int, state: str, reason: str) -> None:
+        """Warn once per (offset, reason) about a record that is skipped."""
+        if (offset, reason) not in self._warned:
+            self._warned.add((offset, reason))
+            warnings.warn(f"{self.path}: skipped a {state} record at byte {offset}: {reason}", TornRecordWarning,
+                          stacklevel=5)
+
     def read_new(self) -> list[Frame]:
         """Frames appended since the last call (offsets absolute), warning once about each bad stretch."""
         with open(self.path, "rb") as f:
@@ -70,14 +82,9 @@ class _StreamFile:
             if isinstance(item, Frame):
                 frames.append(Frame(item.attrs, item.arrays, base + item.offset, item.size))
                 self.offset = base + item.offset + item.size
-            elif (base + item.offset, item.reason) not in self._warned:
-                self._warned.add((base + item.offset, item.reason))
+            else:
                 state = "incomplete (torn by a crash, or still being written)" if item.incomplete else "damaged"
-                warnings.warn(
-                    f"{self.path}: skipped a {state} record at byte {base + item.offset}: {item.reason}",
-                    TornRecordWarning,
-                    stacklevel=4,
-                )
+                self.warn(base + item.offset, state, item.reason)
         return frames
 
     def read_at(self, offset: int, size: int) -> Frame:
@@ -90,11 +97,47 @@ class _StreamFile:
         return item
 
 
+class _Malformed(ValueError):
+    """A verified frame whose content is not a table or matrix record."""
+
+
 def _table(frame: Frame) -> pd.DataFrame:
-    columns = {}
-    for name in frame.attrs["columns"]:
-        columns[name] = frame.arrays[name] if name in frame.arrays else frame.attrs["text"][name]
-    return pd.DataFrame(columns)
+    """The rows of a table frame, with the ``session`` that wrote them (0 for files written before)."""
+    a = frame.attrs
+    names, text, session = a.get("columns"), a.get("text", {}), a.get("session", 0)
+    if not isinstance(names, list) or not isinstance(text, dict) or type(session) is not int:
+        raise _Malformed("not a table record")
+    columns: dict[str, Any] = {}
+    for name in names:
+        values = frame.arrays.get(name) if isinstance(name, str) else None
+        if values is None and isinstance(name, str) and isinstance(text.get(name), list):
+            values = text[name]
+        if values is None or (isinstance(values, np.ndarray) and values.ndim != 1):
+            raise _Malformed(f"table column {name!r} is missing or not one-dimensional")
+        columns[name] = values
+    if len({len(v) for v in columns.values()}) > 1:
+        raise _Malformed("table columns have different lengths")
+    df = pd.DataFrame(columns)
+    df["session"] = session
+    return df
+
+
+def _matrix_key(frame: Frame) -> tuple[str, int, int]:
+    """``(name, step, sample)`` of a matrix frame, checked."""
+    a, values = frame.attrs, frame.arrays.get("values")
+    key = (a.get("name"), a.get("step"), a.get("sample"))
+    if not isinstance(key[0], str) or type(key[1]) is not int or type(key[2]) is not int:
+        raise _Malformed("not a matrix record")
+    rows, cols = a.get("row_tokens"), a.get("col_tokens")
+    labelled = isinstance(rows, list) and isinstance(cols, list)
+    if values is None or not labelled or values.shape != (len(rows), len(cols)):
+        raise _Malformed(f"matrix {key[0]!r} does not match its row and column labels")
+    reference = frame.arrays.get("reference")
+    if reference is not None and reference.shape != values.shape:
+        raise _Malformed(f"matrix {key[0]!r} has a reference of another shape")
+    if not isinstance(a.get("info", {}), dict):
+        raise _Malformed(f"matrix {key[0]!r} has invalid info")
+    return key
 
 
 class Run:
@@ -123,13 +166,15 @@ class Run:
             frames = stream.read_new()
             if not frames:
                 continue
-            if file.stem == MATRICES:
-                for frame in frames:
-                    a = frame.attrs
-                    self._matrices[(a["name"], a["step"], a["sample"])] = (frame.offset, frame.size, a)
-            else:
-                self._parts.setdefault(file.stem, []).extend(_table(frame) for frame in frames)
-                self._tables.pop(file.stem, None)
+            for frame in frames:
+                try:
+                    if file.stem == MATRICES:
+                        self._matrices[_matrix_key(frame)] = (frame.offset, frame.size, frame.attrs)
+                    else:
+                        self._parts.setdefault(file.stem, []).append(_table(frame))
+                        self._tables.pop(file.stem, None)
+                except _Malformed as error:
+                    stream.warn(frame.offset, "malformed", str(error))
         return self
 
     # tables ---------------------------------------------------------------------------------------
@@ -137,11 +182,20 @@ class Run:
         """Names of the table streams present in the run (``scalars``, ``head_tail``, ``tokens``, ...)."""
         return sorted(self._parts)
 
-    def table(self, stream: str) -> pd.DataFrame:
-        """The whole table ``stream`` as a DataFrame (empty, with its columns, when nothing was recorded)."""
+    def table(self, stream: str, history: bool = False) -> pd.DataFrame:
+        """The whole table ``stream`` as a DataFrame (empty, with its columns, when nothing was recorded).
+
+        A key written twice (a resumed run re-recording a step) keeps its last row. ``history=True``:
+        every row ever written, in writing order, with a ``session`` column (the writing session's index
+        in ``meta["sessions"]``).
+        """
+        columns, key = SCHEMAS.get(stream, ((), ()))
+        parts = self._parts.get(stream)
+        if history:
+            if not parts:
+                return pd.DataFrame({c: pd.Series(dtype=float) for c in (*columns, "session")})
+            return pd.concat(parts, ignore_index=True)
         if stream not in self._tables:
-            columns, key = SCHEMAS.get(stream, ((), ()))
-            parts = self._parts.get(stream)
             if not parts:
                 df = pd.DataFrame({c: pd.Series(dtype=float) for c in columns})
             else:
@@ -150,7 +204,7 @@ class Run:
                     df = df.drop_duplicates(list(key), keep="last")
                 if "step" in df.columns:
                     df = df.sort_values("step", kind="stable")
-                df = df.reset_index(drop=True)
+                df = df.drop(columns="session").reset_index(drop=True)
             self._tables[stream] = df
         return self._tables[stream].copy()
 
@@ -160,7 +214,7 @@ class Run:
         return self.table("scalars")
 
     def head_tail(self, per_token: bool = False) -> pd.DataFrame:
-        """Head/tail statistics (METHODS.md section 2).
+        """Head/tail statistics (docs/methods.md#akl).
 
         Aggregated (default): one row per ``step, space, statistic`` with ``count, mean`` and quantiles
         ``q05 ... q95`` over the step's masked tokens. ``per_token=True``: the sampled sequences' tokens,

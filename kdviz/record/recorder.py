@@ -10,6 +10,11 @@ Cheap probes (``terms``, ``numerics``) run every step; the others at steps divis
 The sampled sequences are chosen at the first step by example id (``batch.example_ids``, else a hash of
 the text) and followed: at each recorded step, sample slot ``k`` holds its example when the batch
 contains it, otherwise another row of the batch (the ``example_id`` column and matrix info say which).
+
+Under gradient accumulation, pass every micro-batch but the last to :meth:`Recorder.add_micro_batch` and
+the last to :meth:`Recorder.log`: the step's terms are then the token-weighted means over all its
+micro-batches, its trained tokens their sum, and a non-finite term is replayed from the micro-batch
+where it occurred. The expensive probes look at the last micro-batch.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,13 +35,39 @@ import torch
 
 from kdviz.record.batchview import BatchView
 from kdviz.record.probes import EVERY_STEP, PROBES, TOP_K, Sample, StepRecord, positions
-from kdviz.record.store import QUANTILES, RunWriter
+from kdviz.record.store import QUANTILES, RecordWriteError, RunWriter
 
 
 def _check_int(name: str, value: Any, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     return int(value)
+
+
+def _fold(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One step's scalars from its micro-batches' (in order; the last has every per-step extra).
+
+    ``tokens`` add up, ``numerics/*`` flags take the maximum, every other scalar is the mean weighted by
+    each micro-batch's trained tokens (equal weights when a micro-batch has no token count).
+    """
+    if len(parts) == 1:
+        return parts[0]
+    weights = [float(p["tokens"]) if "tokens" in p else None for p in parts]
+    if any(w is None for w in weights) or sum(weights) <= 0:
+        weights = [1.0] * len(parts)
+    folded: dict[str, Any] = {}
+    for name in dict.fromkeys(n for p in parts for n in p):
+        present = [(float(p[name]), w) for p, w in zip(parts, weights, strict=True) if name in p]
+        values = [v for v, _ in present]
+        if name == "tokens":
+            folded[name] = sum(values)
+        elif name.startswith("numerics/"):
+            folded[name] = max(values)
+        elif len(present) < len(parts):
+            folded[name] = parts[-1][name]  # recorded on the last micro-batch only
+        else:
+            folded[name] = sum(v * w for v, w in present) / sum(w for _, w in present)
+    return folded
 
 
 class Recorder:
@@ -90,8 +122,11 @@ class Recorder:
         self._notes: dict[str, str] = dict(self.store.meta.get("notes", {}))
         self._replayed: set[str] = set(self.store.meta.get("replays", {}))
         self._texts_written: set[str] = set()
+        self._replays_written: list[Path] = []
         self._tokens_seen = self._last_tokens_seen() if resume else 0.0
         self._since_flush = 0
+        self._micro: list[tuple[int, dict[str, Any]]] = []  # (step, scalars) of the pending micro-batches
+        self.next_step = self._next_step() if resume else 0
         self.steps_logged = 0
         self.steps_recorded = 0
         atexit.register(self.close)
@@ -106,10 +141,15 @@ class Recorder:
         lr: float | None = None,
         grad_norms: Mapping[str, float | torch.Tensor] | None = None,
         optimizer: torch.optim.Optimizer | None = None,
-    ) -> None:
-        """Record training step ``step`` from its batch and the method's output (``KDOutput``-like).
+        tokens: int | None = None,
+    ) -> list[Path]:
+        """Record training step ``step`` from its (last) batch and the method's output (``KDOutput``-like).
 
         Call it after ``backward()`` and before ``zero_grad()`` to get gradient norms from ``optimizer``.
+        Micro-batches given to :meth:`add_micro_batch` for the same step are folded in. ``tokens``: the
+        trained tokens this call accounts for in ``tokens_seen`` (default: those of the step's
+        micro-batches); a loop that logs only every n-th step passes the tokens of every step since its
+        previous call. Returns the replay files written for this step (non-finite terms).
         """
         step = _check_int("step", step, 0)
         self.store.check_open()
@@ -119,14 +159,43 @@ class Recorder:
         for name in self.probes:
             if recorded or name in EVERY_STEP:
                 self._run_probe(name, view, rec)
+        earlier = [scalars for s, scalars in self._micro if s == step]
+        self._micro.clear()
+        rec.scalars = _fold([*earlier, rec.scalars])
+        if tokens is not None:
+            rec.scalars["tokens"] = float(_check_int("tokens", tokens, 0))
         if "terms" in self.probes:
             self._optimizer_scalars(rec, lr, grad_norms, optimizer or self.optimizer)
         self._write(view, rec)
+        self.next_step = max(self.next_step, step + 1)
         self.steps_logged += 1
         self.steps_recorded += recorded
         self._since_flush += 1
         if self._since_flush >= self.flush_every:
             self.flush()
+        written, self._replays_written = self._replays_written, []
+        return written
+
+    def add_micro_batch(self, step: int, batch: Any, out: Any) -> list[Path]:
+        """Fold one micro-batch of step ``step`` into that step's record (gradient accumulation).
+
+        Its terms and trained tokens join the step's token-weighted terms and token count when
+        :meth:`log` records the step's last micro-batch; a non-finite term is reported and replayed from
+        this micro-batch at once. Returns the replay files written.
+        """
+        step = _check_int("step", step, 0)
+        self.store.check_open()
+        view = BatchView(batch, out)
+        rec = StepRecord(step, [], False)
+        for name in ("terms", "numerics"):
+            if name in self.probes:
+                self._run_probe(name, view, rec)
+        self._micro = [(s, scalars) for s, scalars in self._micro if s == step]
+        self._micro.append((step, rec.scalars))
+        rec.scalars = {}
+        self._write(view, rec)
+        written, self._replays_written = self._replays_written, []
+        return written
 
     def flush(self) -> None:
         """Write everything buffered to the run directory."""
@@ -134,12 +203,16 @@ class Recorder:
         self._since_flush = 0
 
     def close(self) -> None:
-        """Flush, record the run's size in its metadata and close the files. Idempotent."""
+        """Flush, record the run's size in its metadata and close the files. Idempotent; never raises a
+        write error (disk full): it warns, naming the run directory."""
         if self.store.closed:
             return
         atexit.unregister(self.close)
-        self.store.flush()
-        self.store.update_meta(stats=self.stats)
+        try:
+            self.store.flush()
+            self.store.update_meta(stats=self.stats)
+        except RecordWriteError as error:  # reported once more by store.close if the records are lost
+            warnings.warn(f"{error} (the run's stats were not saved)", RuntimeWarning, stacklevel=2)
         self.store.close()
 
     @property
@@ -198,6 +271,12 @@ class Recorder:
             grads = [p.grad for p in group["params"] if p.grad is not None]
             if grads and not grad_norms:
                 rec.scalars[f"grad_norm/{label}"] = torch.nn.utils.get_total_norm(grads).float()
+
+    def _next_step(self) -> int:
+        from kdviz.record.reader import open_run
+
+        steps = open_run(self.path).scalars["step"]
+        return int(steps.max()) + 1 if len(steps) else 0
 
     def _last_tokens_seen(self) -> float:
         from kdviz.record.reader import open_run
@@ -336,3 +415,4 @@ class Recorder:
             name, tensors, {**info, "step": step, "rows": rows, "texts": texts, "terms": terms}
         )
         self.store.update_meta(replays={**self.store.meta.get("replays", {}), term: path.name})
+        self._replays_written.append(path)

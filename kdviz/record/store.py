@@ -10,14 +10,22 @@ Layout of a run directory (format version :data:`FORMAT_VERSION`)::
 ``*.kdr`` files hold the checksummed frames of :mod:`kdviz.record.frames`; they are only ever appended
 to, so a crash (even ``SIGKILL``) loses at most what was not yet flushed, and a torn last frame is
 detected by the reader. ``meta.json`` is replaced atomically (write to a temporary file, then rename).
+Each table frame carries the index of the writing session (``meta["sessions"]``).
+
+A write that fails (disk full, ...) raises :class:`RecordWriteError` naming the run directory; the bytes
+of the failed frame are cut off again, so what was written before stays readable without warnings, and
+what was buffered stays buffered for the next flush. The writer never writes through a symbolic link
+inside the run directory (the run directory itself may be one).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -65,27 +73,65 @@ def _json_default(value: Any) -> Any:
     return repr(value)
 
 
+class RecordWriteError(OSError):
+    """The run store could not write to its run directory (disk full, permissions, ...)."""
+
+
+def _write_failed(path: Path, what: str, error: OSError) -> RecordWriteError:
+    reason = "the disk is full" if error.errno in (errno.ENOSPC, errno.EDQUOT) else error.strerror or str(error)
+    failure = RecordWriteError(
+        f"kdviz could not write {what} to the run directory {path}: {reason}. Records flushed before are "
+        "intact; free space (or choose another directory) to record more"
+    )
+    failure.errno = error.errno
+    return failure
+
+
+def _open_new(path: Path, flags: int) -> int:
+    """A file descriptor for ``path``, never following a symbolic link."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except OSError as error:
+        if error.errno == errno.ELOOP or path.is_symlink():
+            raise ValueError(f"{path} is a symbolic link; kdviz never writes through links in a run directory") \
+                from None
+        raise
+
+
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
     """Replace ``path`` with ``data`` as JSON so a reader sees the old or the new file, never half of one."""
+    text = json.dumps(data, indent=1, default=_json_default).encode("utf-8")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, default=_json_default)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp.unlink(missing_ok=True)
+    fd = _open_new(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    try:
+        with open(fd, "wb") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise _write_failed(path.parent, path.name, error) from error
 
 
 def read_meta(path: Path) -> dict[str, Any]:
     """Load and check ``meta.json`` of a run directory; errors name the file and the problem."""
     meta_path = path / META_FILE
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = json.loads(meta_path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{meta_path} is damaged (not UTF-8: {error})") from None
     except json.JSONDecodeError as error:
-        raise ValueError(f"{meta_path} is damaged (not valid JSON: {error})") from error
+        raise ValueError(f"{meta_path} is damaged (not valid JSON: {error})") from None
+    except RecursionError:
+        raise ValueError(f"{meta_path} is damaged (JSON nested too deeply)") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{meta_path} is not a kdviz run's metadata (no 'format': {FORMAT!r})")
     version = meta.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if type(version) is not int or version < 1:
+        raise ValueError(f"{meta_path} has an invalid format_version {version!r}; expected an integer >= 1")
+    if version > FORMAT_VERSION:
         raise ValueError(
             f"{meta_path} has format_version {version!r}; this kdviz reads versions up to {FORMAT_VERSION}. "
             "Upgrade kdviz to read this run."
@@ -99,7 +145,8 @@ def _prepare(path: Path, resume: bool, overwrite: bool) -> dict[str, Any] | None
         raise ValueError("resume=True and overwrite=True exclude each other: continue the run or replace it")
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"run directory {path} exists and is a file")
-    if (path / META_FILE).exists():
+    if (path / META_FILE).exists() or (path / META_FILE).is_symlink():
+        _refuse_links(path)
         meta = read_meta(path)
         if resume:
             return meta
@@ -108,11 +155,28 @@ def _prepare(path: Path, resume: bool, overwrite: bool) -> dict[str, Any] | None
                 f"{path} already holds a kdviz run (created {meta.get('created')}); pass resume=True to "
                 "append to it or overwrite=True to replace it"
             )
-        shutil.rmtree(path)
+        _empty(path)
     elif path.is_dir() and any(path.iterdir()):
         raise FileExistsError(f"{path} is not empty and holds no kdviz run; choose an empty or new directory")
     path.mkdir(parents=True, exist_ok=True)
     return None
+
+
+def _refuse_links(path: Path) -> None:
+    """Refuse a run whose metadata, stream files or replay folder are symbolic links."""
+    entries = [path / META_FILE, path / REPLAY_DIR, *path.glob(f"*{SUFFIX}")]
+    links = [p.name for p in entries if p.is_symlink()]
+    if links:
+        raise ValueError(f"{path} holds symbolic links {links}; kdviz never writes through links in a run directory")
+
+
+def _empty(path: Path) -> None:
+    """Remove what ``path`` holds (not ``path`` itself, which may be a link to the run directory)."""
+    for child in path.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 def _column(name: str, values: Any) -> tuple[str, Any]:
@@ -163,6 +227,7 @@ class RunWriter:
             }
         else:
             self.meta = {**existing, **(meta or {}), "sessions": [*existing.get("sessions", []), session]}
+        self.session = len(self.meta["sessions"]) - 1
         write_json_atomic(self.path / META_FILE, self.meta)
         self._rows: dict[str, list[dict[str, tuple[str, Any]]]] = {}
         self._frames: dict[str, list[bytes]] = {}
@@ -225,12 +290,19 @@ class RunWriter:
     def save_tensors(self, name: str, tensors: Mapping[str, torch.Tensor], info: Mapping[str, Any]) -> Path:
         """Save tensors as ``replay/<name>.safetensors`` (atomically), ``info`` in its JSON metadata."""
         folder = self.path / REPLAY_DIR
-        folder.mkdir(exist_ok=True)
+        if folder.is_symlink():
+            raise ValueError(f"{folder} is a symbolic link; kdviz never writes through links in a run directory")
         target = folder / f"{name}.safetensors"
         tmp = folder / f".{name}.tmp"
         flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        save_file(flat, str(tmp), metadata={"info": json.dumps(dict(info), default=_json_default)})
-        os.replace(tmp, target)
+        try:
+            folder.mkdir(exist_ok=True)
+            tmp.unlink(missing_ok=True)
+            save_file(flat, str(tmp), metadata={"info": json.dumps(dict(info), default=_json_default)})
+            os.replace(tmp, target)
+        except OSError as error:
+            tmp.unlink(missing_ok=True)
+            raise _write_failed(self.path, f"the replay {target.name}", error) from error
         return target
 
     def flush(self) -> None:
@@ -243,33 +315,51 @@ class RunWriter:
             for chunk in chunks:
                 groups.setdefault(tuple((k, kind) for k, (kind, _) in chunk.items()), []).append(chunk)
             for key, group in groups.items():
-                frames.append(_table_frame(key, group))
+                frames.append(_table_frame(key, group, self.session))
         self._rows.clear()
-        for stream, frames in self._frames.items():
-            if frames:
-                self._write(stream, b"".join(frames))
-        self._frames.clear()
+        for stream in list(self._frames):
+            if self._frames[stream]:
+                self._write(stream, b"".join(self._frames[stream]))
+            del self._frames[stream]  # only once written: a failed write keeps it for the next flush
 
     def _write(self, stream: str, data: bytes) -> None:
+        path = self.path / f"{stream}{SUFFIX}"
         f = self._files.get(stream)
-        if f is None:
-            f = self._files[stream] = open(self.path / f"{stream}{SUFFIX}", "ab", buffering=0)
-        view = memoryview(data)
-        while view:
-            view = view[f.write(view) :]
-        if self.fsync:
-            os.fsync(f.fileno())
+        try:
+            if f is None:
+                fd = _open_new(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+                f = self._files[stream] = open(fd, "ab", buffering=0)
+            end = os.fstat(f.fileno()).st_size
+            view = memoryview(data)
+            try:
+                while view:
+                    view = view[f.write(view) :]
+                if self.fsync:
+                    os.fsync(f.fileno())
+            except OSError:
+                os.ftruncate(f.fileno(), end)  # no torn frame left behind
+                raise
+        except OSError as error:
+            raise _write_failed(self.path, path.name, error) from error
         self.bytes_written += len(data)
 
     def close(self) -> None:
-        """Flush, sync the stream files to disk and close them. Idempotent."""
+        """Flush, sync the stream files to disk and close them. Idempotent; a failed last write warns."""
         if self.closed:
             return
-        self.flush()
+        try:
+            self.flush()
+        except RecordWriteError as error:
+            warnings.warn(f"{error} (records buffered since the last flush are lost)", RuntimeWarning, stacklevel=2)
         for f in self._files.values():
-            os.fsync(f.fileno())
+            try:
+                os.fsync(f.fileno())
+            except OSError:
+                pass  # the data reached the operating system; only the sync to disk failed
             f.close()
         self._files.clear()
+        self._rows.clear()
+        self._frames.clear()
         self.closed = True
 
     def check_open(self) -> None:
@@ -278,7 +368,7 @@ class RunWriter:
             raise RuntimeError(f"the run writer for {self.path} is closed")
 
 
-def _table_frame(key: tuple, chunks: list[dict[str, tuple[str, Any]]]) -> bytes:
+def _table_frame(key: tuple, chunks: list[dict[str, tuple[str, Any]]], session: int) -> bytes:
     arrays, text = {}, {}
     for name, kind in key:
         parts = [chunk[name][1] for chunk in chunks]
@@ -286,7 +376,7 @@ def _table_frame(key: tuple, chunks: list[dict[str, tuple[str, Any]]]) -> bytes:
             arrays[name] = np.concatenate(parts)
         else:
             text[name] = [v for part in parts for v in part]
-    return encode({"kind": "table", "columns": [name for name, _ in key], "text": text}, arrays)
+    return encode({"kind": "table", "columns": [name for name, _ in key], "text": text, "session": session}, arrays)
 
 
 def _now() -> str:

@@ -1,4 +1,4 @@
-"""Generation-based evaluation: exact match and ROUGE-L (METHODS.md section 9).
+"""Generation-based evaluation: exact match and ROUGE-L (docs/methods.md#evaluation).
 
 The prompt format the embedded teacher was trained on is :func:`format_prompt`; every model evaluated or
 distilled on the embedded data must see the same format.

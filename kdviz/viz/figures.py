@@ -232,7 +232,7 @@ def _space(table: pd.DataFrame, space: str | None) -> str | None:
 
 
 def head_tail_steps(run: Run, space: str | None = None) -> go.Figure:
-    """Head/tail statistics over steps (METHODS.md section 2), mean over each step's trained tokens.
+    """Head/tail statistics over steps (docs/methods.md#akl), mean over each step's trained tokens.
 
     Rows: teacher vs student mass on the teacher's head and tail (``p_head``, ``q_head``, ``p_tail``,
     ``q_tail``); the gaps ``g_head``, ``g_tail`` (unsigned) and the signed head gap ``d_head`` (the signed

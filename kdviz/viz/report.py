@@ -169,13 +169,14 @@ def report(
     named = F._as_runs(runs)
     if not named:
         raise ValueError("report() needs at least one run")
-    results = F.results_table(named).to_html(index=False, escape=False, classes="results", border=0, na_rep="")
+    raw = {html.unescape(label): run for label, run in named.items()}  # the figures escape labels themselves
+    results = F.results_table(raw).to_html(index=False, escape=False, classes="results", border=0, na_rep="")
     parts = [
         f"<h1>{html.escape(title)}</h1>",
         f"<p class='note'>generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} by kdviz</p>",
         "<h2>results</h2>",
         results,
-        _figure_html(F.loss_terms(named)),
+        _figure_html(F.loss_terms(raw)),
     ]
     view_ids = itertools.count()
     for label, run in named.items():

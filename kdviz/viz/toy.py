@@ -1,6 +1,6 @@
 """Toy distributions for teaching the KL family: a shaped teacher over a small vocabulary, a free-logit
 student trained under any registered divergence, and their figures (used by ``playground()`` and by the
-teaching notebook that reproduces the AKL paper's toy experiment, METHODS.md section 2)."""
+teaching notebook that reproduces the AKL paper's toy experiment, docs/methods.md#akl)."""
 
 from __future__ import annotations
 

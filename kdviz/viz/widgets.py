@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import html
 import threading
 import time
 import traceback
@@ -427,8 +428,9 @@ class Comparison(_Views):
         steps = sorted({s for run in runs.values() for s in _recorded_steps(run)})
         samples = sorted({s for run in runs.values() for s in _samples(run)})
         self._setup(StepControls(steps, samples))
-        loss = self.panel(lambda s, k: F.loss_terms(runs))
-        self.results = table_html(F.results_table(runs), escape=False)
+        raw = {html.unescape(label): run for label, run in runs.items()}  # the figures escape labels themselves
+        loss = self.panel(lambda s, k: F.loss_terms(raw))
+        self.results = table_html(F.results_table(raw), escape=False)
         self.add_tab("Overview", widgets.VBox([self.results, loss.widget]))
         self.add_tab("Head/Tail", self._side_by_side(lambda run: lambda s, k: F.head_tail_steps(run), None))
         self.add_tab("Alignment", self._side_by_side(self._alignment, lambda run: run.matrix_steps("t2s_weight")))
