@@ -1,8 +1,9 @@
 """Cross-tokenizer alignment: character offsets, the ground-truth overlap, alignment scores, a pre-flight report.
 
-- :func:`encode_example` tokenises a (prompt, response) pair with character offsets; special tokens get
-  empty spans.
-- :func:`overlap_matrix` is the ``[T_a, T_b]`` ground truth of docs/methods.md#ground-truth-alignment; :func:`regions`
+- :func:`encode_example` tokenises a (prompt, response) pair with character and UTF-8 byte offsets;
+  special tokens get empty spans.
+- :func:`overlap_matrix` is the ``[T_a, T_b]`` ground truth of docs/methods.md#ground-truth-alignment (tokens
+  sharing a byte); :func:`regions`
   groups it into one-to-one / one-to-many (split) / many-to-one (merge) regions.
 - :func:`alignment_scores` judges any soft alignment (CMA attention, an OT plan) against it.
 - :func:`compare_tokenizers` is the first thing to run with two tokenizers.

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pandas as pd
 
 from kdviz.align.overlap import KINDS, kind_counts, overlap_matrix, regions
-from kdviz.align.tokens import check_fast, encode_text, start_tokens
+from kdviz.align.tokens import byte_spans, check_fast, encode_text, start_tokens, unicode_form, vocab_bytes
 
 MARKERS = ("Ġ", "▁")
 SPECIAL_ROLES = ("bos_token", "eos_token", "pad_token", "unk_token")
@@ -18,13 +19,18 @@ SPECIAL_ROLES = ("bos_token", "eos_token", "pad_token", "unk_token")
 class TokenizerReport:
     """What :func:`compare_tokenizers` found.
 
+    Regions are computed on UTF-8 byte offsets; ``start``/``end`` in ``longest`` are bytes, and tokens are
+    shown as the text they cover (a byte piece of a character as its byte, ``'\\xf0'``).
+
     ``table``: one row per text -- characters, token counts of both sides and the count of each region
     kind (``one-to-one``, ``one-to-many``: B splits what A keeps whole, ``many-to-one``: B merges,
     ``many-to-many``, ``unmatched``) and ``one_to_one_rate`` (share of regions that are one-to-one).
     ``longest``: the largest distinct regions that are not one-to-one, with their text, both tokenisations
     (first occurrence) and ``count``, how many times that text formed such a region.
     ``summary``: vocabulary sizes (and padded LM-head rows when ``vocab_sizes`` was given), identical
-    token strings, special-token differences, overall region counts and one-to-one rate.
+    token strings, special-token differences, ``special_strings`` (texts holding a special token's string
+    of either tokenizer, which kdviz encodes as plain text), ``unicode_form`` (the normal form texts were
+    put in, when a tokenizer normalises), overall region counts and one-to-one rate.
     """
 
     table: pd.DataFrame
@@ -91,6 +97,25 @@ def _vocab_summary(tok_a, tok_b, vocab_sizes) -> dict:
     return out
 
 
+def _show(raw: bytes, span) -> str:
+    return raw[span[0] : span[1]].decode("utf-8", errors="backslashreplace")
+
+
+def _encode_bytes(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    ids, offsets = encode_text(tokenizer, text)
+    pieces = vocab_bytes(tokenizer)
+    return ids, byte_spans(text, offsets, [pieces[i] for i in ids])
+
+
+def _special_strings(tokenizers, texts: Sequence[str]) -> list[str]:
+    found = set()
+    for tokenizer in tokenizers:
+        specials = {t.content for t in tokenizer.backend_tokenizer.get_added_tokens_decoder().values() if t.special}
+        specials |= {t for t in tokenizer.all_special_tokens if t}
+        found |= {t for t in specials if len(t) > 1 and any(t in text for text in texts)}
+    return sorted(found)
+
+
 def compare_tokenizers(
     tokenizer_a,
     tokenizer_b,
@@ -109,11 +134,15 @@ def compare_tokenizers(
     check_fast(tokenizer_b, "tokenizer_b")
     if isinstance(texts, str):
         raise TypeError("texts must be a sequence of strings, not one string")
+    form = unicode_form(tokenizer_a, tokenizer_b)
+    if form is not None:
+        texts = [unicodedata.normalize(form, text) for text in texts]
     rows, merged = [], []
     for k, text in enumerate(texts):
-        ids_a, off_a = encode_text(tokenizer_a, text)
-        ids_b, off_b = encode_text(tokenizer_b, text)
-        found = regions(off_a, off_b, text, overlap_matrix(off_a, off_b, text))
+        raw = text.encode()
+        ids_a, off_a = _encode_bytes(tokenizer_a, text)
+        ids_b, off_b = _encode_bytes(tokenizer_b, text)
+        found = regions(off_a, off_b, raw, overlap_matrix(off_a, off_b, raw))
         counts = kind_counts(found)
         rows.append(
             {
@@ -134,9 +163,9 @@ def compare_tokenizers(
                     "kind": r.kind,
                     "start": r.start,
                     "end": r.end,
-                    "text": text[r.start : r.end],
-                    "tokens_a": [text[slice(*off_a[i])] for i in r.rows],
-                    "tokens_b": [text[slice(*off_b[j])] for j in r.cols],
+                    "text": _show(raw, (r.start, r.end)),
+                    "tokens_a": [_show(raw, off_a[i]) for i in r.rows],
+                    "tokens_b": [_show(raw, off_b[j]) for j in r.cols],
                     "n_tokens": len(r.rows) + len(r.cols),
                 }
             )
@@ -151,6 +180,8 @@ def compare_tokenizers(
     summary = {
         **_vocab_summary(tokenizer_a, tokenizer_b, vocab_sizes),
         "special_differences": _special_differences(tokenizer_a, tokenizer_b),
+        "special_strings": _special_strings((tokenizer_a, tokenizer_b), texts),
+        "unicode_form": form,
         "texts": len(table),
         "tokens_a": int(table["tokens_a"].sum()),
         "tokens_b": int(table["tokens_b"].sum()),

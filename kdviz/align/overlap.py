@@ -1,7 +1,9 @@
 """Ground-truth alignment between two tokenisations of one text (docs/methods.md#ground-truth-alignment).
 
-Token ``i`` of side A and token ``j`` of side B are aligned when their character spans overlap. Two
-details keep the matrix honest:
+Token ``i`` of side A and token ``j`` of side B are aligned when their spans overlap. Spans are
+character offsets into a ``str``, or UTF-8 byte offsets into ``bytes``: byte offsets are the exact
+ground truth, since byte pieces of one character (``<0xF0>``, byte-level ``ðŁ``) each cover only their
+own bytes of it. Two details keep the matrix honest:
 
 - **Whitespace.** Tokenizers disagree about which token owns a space (``Ġworld`` vs ``hello▁``). Spans
   are compared after trimming their leading and trailing whitespace, so a space never links two words.
@@ -31,24 +33,35 @@ def _as_offsets(offsets) -> torch.Tensor:
     return t
 
 
-def trimmed_spans(offsets, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _space_units(text: str | bytes) -> list[bool]:
+    """Per character of a ``str`` (per byte of UTF-8 ``bytes``): whether it is (part of) whitespace."""
+    if isinstance(text, str):
+        return [c.isspace() for c in text]
+    return [c.isspace() for c in text.decode("utf-8", errors="replace") for _ in range(len(c.encode()))]
+
+
+def trimmed_spans(offsets, text: str | bytes) -> tuple[torch.Tensor, torch.Tensor]:
     """``(spans, blank)``: spans with surrounding whitespace removed, and which tokens are all whitespace.
 
-    A blank token (only whitespace) keeps its raw span. Empty spans stay empty.
+    ``offsets`` index characters of a ``str`` or bytes of ``bytes``. A blank token (only whitespace) keeps
+    its raw span. Empty spans stay empty.
     """
     raw = _as_offsets(offsets)
     spans = raw.clone()
     blank = torch.zeros(len(raw), dtype=torch.bool)
+    space = _space_units(text)
     for k, (s, e) in enumerate(raw.tolist()):
         if s >= e:
             continue
-        piece = text[s:e]
-        core = piece.strip()
-        if not core:
+        lo, hi = s, min(e, len(space))
+        while lo < hi and space[lo]:
+            lo += 1
+        while hi > lo and space[hi - 1]:
+            hi -= 1
+        if lo == hi:
             blank[k] = True
-            continue
-        lead = len(piece) - len(piece.lstrip())
-        spans[k] = torch.tensor([s + lead, s + lead + len(core)])
+        else:
+            spans[k] = torch.tensor([lo, hi])
     return spans, blank
 
 
@@ -59,10 +72,11 @@ def _intersects(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a_s < b_e) & (b_s < a_e) & (a_s < a_e) & (b_s < b_e)
 
 
-def overlap_matrix(offsets_a, offsets_b, text: str) -> torch.Tensor:
-    """Boolean ``[T_a, T_b]`` ground truth: token ``i`` of A and ``j`` of B cover a common character.
+def overlap_matrix(offsets_a, offsets_b, text: str | bytes) -> torch.Tensor:
+    """Boolean ``[T_a, T_b]`` ground truth: token ``i`` of A and ``j`` of B cover a common character (byte).
 
-    ``offsets_*`` are ``[T, 2]`` character spans into ``text`` (``start == end`` for special tokens).
+    ``offsets_*`` are ``[T, 2]`` spans into ``text``, characters of a ``str`` or bytes of UTF-8 ``bytes``
+    (``start == end`` for special tokens).
     Spans are compared whitespace-trimmed; an all-whitespace token is compared by its raw span against the
     raw spans of the other side.
     """
@@ -79,7 +93,7 @@ class Region:
     """A connected group of the overlap graph.
 
     ``rows`` are token indices of side A (the student in a :class:`~kdviz.methods.KDBatch`), ``cols`` of
-    side B; ``start``/``end`` the characters the region covers. ``kind``:
+    side B; ``start``/``end`` the characters (bytes, for byte offsets) the region covers. ``kind``:
     ``one-to-one`` (1 A token, 1 B token), ``one-to-many`` (B splits what A keeps whole),
     ``many-to-one`` (B merges what A splits), ``many-to-many`` (boundaries cross),
     ``unmatched`` (tokens of one side only, e.g. text the other tokenizer normalised away).
@@ -100,7 +114,7 @@ def _kind(n_rows: int, n_cols: int) -> str:
     return "many-to-one" if n_cols == 1 else "many-to-many"
 
 
-def regions(offsets_a, offsets_b, text: str, overlap: torch.Tensor | None = None) -> list[Region]:
+def regions(offsets_a, offsets_b, text: str | bytes, overlap: torch.Tensor | None = None) -> list[Region]:
     """Group the tokens of both sides into connected regions of the overlap graph, in text order.
 
     Tokens with empty spans (special tokens) belong to no region. ``overlap`` may be passed if already

@@ -11,8 +11,9 @@
 Batches come from :class:`KDCollator`; see :class:`KDBatch` for the fields.
 """
 
-from kdviz.methods.base import IGNORE, KDBatch, KDCollator, KDOutput, Method, next_token_targets
+from kdviz.methods.base import IGNORE, KDBatch, KDOutput, Method, next_token_targets
 from kdviz.methods.cma import CMA
+from kdviz.methods.collate import KDCollator
 from kdviz.methods.dskd import DSKD
 from kdviz.methods.mined import MinED
 from kdviz.methods.multilevel_ot import MultiLevelOT

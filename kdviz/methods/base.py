@@ -1,5 +1,5 @@
-"""The data a KD method consumes (:class:`KDBatch`), what it returns (:class:`KDOutput`), the collator that
-builds batches from (prompt, response) pairs, and the :class:`Method` protocol.
+"""The data a KD method consumes (:class:`KDBatch`), what it returns (:class:`KDOutput`) and the
+:class:`Method` protocol. Batches are built by :class:`kdviz.methods.KDCollator` (``kdviz/methods/collate.py``).
 
 Conventions (docs/methods.md#conventions): labels follow Hugging Face -- ``labels[b, t] == input_ids[b, t]`` on
 trained tokens, ``-100`` elsewhere -- and logits at position ``t`` predict token ``t + 1``. Methods work
@@ -9,14 +9,10 @@ shape of the logits; :func:`next_token_targets` makes them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Protocol, runtime_checkable
 
 import torch
-
-from kdviz.align.overlap import overlap_matrix
-from kdviz.align.tokens import Encoded, check_fast, encode_example, token_strings
 
 IGNORE = -100
 
@@ -45,12 +41,15 @@ class KDBatch:
       :attr:`student_targets`.
     - ``student_offsets`` ``[B, T_s, 2]`` long: character span ``[start, end)`` of each token in
       ``texts[b]``; ``start == end`` (stored as ``(0, 0)``) for tokens without characters: BOS, EOS,
-      chat-template scaffolding, padding. Byte-level pieces of one character share that character's span.
+      chat-template scaffolding, padding. Byte pieces of one character (``<0xF0>``, byte-level ``ðŁ``)
+      share that character's span.
     - ``teacher_input_ids``, ``teacher_attention_mask``, ``teacher_labels``, ``teacher_offsets``: the same
       for the teacher tokenizer, ``[B, T_t]`` (``[B, T_t, 2]``).
-    - ``alignment`` ``[B, T_s, T_t]`` bool: the ground truth of docs/methods.md#ground-truth-alignment between *input
-      tokens*: ``alignment[b, i, j]`` is True when student token ``i`` and teacher token ``j`` share a
-      (non-whitespace) character (:func:`kdviz.align.overlap_matrix`). False on padding and special tokens.
+    - ``alignment`` ``[B, T_s, T_t]`` bool: the ground truth (docs/methods.md#ground-truth-alignment) between
+      *input tokens*:
+      ``alignment[b, i, j]`` is True when student token ``i`` and teacher token ``j`` share a
+      (non-whitespace) UTF-8 byte of ``texts[b]`` (:func:`kdviz.align.overlap_matrix` on byte offsets, so
+      byte pieces align with the pieces that cover the same bytes). False on padding and special tokens.
       Between *predicted tokens* (the rows/columns of logits and of CMA attention) use
       :meth:`target_alignment`.
 
@@ -205,132 +204,3 @@ class Method(Protocol):
     """
 
     def __call__(self, batch: KDBatch, student_outputs=None, teacher_outputs=None) -> KDOutput: ...
-
-
-def _pad(rows: Sequence[Sequence], value, width: int) -> torch.Tensor:
-    return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows], dtype=torch.long)
-
-
-def _pair(example) -> tuple[str, str]:
-    if isinstance(example, Mapping):
-        try:
-            return str(example["prompt"]), str(example["response"])
-        except KeyError as err:
-            raise KeyError(f"an example mapping needs 'prompt' and 'response' keys, got {list(example)}") from err
-    if isinstance(example, Sequence) and not isinstance(example, str) and len(example) == 2:
-        return str(example[0]), str(example[1])
-    raise TypeError(f"an example must be a (prompt, response) pair or a mapping, got {type(example).__name__}")
-
-
-class KDCollator:
-    """Build a :class:`KDBatch` from (prompt, response) pairs, for one tokenizer or a student/teacher pair.
-
-    ``collator = KDCollator(student_tokenizer, teacher_tokenizer=None, *, max_length=None, add_eos=True,
-    chat_template=False)``; ``batch = collator([(prompt, response), ...])`` (mappings with ``"prompt"`` and
-    ``"response"`` keys work too, so it can be a DataLoader's ``collate_fn``).
-
-    Each side tokenises the prompt and the response separately (as at generation time), so no token
-    straddles the boundary and both responses cover exactly the same characters: responses are aligned
-    by text, not by position. Prompts get the tokenizer's start tokens (BOS) or, with
-    ``chat_template=True``, the tokenizer's chat template (a single user turn plus the generation prompt;
-    template tokens get empty spans). ``add_eos`` appends EOS to the response (trained, no characters).
-
-    ``max_length`` truncates each side to that many tokens. When a side is cut, the labels of every
-    response token (on both sides) whose characters reach past the last character both sides still
-    cover are set to ``-100``, and so are the EOS tokens, so that both sides train on the same text.
-    Padding is on the right with the tokenizer's pad id (else EOS, else 0).
-    """
-
-    def __init__(
-        self,
-        student_tokenizer,
-        teacher_tokenizer=None,
-        *,
-        max_length: int | None = None,
-        add_eos: bool = True,
-        chat_template: bool = False,
-    ) -> None:
-        check_fast(student_tokenizer, "student_tokenizer")
-        if teacher_tokenizer is not None:
-            check_fast(teacher_tokenizer, "teacher_tokenizer")
-        if max_length is not None and max_length < 2:
-            raise ValueError(f"max_length must be at least 2, got {max_length}")
-        self.student_tokenizer = student_tokenizer
-        self.teacher_tokenizer = teacher_tokenizer
-        self.max_length = max_length
-        self.add_eos = add_eos
-        self.chat_template = chat_template
-
-    def _encode(self, tokenizer, prompt: str, response: str) -> Encoded:
-        return encode_example(
-            tokenizer,
-            prompt,
-            response,
-            add_eos=self.add_eos,
-            chat_template=self.chat_template,
-            max_length=self.max_length,
-        )
-
-    def __call__(self, examples: Sequence) -> KDBatch:
-        pairs = [_pair(e) for e in examples]
-        if not pairs:
-            raise ValueError("cannot collate an empty list of examples")
-        same = self.teacher_tokenizer is None or self.teacher_tokenizer is self.student_tokenizer
-        tok_s = self.student_tokenizer
-        tok_t = tok_s if same else self.teacher_tokenizer
-        enc_s = [self._encode(tok_s, p, r) for p, r in pairs]
-        enc_t = enc_s if same else [self._encode(tok_t, p, r) for p, r in pairs]
-        texts = [p + r for p, r in pairs]
-        labels_s = [_labels(s, t) for s, t in zip(enc_s, enc_t, strict=True)]
-        labels_t = labels_s if same else [_labels(t, s) for s, t in zip(enc_s, enc_t, strict=True)]
-        student = _side(tok_s, enc_s, labels_s)
-        teacher = student if same else _side(tok_t, enc_t, labels_t)
-        t_s, t_t = student[0].shape[1], teacher[0].shape[1]
-        alignment = torch.zeros(len(pairs), t_s, t_t, dtype=torch.bool)
-        for b, (s, t, text) in enumerate(zip(enc_s, enc_t, texts, strict=True)):
-            alignment[b, : len(s.ids), : len(t.ids)] = overlap_matrix(s.offsets, t.offsets, text)
-        return KDBatch(
-            *student,
-            *teacher,
-            alignment=alignment,
-            texts=texts,
-            response_starts=[len(p) for p, _ in pairs],
-            student_tokens=[token_strings(tok_s, e.ids) for e in enc_s],
-            teacher_tokens=[token_strings(tok_t, e.ids) for e in enc_t],
-            same_tokenizer=same,
-        )
-
-
-def _labels(own: Encoded, other: Encoded) -> list[int]:
-    """Labels of one side: ids on response tokens; -100 past the text both sides keep after truncation."""
-    limit = None
-    if own.truncated or other.truncated:
-        limit = min(_covered_end(e) for e in (own, other))
-    out = []
-    for tok, (s, e), is_response in zip(own.ids, own.offsets, own.response, strict=True):
-        keep = is_response and (limit is None or (s < e and e <= limit))
-        out.append(tok if keep else IGNORE)
-    return out
-
-
-def _covered_end(enc: Encoded) -> int:
-    """The last character a (possibly truncated) example still covers, or everything if not truncated."""
-    if not enc.truncated:
-        return max((e for _, e in enc.offsets), default=0)
-    ends = [e for (s, e), r in zip(enc.offsets, enc.response, strict=True) if r and s < e]
-    return max(ends) if ends else 0
-
-
-def _side(tokenizer, encs: Sequence[Encoded], labels: Sequence[list[int]]):
-    width = max(len(e.ids) for e in encs)
-    pad_id = tokenizer.pad_token_id
-    if pad_id is None:
-        pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-    ids = _pad([e.ids for e in encs], pad_id, width)
-    mask = _pad([[1] * len(e.ids) for e in encs], 0, width)
-    lab = _pad(labels, IGNORE, width)
-    offsets = torch.zeros(len(encs), width, 2, dtype=torch.long)
-    for b, e in enumerate(encs):
-        spans = torch.tensor(e.offsets, dtype=torch.long).reshape(-1, 2)
-        offsets[b, : len(e.ids)] = torch.where(spans[:, :1] < spans[:, 1:], spans, 0)
-    return ids, mask, lab, offsets
