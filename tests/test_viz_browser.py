@@ -24,6 +24,7 @@ import pytest
 from kdviz.record import open_run
 from kdviz.viz import figures as F
 from kdviz.viz import report
+from kdviz.viz.lab import LAB_SETTINGS
 from tests.viz_runs import INJECTED, cma_run, fake_run, ot_run, uld_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +45,8 @@ DASHBOARD_NOTEBOOK = "02_dual_space_and_cross_model_attention"
 TRANSPORT_NOTEBOOK = "03_optimal_transport_plans"  # its dashboard opens on the Transport tab
 # every cell rendered (no windowing, so every plot is in the page), no news fetched from the network
 SETTINGS = {
+    # what `kdviz lab` sets: saved notebooks keep their widgets
+    **{f"{plugin.replace(':', '/')}.jupyterlab-settings": values for plugin, values in LAB_SETTINGS.items()},
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
     "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false"},
 }
@@ -224,6 +227,8 @@ def test_notebook_renders_in_jupyterlab(lab, browser, path):
         assert not page.locator(".jp-OutputArea-output[data-mime-type*='error']").count()
         if path.stem == DASHBOARD_NOTEBOOK:
             _move_step_slider(page)
+        if page.locator(".jp-Notebook .widget-tab").count():
+            assert _check_every_dashboard_tab(page, path.stem) >= 1
         if path.stem == TRANSPORT_NOTEBOOK:
             _check_vocabulary_map_cells(page)
         ARTIFACTS.mkdir(exist_ok=True)
@@ -232,6 +237,45 @@ def test_notebook_renders_in_jupyterlab(lab, browser, path):
     finally:
         page.close()
         _shutdown_kernels(url)
+
+
+# every plot on screen: its traces, and for heatmaps with labelled axes the matrix shape and the visible span
+VISIBLE_PLOTS = """() => Array.from(document.querySelectorAll('.jp-Notebook .js-plotly-plot'))
+  .filter(p => p.offsetParent !== null && p.getBoundingClientRect().width > 0)
+  .map(p => {
+    const title = (p.querySelector('.gtitle') || {}).textContent || '';
+    const heatmaps = (p.data || []).filter(t => t.type === 'heatmap' && t.x && t.y).map(t => {
+      const x = p._fullLayout['xaxis' + (t.xaxis || 'x').slice(1)];
+      const y = p._fullLayout['yaxis' + (t.yaxis || 'y').slice(1)];
+      const span = [Math.abs(y.range[1] - y.range[0]), Math.abs(x.range[1] - x.range[0])];
+      return {shape: [t.y.length, t.x.length], span};
+    });
+    return {title, traces: (p.data || []).length, svg: !!p.querySelector('.main-svg'), heatmaps};
+  })"""
+
+
+def _check_every_dashboard_tab(page, name: str) -> int:
+    """Click through every tab of every tab widget: each visible plot has traces, each labelled heatmap shows
+    its whole matrix. Returns the number of plots checked."""
+    checked = 0
+    tab_bars = page.locator(".jp-Notebook .jupyter-widgets.widget-tab > .lm-TabBar, .jp-Notebook .widget-tab-bar")
+    for b in range(tab_bars.count()):
+        tabs = tab_bars.nth(b).locator(".lm-TabBar-tab")
+        for t in range(tabs.count()):
+            tab = tabs.nth(t)
+            label = tab.inner_text()
+            tab.scroll_into_view_if_needed()
+            tab.click()
+            page.wait_for_timeout(800)
+            for plot in page.evaluate(VISIBLE_PLOTS):
+                where = (name, label, plot["title"])
+                assert plot["svg"] and plot["traces"] >= 1, where
+                for heatmap in plot["heatmaps"]:
+                    assert heatmap["span"] == [float(n) for n in heatmap["shape"]], (where, heatmap)
+                checked += 1
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / f"{name}_tab{b}_{t}_{label.strip().replace('/', '_')}.png"))
+    return checked
 
 
 def _move_step_slider(page) -> None:

@@ -1,9 +1,9 @@
 """Jupyter widgets over recorded runs: :func:`dashboard`, :func:`compare`, :func:`playground` and
 :func:`inspect_tokenizers`.
 
-Widgets compose the pure figure functions of :mod:`kdviz.viz.figures`: each view is a
-``plotly.graph_objects.FigureWidget`` rebuilt from a fresh figure and updated in place (``batch_update``)
-when the shared step slider or sample selector moves. A failure while updating is printed to the
+Widgets compose the pure figure functions of :mod:`kdviz.viz.figures`: each view is a :class:`FigureView`
+(an ``Output`` widget drawn by JupyterLab's plotly renderer) that is given a fresh figure when the shared
+step slider or sample selector moves. A failure while updating is printed to the
 widget's error area instead of being raised in a callback nobody sees; a view whose data the run does not
 hold explains why (from the recorder's notes) instead of failing.
 """
@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import json
 import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 
 import ipywidgets as widgets
-import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import torch
@@ -29,7 +29,6 @@ from kdviz.record.reader import Run
 from kdviz.viz import figures as F
 from kdviz.viz import toy
 
-DATA_KEYS = frozenset({"x", "y", "z", "text", "customdata", "base", "hovertext", "cells", "header"})
 WHY = {
     "alignment": "No alignment matrices in this run. Only cross-tokenizer methods produce them: CMA's "
     "attentions t2s_weight / s2t_weight and ULD's position pairing; record one with the 'alignment' probe "
@@ -41,43 +40,40 @@ WHY = {
 
 
 # plumbing ---------------------------------------------------------------------------------------------
-def refresh_figure(widget: go.FigureWidget, fig: go.Figure) -> None:
-    """Make ``widget`` show ``fig`` with one message to the browser.
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
 
-    When the trace types match (the same view at another step) traces and layout are updated in place,
-    which is fast; otherwise everything is replaced.
+
+class FigureView(widgets.Output):
+    """A plotly figure in an ``Output`` widget, drawn by JupyterLab's plotly renderer (the
+    ``jupyterlab-plotly`` extension that ships with plotly).
+
+    Why not ``go.FigureWidget``: each FigureWidget is an anywidget that sends the ~5 MB plotly.js bundle
+    over the kernel's websocket and renders only after a round trip through a (possibly busy) kernel; a
+    dashboard of six of them sent ~36 MB and often stayed blank. Here the browser loads plotly.js once,
+    from the extension's static files, and each figure travels as its JSON in an output message, which the
+    front end renders without asking the kernel anything. :meth:`show` replaces the figure; ``data`` and
+    ``layout`` read the figure shown.
     """
-    with widget.batch_update():
-        same = len(widget.data) == len(fig.data) and all(
-            a.type == b.type for a, b in zip(widget.data, fig.data, strict=True)
-        )
-        if same:
-            for old, new in zip(widget.data, fig.data, strict=True):
-                before = old.to_plotly_json()
-                for key, value in new.to_plotly_json().items():
-                    # data arrays are always sent; small settings only when they changed
-                    if key in DATA_KEYS or not _equal(before.get(key), value):
-                        old[key] = value
-                for key in before.keys() - new.to_plotly_json().keys() - {"type", "uid"}:
-                    old[key] = None
-            layout = fig.layout.to_plotly_json()
-            layout.pop("template", None)
-            widget.layout.update(layout)
-        else:
-            widget.data = ()
-            widget.add_traces(list(fig.data))
-            widget.layout = fig.layout
 
+    def __init__(self, fig: go.Figure | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.figure = go.Figure()
+        self.show(fig if fig is not None else go.Figure())
 
-def _equal(a, b) -> bool:
-    """Equality of plotly property values, which may nest dicts, lists and numpy arrays."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple, np.ndarray)) or isinstance(b, (list, tuple, np.ndarray)):
-        if a is None or b is None or len(a) != len(b):
-            return False
-        return all(_equal(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
+    def show(self, fig: go.Figure) -> None:
+        """Show ``fig`` in place of the current figure (one message to the browser; safe from any thread)."""
+        self.figure = fig
+        title = fig.layout.title.text or "plotly figure"
+        bundle = {PLOTLY_MIME: json.loads(fig.to_json()), "text/plain": f"<{title}>"}
+        self.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
+
+    @property
+    def data(self):
+        return self.figure.data
+
+    @property
+    def layout(self):
+        return self.figure.layout
 
 
 def _at(steps: Sequence[int], step: int | None) -> int | None:
@@ -102,7 +98,7 @@ def table_html(df: pd.DataFrame, escape: bool = True) -> widgets.HTML:
 
 
 class Panel:
-    """One view: ``build(step, sample) -> Figure`` and the FigureWidget that shows it.
+    """One view: ``build(step, sample) -> Figure`` and the :class:`FigureView` that shows it.
 
     ``steps``: the steps at which the view's data exists (``None``: not stepped). ``tab``: the index of
     the tab holding it (None: always visible); hidden panels are brought up to date when shown.
@@ -118,7 +114,7 @@ class Panel:
     ):
         self.build, self.steps, self.tab = build, steps, tab
         self.shown: tuple[int | None, int] | None = self._key(step, sample)
-        self.widget = go.FigureWidget(build(self.shown[0], sample))
+        self.widget = FigureView(build(self.shown[0], sample))
 
     def _key(self, step: int | None, sample: int) -> tuple[int | None, int]:
         return (_at(self.steps(), step) if self.steps is not None else None), sample
@@ -126,7 +122,7 @@ class Panel:
     def update(self, step: int | None, sample: int, force: bool = False) -> None:
         key = self._key(step, sample)
         if force or self.shown != key:
-            refresh_figure(self.widget, self.build(*key))
+            self.widget.show(self.build(*key))
             self.shown = key
 
 
@@ -499,8 +495,8 @@ class Playground(widgets.VBox):
         self.errors = widgets.Output()
         self.vocab = vocab
         self.student = torch.rand(vocab, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-        self.figure = go.FigureWidget(toy.distribution_figure(self.teacher(), self.student, mu=self.mu.value))
-        for w in (self.peak, self.spread, self.second, self.second_weight, self.temperature, self.mu):
+        self.figure = FigureView()
+        for w in (self.peak, self.spread, self.second, self.second_weight, self.temperature, self.mu, self.divergence):
             w.observe(lambda _: self.redraw(), names="value")
         self.train_button.on_click(lambda _: self.train())
         self.reset_button.on_click(lambda _: self.reset())
@@ -525,9 +521,8 @@ class Playground(widgets.VBox):
     def redraw(self) -> None:
         try:
             teacher = self.teacher()
-            refresh_figure(
-                self.figure,
-                toy.distribution_figure(teacher, self.student, mu=self.mu.value, gradients=self._gradients()),
+            self.figure.show(
+                toy.distribution_figure(teacher, self.student, mu=self.mu.value, gradients=self._gradients())
             )
             values = toy.divergence_values(self.student, teacher, self.mu.value)
             rows = "".join(f"<tr><td>{F.token_label(k)}</td><td>{v:.4f}</td></tr>" for k, v in values.items())
@@ -580,7 +575,7 @@ class TokenizerInspector(widgets.VBox):
         self.text = widgets.Textarea(
             value=text, description="text", continuous_update=False, layout=widgets.Layout(width="90%", height="70px")
         )
-        self.figure = go.FigureWidget()
+        self.figure = FigureView()
         self.errors = widgets.Output()
         self.text.observe(lambda _: self.redraw(), names="value")
         self.children = [self.text, self.figure, self.errors]
@@ -596,7 +591,7 @@ class TokenizerInspector(widgets.VBox):
 
     def redraw(self) -> None:
         try:
-            refresh_figure(self.figure, self.build(self.text.value))
+            self.figure.show(self.build(self.text.value))
         except Exception:
             self.errors.append_stderr(traceback.format_exc())
 
