@@ -1,6 +1,7 @@
 """A real browser: JupyterLab runs each notebook in Chromium (driven by Playwright), plots and widget views
-must render without errors, the dashboard's step slider must change the heatmap; a static report must show
-injected token text as text and run no script.
+must render without errors, the dashboard's step slider must change the heatmap, every tab of every
+dashboard must show plots with traces and whole matrices; a static report must show injected token text as
+text and run no script, and every step of its sliders must show the whole recorded matrix.
 
 Uses Debian's Chromium (``/usr/bin/chromium``; Playwright's own browser download is not used). In CI
 (``CI=true``) these tests always run; elsewhere they are skipped when Chromium is missing. Screenshots go
@@ -9,14 +10,8 @@ to ``test-artifacts/``.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -24,32 +19,14 @@ import pytest
 from kdviz.record import open_run
 from kdviz.viz import figures as F
 from kdviz.viz import report
-from kdviz.viz.lab import LAB_SETTINGS
+from tests.browser import ARGS, CHROMIUM, PANEL, ROOT, jupyterlab, new_page, open_notebook, run_all, shutdown_kernels
 from tests.viz_runs import INJECTED, cma_run, fake_run, ot_run, uld_run
 
-ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 RUN_TIMEOUT_MS = 240_000
 DASHBOARD_NOTEBOOK = "02_dual_space_and_cross_model_attention"
 TRANSPORT_NOTEBOOK = "03_optimal_transport_plans"  # its dashboard opens on the Transport tab
-# every cell rendered (no windowing, so every plot is in the page), no news fetched from the network
-SETTINGS = {
-    # what `kdviz lab` sets: saved notebooks keep their widgets
-    **{f"{plugin.replace(':', '/')}.jupyterlab-settings": values for plugin, values in LAB_SETTINGS.items()},
-    "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
-    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false"},
-}
 
 if not Path(CHROMIUM).exists():
     if os.environ.get("CI") == "true":
@@ -64,65 +41,14 @@ else:
     sync_api = pytest.importorskip("playwright.sync_api")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """A JupyterLab server on a free localhost port, rooted in a temporary copy of the notebooks."""
     root = tmp_path_factory.mktemp("lab")
     for nb in NOTEBOOKS:
         shutil.copy(nb, root / nb.name)
-    settings = tmp_path_factory.mktemp("lab-settings")
-    for plugin, values in SETTINGS.items():
-        (settings / plugin).parent.mkdir(parents=True, exist_ok=True)
-        (settings / plugin).write_text(json.dumps(values))
-    port = _free_port()
-    log = open(root / "server.log", "w")
-    env = {**os.environ, "KDVIZ_DATA": str(ROOT / "data"), "JUPYTERLAB_SETTINGS_DIR": str(settings)}
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "jupyterlab",
-            "--no-browser",
-            f"--port={port}",
-            "--ServerApp.ip=127.0.0.1",
-            "--IdentityProvider.token=",
-            "--allow-root",
-            "--ServerApp.password=",
-            "--ServerApp.disable_check_xsrf=True",
-            f"--ServerApp.root_dir={root}",
-            "--LabApp.expose_app_in_browser=True",
-            f"--LabApp.workspaces_dir={settings / 'workspaces'}",
-            "--ServerApp.open_browser=False",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=root,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/api/status", timeout=2)
-            break
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                raise RuntimeError(f"JupyterLab did not start: {(root / 'server.log').read_text()[-2000:]}") from None
-            time.sleep(0.5)
-    yield url, root
-    server.terminate()
-    try:
-        server.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        server.kill()
-    log.close()
+    with jupyterlab(root, tmp_path_factory.mktemp("lab-settings")) as url:
+        yield url, root
 
 
 @pytest.fixture(scope="module")
@@ -133,59 +59,11 @@ def browser():
         chromium.close()
 
 
-def _page(browser, errors: list[str]):
-    page = browser.new_page(viewport={"width": 1400, "height": 1800})
-    page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
-    page.on("response", lambda r: errors.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
-    return page
-
-
-PANEL = """const panel = Array.from(window.jupyterapp.shell.widgets('main'))
-    .find(w => w.context && w.context.path === NAME && w.content && w.sessionContext);"""
-DONE = """(NAME) => {
-  PANEL
-  if (!panel || !panel.sessionContext.session) return false;
-  const kernel = panel.sessionContext.session.kernel;
-  if (!kernel || kernel.status !== 'idle') return false;
-  const cells = panel.content.widgets.filter(c => c.model.type === 'code');
-  const failed = cells.find(c => c.model.outputs.toJSON().some(o => o.output_type === 'error'));
-  if (failed) return 'error in cell: ' + failed.model.sharedModel.getSource().slice(0, 200);
-  return cells.every(c => c.model.executionCount !== null && c.model.executionCount !== undefined) && 'done';
-}""".replace("PANEL", PANEL)
 PLOTLY_OUTPUTS = """(NAME) => {
   PANEL
   const outputs = panel.content.widgets.flatMap(c => c.model.type === 'code' ? c.model.outputs.toJSON() : []);
   return outputs.filter(o => o.data && o.data['application/vnd.plotly.v1+json']).length;
 }""".replace("PANEL", PANEL)
-READY = """(NAME) => {
-  if (!window.jupyterapp) return false;
-  PANEL
-  return !!(panel && panel.sessionContext.session && panel.sessionContext.session.kernel &&
-            panel.sessionContext.session.kernel.status === 'idle');
-}""".replace("PANEL", PANEL)
-RUN_ALL = """(NAME) => {
-  PANEL
-  window.jupyterapp.shell.activateById(panel.id);
-  window.jupyterapp.commands.execute('notebook:run-all-cells');  // not awaited: DONE polls for the end
-}""".replace("PANEL", PANEL)
-
-
-def _shutdown_kernels(url: str) -> None:
-    """Stop every session's kernel, so each notebook runs alone."""
-    with urllib.request.urlopen(f"{url}/api/sessions", timeout=10) as response:
-        sessions = json.loads(response.read())
-    for session in sessions:
-        request = urllib.request.Request(f"{url}/api/sessions/{session['id']}", method="DELETE")
-        urllib.request.urlopen(request, timeout=30).close()
-
-
-def _open_and_run(page, url: str, name: str) -> None:
-    page.goto(f"{url}/lab/tree/{name}?reset", wait_until="domcontentloaded")  # reset: no restored tabs
-    page.wait_for_function(READY, arg=name, timeout=90_000, polling=500)
-    page.evaluate(RUN_ALL, name)
-    outcome = page.wait_for_function(DONE, arg=name, timeout=RUN_TIMEOUT_MS, polling=500).json_value()
-    assert outcome == "done", outcome
 
 
 def _settle(page) -> None:
@@ -205,9 +83,10 @@ def _heatmap_title(page) -> str:
 def test_notebook_renders_in_jupyterlab(lab, browser, path):
     url, _ = lab
     errors: list[str] = []
-    page = _page(browser, errors)
+    page = new_page(browser, errors)
     try:
-        _open_and_run(page, url, path.name)
+        open_notebook(page, url, path.name)
+        run_all(page, path.name, RUN_TIMEOUT_MS)
         _settle(page)
         text = page.inner_text("body")
         assert "Error displaying widget" not in text
@@ -236,7 +115,7 @@ def test_notebook_renders_in_jupyterlab(lab, browser, path):
         assert not errors, errors
     finally:
         page.close()
-        _shutdown_kernels(url)
+        shutdown_kernels(url)
 
 
 # every plot on screen: its traces, and for heatmaps with labelled axes the matrix shape and the visible span
@@ -250,7 +129,8 @@ VISIBLE_PLOTS = """() => Array.from(document.querySelectorAll('.jp-Notebook .js-
       const span = [Math.abs(y.range[1] - y.range[0]), Math.abs(x.range[1] - x.range[0])];
       return {shape: [t.y.length, t.x.length], span};
     });
-    return {title, traces: (p.data || []).length, svg: !!p.querySelector('.main-svg'), heatmaps};
+    const message = Array.from(p.querySelectorAll('.annotation-text')).map(a => a.textContent).join(' ');
+    return {title, traces: (p.data || []).length, svg: !!p.querySelector('.main-svg'), heatmaps, message};
   })"""
 
 
@@ -269,7 +149,8 @@ def _check_every_dashboard_tab(page, name: str) -> int:
             page.wait_for_timeout(800)
             for plot in page.evaluate(VISIBLE_PLOTS):
                 where = (name, label, plot["title"])
-                assert plot["svg"] and plot["traces"] >= 1, where
+                # a plot shows data, or says in words why it has none; never blank axes
+                assert plot["svg"] and (plot["traces"] >= 1 or plot["message"].strip()), where
                 for heatmap in plot["heatmaps"]:
                     assert heatmap["span"] == [float(n) for n in heatmap["shape"]], (where, heatmap)
                 checked += 1
@@ -311,7 +192,7 @@ def test_static_report_shows_injected_tokens_as_text(browser, tmp_path):
     path = report(open_run(fake_run()), tmp_path / "report.html")
     errors: list[str] = []
     dialogs: list[str] = []
-    page = _page(browser, errors)
+    page = new_page(browser, errors)
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     try:
         page.goto(path.as_uri(), wait_until="load")
@@ -358,7 +239,7 @@ def test_static_report_shows_every_step_whole(browser, tmp_path):
     runs = {"cma": open_run(cma_run()), "ot": open_run(ot_run()), "uld": open_run(uld_run())}
     path = report(runs, tmp_path / "report.html")
     errors: list[str] = []
-    page = _page(browser, errors)
+    page = new_page(browser, errors)
     checked = 0
     try:
         page.goto(path.as_uri(), wait_until="load")

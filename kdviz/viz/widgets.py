@@ -36,6 +36,9 @@ WHY = {
     "transport": "No transport plans in this run. Only MultiLevelOT produces transport_plan / transport_cost; "
     "record it with the 'transport' probe enabled.",
     "token_loss": "No per-token rows in this run: record with samples >= 1 and the 'token_loss' probe.",
+    "head_tail": "No head/tail statistics in this run: the 'head_tail' probe needs both models' logits over one "
+    "vocabulary (the shared one, or DSKD / CMA's projected spaces); ULD, MinED and MultiLevelOT compare "
+    "distributions over two different vocabularies.",
 }
 
 
@@ -298,14 +301,17 @@ class Dashboard(_Views):
             ),
         )
         # Head/Tail
-        ht_steps = self.panel(lambda s, k: F.head_tail_steps(run))
-        ht_tokens = self.panel(
-            lambda s, k: (
-                F.head_tail_tokens(run, s, k) if s is not None else F.message_figure("no per-token statistics")
-            ),
-            lambda: _token_steps(run),
-        )
-        self.add_tab("Head/Tail", widgets.VBox([ht_steps.widget, ht_tokens.widget]))
+        if not run.head_tail().empty:
+            ht_steps = self.panel(lambda s, k: F.head_tail_steps(run))
+            ht_tokens = self.panel(
+                lambda s, k: (
+                    F.head_tail_tokens(run, s, k) if s is not None else F.message_figure("no per-token statistics")
+                ),
+                lambda: _token_steps(run),
+            )
+            self.add_tab("Head/Tail", widgets.VBox([ht_steps.widget, ht_tokens.widget]))
+        else:
+            self.add_tab("Head/Tail", explain(_note(run, "head_tail")))
         # Alignment
         names = [n for n in F.ALIGNMENT_NAMES if n in run.matrix_names()]
         if names:
