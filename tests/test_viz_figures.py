@@ -125,18 +125,42 @@ def test_large_matrices_are_binned():
     assert small.z.shape == (5, 4) and not small.binned and small.ref_x == []
 
 
+def test_transport_plan_shows_only_transported_positions_with_uniform_marginals(ot):
+    """MultiLevelOT pairs the answers by index over the shorter one: the longer side's last positions carry
+    no mass. Drawn, they looked like a solver breaking its uniform marginals; they are left out and counted."""
+    plan = ot.matrix("transport_plan", 2, 0)
+    values = np.asarray(plan.values, dtype=np.float64)
+    padded = Matrix(
+        np.pad(values, ((0, 0), (0, 3))), plan.row_tokens, [*plan.col_tokens, "a", "b", "c"],
+        None if plan.reference is None else np.pad(plan.reference, ((0, 0), (0, 3))), name="transport_plan",
+        info={**plan.info, "cols": [*(plan.info.get("cols") or range(values.shape[1])), 97, 98, 99]},
+    )
+    for matrix in (plan, padded):
+        fig = F.transport_figure(matrix, matrix)
+        drawn = np.asarray(fig.data[0].z, dtype=np.float64)
+        assert drawn.shape == values[values.sum(1) > 0][:, values.sum(0) > 0].shape
+        columns, rows = drawn.sum(0), drawn.sum(1)
+        np.testing.assert_allclose(columns, columns.mean(), rtol=1e-3)  # uniform marginals, every column
+        np.testing.assert_allclose(rows, rows.mean(), rtol=1e-3)
+        assert fig.layout.yaxis2.title.text is None and "no ground truth" not in str(fig.layout.annotations)
+    untransported = int((values.sum(0) == 0).sum()) + 3
+    assert f"not transported (beyond the paired span): {untransported} student positions" in fig.layout.title.text
+
+
 def test_transport_plan_cost_and_vocab_map(ot):
     plan, cost = ot.matrix("transport_plan", 2, 0), ot.matrix("transport_cost", 2, 0)
     assert plan.values.shape == cost.values.shape and len(plan.row_tokens) == plan.values.shape[0]
     fig = F.transport_figure(plan, cost)
     assert [t.type for t in fig.data] == ["heatmap", "scatter", "heatmap"]
-    np.testing.assert_allclose(fig.data[0].z, plan.values, rtol=1e-6)
-    np.testing.assert_allclose(fig.data[2].z, cost.values, rtol=1e-6)
-    assert list(fig.data[0].y) == F.position_labels(plan.row_tokens, plan.info["rows"])  # teacher tokens
+    rows, cols = plan.values.sum(1) > 0, plan.values.sum(0) > 0  # the transported positions
+    np.testing.assert_allclose(fig.data[0].z, plan.values[rows][:, cols], rtol=1e-6)
+    np.testing.assert_allclose(fig.data[2].z, cost.values[rows][:, cols], rtol=1e-6)
+    teacher_labels = F.position_labels(plan.row_tokens, plan.info["rows"])
+    assert list(fig.data[0].y) == [label for label, keep in zip(teacher_labels, rows, strict=True) if keep]
     assert any("Ġ" in y for y in fig.data[0].y) and any("▁" in x for x in fig.data[0].x)
     assert "cost %{z" in fig.data[2].hovertemplate and fig.layout.xaxis2.title.text == "student token"
     assert fig.layout.yaxis.title.text == "teacher token" and "transport plan" in fig.layout.title.text
-    assert len(fig.data[1].x) == int(plan.reference.sum())
+    assert len(fig.data[1].x) == int(plan.reference[rows][:, cols].sum())
     teacher_vocab = bpe_tokenizer().convert_ids_to_tokens(list(range(len(bpe_tokenizer()))))
     student_vocab = {i: t for t, i in unigram_tokenizer().get_vocab().items()}
     table = F.vocab_map_table(ot, 2, 0, teacher_tokens=teacher_vocab, student_tokens=student_vocab)

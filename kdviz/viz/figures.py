@@ -18,7 +18,7 @@ import html
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -525,20 +525,57 @@ def alignment_heatmap(matrix: Matrix, *, limit: int = MAX_AXIS, colorscale: str 
     return fig
 
 
+def _submatrix(matrix: Matrix, rows: np.ndarray, cols: np.ndarray) -> Matrix:
+    """``matrix`` restricted to the boolean ``rows`` and ``cols`` (labels, reference and positions too)."""
+    info = dict(matrix.info)
+    for key, keep in (("rows", rows), ("cols", cols)):
+        if info.get(key):
+            info[key] = [p for p, k in zip(info[key], keep, strict=True) if k]
+    reference = None if matrix.reference is None else np.asarray(matrix.reference)[rows][:, cols]
+    return replace(
+        matrix,
+        values=np.asarray(matrix.values)[rows][:, cols],
+        row_tokens=[t for t, k in zip(matrix.row_tokens, rows, strict=True) if k],
+        col_tokens=[t for t, k in zip(matrix.col_tokens, cols, strict=True) if k],
+        reference=reference,
+        info=info,
+    )
+
+
+def transported_positions(plan: Matrix) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean masks of the plan's rows and columns that carry mass (all of them for an all-zero plan)."""
+    values = np.nan_to_num(np.asarray(plan.values, dtype=np.float64))
+    rows, cols = values.sum(1) > 0, values.sum(0) > 0
+    if not rows.any() or not cols.any():
+        return np.ones_like(rows), np.ones_like(cols)
+    return rows, cols
+
+
 def transport_figure(plan: Matrix, cost: Matrix | None = None, *, limit: int = MAX_AXIS) -> go.Figure:
     """A transport plan ``P [T_t, T_s]`` (teacher rows, student columns) with both token sequences, the
-    ground-truth overlap outlined, and the cost matrix ``C`` beside it when given."""
+    ground-truth overlap outlined, and the cost matrix ``C`` beside it when given.
+
+    Only the transported positions are drawn: MultiLevelOT pairs the two answers by index over the shorter
+    one, so the longer side's last positions carry no mass; they are left out and counted in the title
+    (drawn, they looked like a solver that broke its uniform marginals).
+    """
+    rows, cols = transported_positions(plan)
+    dropped = {"teacher": int((~rows).sum()), "student": int((~cols).sum())}
+    if not rows.all() or not cols.all():
+        cost = None if cost is None or cost.values.shape != plan.values.shape else _submatrix(cost, rows, cols)
+        plan = _submatrix(plan, rows, cols)
     views = [matrix_view(plan, limit)] + ([matrix_view(cost, limit)] if cost is not None else [])
+    scores = _scores_text(plan.info)
     fig = make_subplots(
         rows=1,
         cols=len(views),
-        horizontal_spacing=0.12,
-        subplot_titles=[f"plan P · {_scores_text(plan.info) or 'no ground truth'}"]
-        + (["cost C"] if cost is not None else []),
+        horizontal_spacing=0.1,
+        shared_yaxes=True,  # the same teacher positions: the cost panel needs no labels where P's colour bar sits
+        subplot_titles=[f"plan P · {scores}" if scores else "plan P"] + (["cost C"] if cost is not None else []),
     )
     fig.add_trace(
         _heatmap_trace(
-            views[0], "teacher", "student", "Blues", colorbar={"title": "P", "x": 0.44 if cost is not None else 1.02}
+            views[0], "teacher", "student", "Blues", colorbar={"title": "P", "x": 0.46 if cost is not None else 1.02}
         ),
         row=1,
         col=1,
@@ -551,9 +588,15 @@ def transport_figure(plan: Matrix, cost: Matrix | None = None, *, limit: int = M
     for col, view in enumerate(views, start=1):
         x_range, y_range = _full_ranges(view)
         fig.update_xaxes(title_text="student token", type="category", tickangle=-60, range=x_range, row=1, col=col)
-        fig.update_yaxes(title_text="teacher token", type="category", range=y_range, row=1, col=col)
+        fig.update_yaxes(
+            title_text="teacher token" if col == 1 else None, type="category", range=y_range, row=1, col=col
+        )
+    title = matrix_title(plan, views[0]).replace(token_label(plan.name), "transport plan", 1)
+    untransported = [f"{n} {side}" for side, n in dropped.items() if n]
+    if untransported:
+        title += f" · not transported (beyond the paired span): {' and '.join(untransported)} positions"
     fig.update_layout(
-        title=matrix_title(plan, views[0]).replace(token_label(plan.name), "transport plan", 1),
+        title=title,
         height=max(420, min(900, 14 * len(views[0].y) + 200)),
         legend={"orientation": "h", "y": -0.3},
     )
