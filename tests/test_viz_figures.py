@@ -220,6 +220,11 @@ def test_tokenizer_comparison_regions():
     assert all(t.marker.color == F.KIND_COLOURS[t.name] for t in bars)
     assert "characters %{customdata[1]}" in bars[0].hovertemplate and fig.layout.xaxis.title.text == "character"
     assert fig.data[-1].mode == "text" and len(fig.data[-1].text) == len(text)
+    assert not fig.layout.xaxis.rangeslider.visible and tuple(fig.layout.xaxis.range) == (0, len(text))
+    # a long text opens on a readable window (~14 px a character) with a range slider over the whole text
+    long = F.tokenizer_comparison(text * 4, off_a, off_b, tok_a, tok_b, window=40)
+    assert tuple(long.layout.xaxis.range) == (0, 40) and long.layout.xaxis.rangeslider.visible
+    assert tuple(long.layout.xaxis.rangeslider.range) == (0, 4 * len(text))
 
 
 def test_numerics_and_results(cma, vanilla):

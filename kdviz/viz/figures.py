@@ -777,10 +777,14 @@ def tokenizer_comparison(
     tokens_b: Sequence[str],
     *,
     names: tuple[str, str] = ("student", "teacher"),
+    window: int = 48,
 ) -> go.Figure:
     """One text as two tokenisations aligned by characters (x axis: character index), each token a box
     coloured by the kind of region it belongs to (one-to-one, one-to-many = B splits, many-to-one = B
-    merges, many-to-many, unmatched); the characters themselves on a third row."""
+    merges, many-to-many, unmatched); the characters themselves on a third row.
+
+    The view opens on the first ``window`` characters (about 14 px each at a notebook's width, so token
+    strings stay readable); the range slider under the axis pans and zooms to any span of the text."""
     overlap = overlap_matrix(offsets_a, offsets_b, text)
     kind_a, kind_b = ["unmatched"] * len(tokens_a), ["unmatched"] * len(tokens_b)
     for region in regions(offsets_a, offsets_b, text, overlap):
@@ -831,16 +835,23 @@ def tokenizer_comparison(
     fig.update_layout(
         barmode="overlay",
         title=f"tokenizer comparison · {len(tokens_a)} {token_label(names[0])} vs "
-        f"{len(tokens_b)} {token_label(names[1])} tokens",
-        xaxis={"title": "character", "range": [0, max(len(text), 1)]},
+        f"{len(tokens_b)} {token_label(names[1])} tokens"
+        + (f"<br><sup>first {window} of {len(text)} characters: drag the slider under the axis</sup>"
+           if len(text) > window else ""),
+        xaxis={
+            "title": "character",
+            "range": [0, max(min(len(text), window), 1)],
+            "rangeslider": {"visible": len(text) > window, "range": [0, max(len(text), 1)], "thickness": 0.12},
+        },
         yaxis={
             "title": "",
             "categoryorder": "array",
             "categoryarray": ["text", token_label(names[1]), token_label(names[0])],
+            "fixedrange": True,
         },
-        height=300,
-        legend={"orientation": "h", "y": -0.35},
-        margin={"t": 50},
+        height=380,
+        legend={"orientation": "h", "x": 0, "y": 1.0, "yanchor": "bottom"},
+        margin={"t": 90},
     )
     return fig
 
