@@ -264,3 +264,16 @@ def test_toy_free_logit_training_and_figures():
     dist = toy.distribution_figure(shaped, torch.zeros(20, dtype=torch.float64))
     assert [t.name for t in dist.data][:2] == ["p teacher (dark: head)", "q student"]
     assert "g_head" in dist.layout.annotations[0].text
+
+
+def test_a_one_step_run_draws_its_points(tmp_path):
+    """A run with one logged step: a line through one point is invisible, so its line charts carry markers."""
+    from kdviz.record import Recorder
+    from tests.record_fakes import make_batch, make_output
+
+    with Recorder(tmp_path / "one", every=1, samples=1) as rec:
+        rec.log(0, make_batch(), make_output(0), grad_norms={"student": 1.5})
+    run = open_run(tmp_path / "one")
+    for fig in (F.loss_terms(run), F.numerics(run)):
+        shown = [t for t in fig.data if t.showlegend is not False]
+        assert shown and all("markers" in t.mode for t in shown), [t.mode for t in fig.data]

@@ -134,6 +134,18 @@ def test_compare_side_by_side_with_results_table():
     c.tabs.selected_index = 2
     c.controls.slider.value = 0
     assert "step 0" in left.layout.title.text and _errors(c) == ""
+    # one colour scale for the per-token losses of every run
+    tokens = c.tabs.children[3]
+    c.tabs.selected_index = 3
+    scales = {box.children[1].data[0].zmax for box in tokens.children}
+    assert len(scales) == 1 and None not in scales
+    # deselecting a run hides its panels and takes it out of the overlaid loss terms
+    first = c.shown_runs.options[0]
+    c.shown_runs.value = [first]
+    assert [box.layout.display for box in alignment.children] == [None, "none"]
+    overview = c.tabs.children[0].children[1]
+    assert overview.data and all(t.name.startswith(first) for t in overview.data if t.showlegend is not False)
+    assert _errors(c) == ""
 
 
 def test_playground_values_gradients_and_training():

@@ -84,6 +84,12 @@ def message_figure(text: str, title: str = "") -> go.Figure:
 
 
 # loss terms over steps ----------------------------------------------------------------------------------
+def line_mode(points: int) -> str:
+    """Markers on short series (a one-step run is a single point, invisible as a line), as plotly does for
+    its own default scatter mode below 20 points."""
+    return "lines+markers" if points < 20 else "lines"
+
+
 def smooth(values: Sequence[float] | np.ndarray, weight: float = 0.9) -> np.ndarray:
     """Debiased exponential moving average (as TensorBoard): ``m_t = w m_{t-1} + (1-w) x_t``, divided by
     ``1 - w^t`` so the first points are not pulled towards 0. Non-finite values are skipped (kept as NaN)."""
@@ -156,7 +162,7 @@ def loss_terms(
                 go.Scattergl(
                     x=xs,
                     y=ys,
-                    mode="lines",
+                    mode=line_mode(len(ys)),
                     line={"color": colour, "width": 1},
                     opacity=0.25,
                     name=f"{legend} (raw)",
@@ -169,7 +175,7 @@ def loss_terms(
                 go.Scattergl(
                     x=xs,
                     y=smooth(ys, smoothing),
-                    mode="lines",
+                    mode=line_mode(len(ys)),
                     line={"color": colour, "width": 2},
                     name=legend,
                     legendgroup=legend,
@@ -701,8 +707,12 @@ def token_losses(
     value: str = "token_kd",
     top: Mapping[int, tuple[Sequence[tuple[str, float]], Sequence[tuple[str, float]]]] | None = None,
     per_line: int = TOKENS_PER_LINE,
+    zmax: float | None = None,
 ) -> go.Figure:
     """The response of one sampled sequence as tokens coloured by a per-token quantity.
+
+    ``zmax``: the top of the colour scale (default: this sequence's largest value); give several figures
+    the same ``zmax`` to compare their colours (:func:`kdviz.viz.compare` does).
 
     ``value``: a column of the tokens table (``token_kd``, ``token_ce``, ``fkl``, ``rkl``, ...) or
     ``"rkl_share"`` (``rkl / (fkl + rkl)``: red where the student over-covers, blue where it under-covers).
@@ -751,6 +761,8 @@ def token_losses(
             textfont={"size": 12},
             colorscale="RdBu_r" if share else "YlOrRd",
             zmid=0.5 if share else None,
+            zmin=None if share else 0.0,
+            zmax=None if share else zmax,
             hovertemplate="%{customdata}<extra></extra>",
             xgap=2,
             ygap=2,
@@ -876,7 +888,9 @@ def numerics(run: Run) -> go.Figure:
         for name in (n for n in names if n.startswith(prefix)):
             sel = scalars[scalars["name"] == name]
             fig.add_trace(
-                go.Scattergl(x=sel["step"], y=sel["value"], mode="lines", name=token_label(name)), row=row, col=1
+                go.Scattergl(x=sel["step"], y=sel["value"], mode=line_mode(len(sel)), name=token_label(name)),
+                row=row,
+                col=1,
             )
     fig.update_xaxes(title_text="step", row=len(present), col=1)
     fig.update_layout(title="numerics", height=180 + 170 * len(present), margin={"t": 70})

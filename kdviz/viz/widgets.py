@@ -429,20 +429,34 @@ class Comparison(_Views):
         steps = sorted({s for run in runs.values() for s in _recorded_steps(run)})
         samples = sorted({s for run in runs.values() for s in _samples(run)})
         self._setup(StepControls(steps, samples))
-        loss = self.panel(lambda s, k: F.loss_terms(runs))
+        self.shown_runs = widgets.SelectMultiple(
+            options=list(runs), value=list(runs), description="runs", rows=min(len(runs), 6)
+        )
+        self._run_boxes: list[tuple[str, widgets.Widget]] = []
+        loss = self.panel(lambda s, k: F.loss_terms({label: runs[label] for label in self.shown_runs.value}))
         self.results = table_html(F.results_table(runs), escape=False)
         self.add_tab("Overview", widgets.VBox([self.results, loss.widget]))
         self.add_tab("Head/Tail", self._side_by_side(lambda run: lambda s, k: F.head_tail_steps(run), None))
         self.add_tab("Alignment", self._side_by_side(self._alignment, lambda run: run.matrix_steps("t2s_weight")))
         self.add_tab("Tokens", self._side_by_side(self._tokens, _token_steps))
-        self.children = [self.controls, self.tabs, self.errors]
+        self.shown_runs.observe(lambda _: self._show_runs(loss), names="value")
+        self.children = [widgets.HBox([self.controls, self.shown_runs]), self.tabs, self.errors]
 
-    @staticmethod
-    def _tokens(run: Run):
+    def _show_runs(self, loss: Panel) -> None:
+        """Hide the deselected runs' panels and redraw the overlaid loss terms with the selected ones."""
+        for label, box in self._run_boxes:
+            box.layout.display = None if label in self.shown_runs.value else "none"
+        self.update(force=True, panels=[loss])
+
+    def _tokens(self, run: Run):
+        # one colour scale for every run: the same colour is the same loss in each panel
+        maxima = [r.tokens()["token_kd"].max() for r in self.runs.values() if "token_kd" in r.tokens().columns]
+        zmax = float(max(maxima)) if maxima else None
+
         def build(step, sample):
             if step is None:
                 return F.message_figure(_note(run, "token_loss"), F.run_label(run))
-            return F.token_losses(run, step, sample)
+            return F.token_losses(run, step, sample, zmax=zmax)
 
         return build
 
@@ -455,17 +469,16 @@ class Comparison(_Views):
 
         return build
 
-    def _side_by_side(self, build_for, steps_for) -> widgets.HBox:
+    def _side_by_side(self, build_for, steps_for) -> widgets.GridBox:
+        """One panel per run, two per row (each about half the notebook's width, never a sliver)."""
         boxes = []
         for label, run in self.runs.items():
             panel = self.panel(build_for(run), (lambda r=run: steps_for(r)) if steps_for else None)
-            boxes.append(
-                widgets.VBox(
-                    [widgets.HTML(f"<b>{label}</b>"), panel.widget],
-                    layout=widgets.Layout(width=f"{100 // max(len(self.runs), 1)}%"),
-                )
-            )
-        return widgets.HBox(boxes)
+            box = widgets.VBox([widgets.HTML(f"<b>{label}</b>"), panel.widget], layout=widgets.Layout(min_width="0"))
+            self._run_boxes.append((label, box))
+            boxes.append(box)
+        columns = "repeat(2, minmax(0, 1fr))" if len(boxes) > 1 else "minmax(0, 1fr)"
+        return widgets.GridBox(boxes, layout=widgets.Layout(grid_template_columns=columns, grid_gap="8px"))
 
 
 def compare(runs: Mapping[str, Run] | Sequence[Run]) -> Comparison:
