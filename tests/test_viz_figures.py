@@ -250,11 +250,18 @@ def test_injected_tokens_never_reach_figures_raw(fake):
 def test_toy_free_logit_training_and_figures():
     teacher = toy.half_gaussian_teacher()
     assert teacher.shape == (80,) and float(teacher.exp().sum()) == pytest.approx(1.0)
-    runs = {n: toy.train_free_logits(teacher, n, 10, snapshots=(1, 10)) for n in ("fkl", "rkl")}
+    runs = {n: toy.train_free_logits(teacher, n, 10, snapshots=(0, 1, 10)) for n in ("fkl", "rkl", "akl")}
     for snaps in runs.values():
         assert toy.head_tail_gaps(snaps[10], teacher) < toy.head_tail_gaps(snaps[1], teacher)
     fig = toy.toy_experiment_figure(teacher, runs)
-    assert len(fig.data) == 8 and "FKL step 1" in fig.layout.annotations[0].text
+    assert len(fig.data) == 12 and "FKL step 1" in fig.layout.annotations[0].text
+    assert all(len(t.x) == 80 for t in fig.data)  # the whole support, far tail included
+    assert fig.layout.yaxis.type == "log" and fig.layout.yaxis.title.text == "FKL: probability"
+    assert fig.layout.xaxis5.title.text == "class"
+    # the title states what the runs show, computed from them
+    fkl_head, fkl_tail = toy.remaining_gaps(runs["fkl"], teacher, 10)
+    title = fig.layout.title.text
+    assert f"FKL head {fkl_head:.0%} · tail {fkl_tail:.0%}" in title and "AKL head" in title
     shaped = toy.teacher_logits(20, peak=3, spread=1.5, second_mode=12, second_weight=0.3)
     assert int(shaped.argmax()) == 3 and shaped[12] > shaped[8]
     values = toy.divergence_values(torch.zeros(20, dtype=torch.float64), shaped)
