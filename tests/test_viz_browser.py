@@ -229,7 +229,8 @@ _STEPPED_STATE = """(root) => {
   const heatmaps = plot._fullData.filter(t => t.type === 'heatmap' && t.x && t.y).map(t => ({
     xaxis: 'xaxis' + t.xaxis.slice(1), yaxis: 'yaxis' + t.yaxis.slice(1), columns: t.x.length, rows: t.y.length,
   }));
-  return {label: root.querySelector('.kdviz-step').textContent, traces: plot._fullData.length, spans, heatmaps};
+  const legend = Array.from(plot.querySelectorAll('.legendtext')).map(t => t.textContent);
+  return {label: root.querySelector('.kdviz-step').textContent, traces: plot._fullData.length, spans, heatmaps, legend};
 }"""
 
 
@@ -267,6 +268,7 @@ def test_static_report_shows_every_step_whole(browser, tmp_path):
                     assert (heatmap["rows"], heatmap["columns"]) == shape, (run_label, name, step, heatmap)
                     visible = (state["spans"][heatmap["yaxis"]], state["spans"][heatmap["xaxis"]])
                     assert visible == (float(shape[0]), float(shape[1])), (run_label, name, step, visible, shape)
+                    assert "character overlap (ground truth)" in state["legend"], state["legend"]  # outlines explained
                     checked += 1
                 if name == "t2s_weight":
                     root.scroll_into_view_if_needed()

@@ -525,6 +525,7 @@ def alignment_heatmap(matrix: Matrix, *, limit: int = MAX_AXIS, colorscale: str 
         xaxis={"title": AXIS_NAMES.get(col_side, col_side), "type": "category", "tickangle": -60, "range": x_range},
         yaxis={"title": AXIS_NAMES.get(row_side, row_side), "type": "category", "range": y_range},
         height=max(420, min(900, 14 * len(view.y) + 200)),
+        showlegend=True,  # plotly hides a legend of one entry: the outlines' meaning must always be shown
         legend={"orientation": "h", "y": -0.25},
         margin={"t": 60},
     )
@@ -604,6 +605,7 @@ def transport_figure(plan: Matrix, cost: Matrix | None = None, *, limit: int = M
     fig.update_layout(
         title=title,
         height=max(420, min(900, 14 * len(views[0].y) + 200)),
+        showlegend=True,
         legend={"orientation": "h", "y": -0.3},
     )
     return fig
