@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,18 @@ import pytest
 from kdviz.record import open_run
 from kdviz.viz import figures as F
 from kdviz.viz import report
-from tests.browser import ARGS, CHROMIUM, PANEL, ROOT, jupyterlab, new_page, open_notebook, run_all, shutdown_kernels
+from tests.browser import (
+    ARGS,
+    CHROMIUM,
+    PANEL,
+    READY,
+    ROOT,
+    jupyterlab,
+    new_page,
+    open_notebook,
+    run_all,
+    shutdown_kernels,
+)
 from tests.viz_runs import INJECTED, cma_run, fake_run, ot_run, uld_run
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -114,6 +127,43 @@ def test_notebook_renders_in_jupyterlab(lab, browser, path):
         page.screenshot(path=str(ARTIFACTS / f"{path.stem}.png"))
         assert not errors, errors
     finally:
+        page.close()
+        shutdown_kernels(url)
+
+
+SAVE = """(NAME) => { PANEL return panel.context.save(); }""".replace("PANEL", PANEL)
+
+
+def test_dashboard_under_load_after_rerun_and_reopening(lab, browser):
+    """The live-dashboard case: a CPU-bound process beside the browser and the kernel; notebook 02 is run
+    twice, then saved, closed and reopened without a kernel. Each time every tab of the dashboard must show
+    plots with traces and whole matrices, no widget may fail to display, and the kernel logs no exception."""
+    url, root = lab
+    log = root / "server.log"
+    seen = log.stat().st_size
+    name = f"{DASHBOARD_NOTEBOOK}.ipynb"
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    errors: list[str] = []
+    page = new_page(browser, errors)
+    try:
+        open_notebook(page, url, name)
+        for attempt in ("first", "second"):
+            run_all(page, name, RUN_TIMEOUT_MS)
+            _settle(page)
+            assert "Error displaying widget" not in page.inner_text("body"), attempt
+            assert _check_every_dashboard_tab(page, f"{DASHBOARD_NOTEBOOK}_{attempt}_run_under_load") >= 6
+        page.evaluate(SAVE, name)
+        shutdown_kernels(url)
+        page.goto(f"{url}/lab/tree/{name}?reset", wait_until="domcontentloaded")
+        page.wait_for_function(READY, arg=name, timeout=90_000, polling=500)
+        _settle(page)
+        assert "Error displaying widget" not in page.inner_text("body")
+        assert _check_every_dashboard_tab(page, f"{DASHBOARD_NOTEBOOK}_reopened") >= 6
+        kernel_log = log.read_text(errors="replace")[seen:]
+        assert "Traceback" not in kernel_log, kernel_log[-3000:]
+        assert not errors, errors
+    finally:
+        busy.kill()
         page.close()
         shutdown_kernels(url)
 
