@@ -163,9 +163,12 @@ def lab(args: argparse.Namespace) -> None:
     import sys
     from pathlib import Path
 
+    from kdviz.viz.lab import install_lab_settings
+
     directory = Path(args.directory or Path(__file__).resolve().parents[1] / "notebooks")
     if not directory.is_dir():
         raise SystemExit(f"kdviz lab: {directory} is not a directory")
+    install_lab_settings()
     os.execv(sys.executable, [sys.executable, "-m", "jupyterlab", f"--notebook-dir={directory}"])
 
 

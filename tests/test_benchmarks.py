@@ -11,6 +11,7 @@ import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 CASES = {
+    "bench_dashboard_browser": ([], ["kdviz    first render", "ratio kdviz / baseline"]),
     "bench_divergences": (["--names", "fkl", "--dtypes", "float32"], ["fkl ", "fused "]),
     "bench_ot": ([], ["[SD]", "ULD", "second call", "[MultiLevelOT levels]"]),
     "bench_recorder": ([], ["every=10", "every=1"]),

@@ -125,18 +125,42 @@ def test_large_matrices_are_binned():
     assert small.z.shape == (5, 4) and not small.binned and small.ref_x == []
 
 
+def test_transport_plan_shows_only_transported_positions_with_uniform_marginals(ot):
+    """MultiLevelOT pairs the answers by index over the shorter one: the longer side's last positions carry
+    no mass. Drawn, they looked like a solver breaking its uniform marginals; they are left out and counted."""
+    plan = ot.matrix("transport_plan", 2, 0)
+    values = np.asarray(plan.values, dtype=np.float64)
+    padded = Matrix(
+        np.pad(values, ((0, 0), (0, 3))), plan.row_tokens, [*plan.col_tokens, "a", "b", "c"],
+        None if plan.reference is None else np.pad(plan.reference, ((0, 0), (0, 3))), name="transport_plan",
+        info={**plan.info, "cols": [*(plan.info.get("cols") or range(values.shape[1])), 97, 98, 99]},
+    )
+    for matrix in (plan, padded):
+        fig = F.transport_figure(matrix, matrix)
+        drawn = np.asarray(fig.data[0].z, dtype=np.float64)
+        assert drawn.shape == values[values.sum(1) > 0][:, values.sum(0) > 0].shape
+        columns, rows = drawn.sum(0), drawn.sum(1)
+        np.testing.assert_allclose(columns, columns.mean(), rtol=1e-3)  # uniform marginals, every column
+        np.testing.assert_allclose(rows, rows.mean(), rtol=1e-3)
+        assert fig.layout.yaxis2.title.text is None and "no ground truth" not in str(fig.layout.annotations)
+    untransported = int((values.sum(0) == 0).sum()) + 3
+    assert f"not transported (beyond the paired span): {untransported} student positions" in fig.layout.title.text
+
+
 def test_transport_plan_cost_and_vocab_map(ot):
     plan, cost = ot.matrix("transport_plan", 2, 0), ot.matrix("transport_cost", 2, 0)
     assert plan.values.shape == cost.values.shape and len(plan.row_tokens) == plan.values.shape[0]
     fig = F.transport_figure(plan, cost)
     assert [t.type for t in fig.data] == ["heatmap", "scatter", "heatmap"]
-    np.testing.assert_allclose(fig.data[0].z, plan.values, rtol=1e-6)
-    np.testing.assert_allclose(fig.data[2].z, cost.values, rtol=1e-6)
-    assert list(fig.data[0].y) == F.position_labels(plan.row_tokens, plan.info["rows"])  # teacher tokens
+    rows, cols = plan.values.sum(1) > 0, plan.values.sum(0) > 0  # the transported positions
+    np.testing.assert_allclose(fig.data[0].z, plan.values[rows][:, cols], rtol=1e-6)
+    np.testing.assert_allclose(fig.data[2].z, cost.values[rows][:, cols], rtol=1e-6)
+    teacher_labels = F.position_labels(plan.row_tokens, plan.info["rows"])
+    assert list(fig.data[0].y) == [label for label, keep in zip(teacher_labels, rows, strict=True) if keep]
     assert any("Ġ" in y for y in fig.data[0].y) and any("▁" in x for x in fig.data[0].x)
     assert "cost %{z" in fig.data[2].hovertemplate and fig.layout.xaxis2.title.text == "student token"
     assert fig.layout.yaxis.title.text == "teacher token" and "transport plan" in fig.layout.title.text
-    assert len(fig.data[1].x) == int(plan.reference.sum())
+    assert len(fig.data[1].x) == int(plan.reference[rows][:, cols].sum())
     teacher_vocab = bpe_tokenizer().convert_ids_to_tokens(list(range(len(bpe_tokenizer()))))
     student_vocab = {i: t for t, i in unigram_tokenizer().get_vocab().items()}
     table = F.vocab_map_table(ot, 2, 0, teacher_tokens=teacher_vocab, student_tokens=student_vocab)
@@ -196,6 +220,11 @@ def test_tokenizer_comparison_regions():
     assert all(t.marker.color == F.KIND_COLOURS[t.name] for t in bars)
     assert "characters %{customdata[1]}" in bars[0].hovertemplate and fig.layout.xaxis.title.text == "character"
     assert fig.data[-1].mode == "text" and len(fig.data[-1].text) == len(text)
+    assert not fig.layout.xaxis.rangeslider.visible and tuple(fig.layout.xaxis.range) == (0, len(text))
+    # a long text opens on a readable window (~14 px a character) with a range slider over the whole text
+    long = F.tokenizer_comparison(text * 4, off_a, off_b, tok_a, tok_b, window=40)
+    assert tuple(long.layout.xaxis.range) == (0, 40) and long.layout.xaxis.rangeslider.visible
+    assert tuple(long.layout.xaxis.rangeslider.range) == (0, 4 * len(text))
 
 
 def test_numerics_and_results(cma, vanilla):
@@ -221,11 +250,18 @@ def test_injected_tokens_never_reach_figures_raw(fake):
 def test_toy_free_logit_training_and_figures():
     teacher = toy.half_gaussian_teacher()
     assert teacher.shape == (80,) and float(teacher.exp().sum()) == pytest.approx(1.0)
-    runs = {n: toy.train_free_logits(teacher, n, 10, snapshots=(1, 10)) for n in ("fkl", "rkl")}
+    runs = {n: toy.train_free_logits(teacher, n, 10, snapshots=(0, 1, 10)) for n in ("fkl", "rkl", "akl")}
     for snaps in runs.values():
         assert toy.head_tail_gaps(snaps[10], teacher) < toy.head_tail_gaps(snaps[1], teacher)
     fig = toy.toy_experiment_figure(teacher, runs)
-    assert len(fig.data) == 8 and "FKL step 1" in fig.layout.annotations[0].text
+    assert len(fig.data) == 12 and "FKL step 1" in fig.layout.annotations[0].text
+    assert all(len(t.x) == 80 for t in fig.data)  # the whole support, far tail included
+    assert fig.layout.yaxis.type == "log" and fig.layout.yaxis.title.text == "FKL: probability"
+    assert fig.layout.xaxis5.title.text == "class"
+    # the title states what the runs show, computed from them
+    fkl_head, fkl_tail = toy.remaining_gaps(runs["fkl"], teacher, 10)
+    title = fig.layout.title.text
+    assert f"FKL head {fkl_head:.0%} · tail {fkl_tail:.0%}" in title and "AKL head" in title
     shaped = toy.teacher_logits(20, peak=3, spread=1.5, second_mode=12, second_weight=0.3)
     assert int(shaped.argmax()) == 3 and shaped[12] > shaped[8]
     values = toy.divergence_values(torch.zeros(20, dtype=torch.float64), shaped)
@@ -235,3 +271,16 @@ def test_toy_free_logit_training_and_figures():
     dist = toy.distribution_figure(shaped, torch.zeros(20, dtype=torch.float64))
     assert [t.name for t in dist.data][:2] == ["p teacher (dark: head)", "q student"]
     assert "g_head" in dist.layout.annotations[0].text
+
+
+def test_a_one_step_run_draws_its_points(tmp_path):
+    """A run with one logged step: a line through one point is invisible, so its line charts carry markers."""
+    from kdviz.record import Recorder
+    from tests.record_fakes import make_batch, make_output
+
+    with Recorder(tmp_path / "one", every=1, samples=1) as rec:
+        rec.log(0, make_batch(), make_output(0), grad_norms={"student": 1.5})
+    run = open_run(tmp_path / "one")
+    for fig in (F.loss_terms(run), F.numerics(run)):
+        shown = [t for t in fig.data if t.showlegend is not False]
+        assert shown and all("markers" in t.mode for t in shown), [t.mode for t in fig.data]

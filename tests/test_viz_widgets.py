@@ -12,7 +12,7 @@ import torch
 
 from kdviz.record import Recorder, open_run
 from kdviz.viz import compare, dashboard, inspect_tokenizers, playground
-from kdviz.viz.widgets import refresh_figure
+from kdviz.viz.widgets import PLOTLY_MIME, FigureView
 from tests.kd_helpers import bpe_tokenizer, unigram_tokenizer
 from tests.record_fakes import make_batch, make_output
 from tests.viz_runs import cma_run, fake_run, ot_run, vanilla_run
@@ -134,6 +134,18 @@ def test_compare_side_by_side_with_results_table():
     c.tabs.selected_index = 2
     c.controls.slider.value = 0
     assert "step 0" in left.layout.title.text and _errors(c) == ""
+    # one colour scale for the per-token losses of every run
+    tokens = c.tabs.children[3]
+    c.tabs.selected_index = 3
+    scales = {box.children[1].data[0].zmax for box in tokens.children}
+    assert len(scales) == 1 and None not in scales
+    # deselecting a run hides its panels and takes it out of the overlaid loss terms
+    first = c.shown_runs.options[0]
+    c.shown_runs.value = [first]
+    assert [box.layout.display for box in alignment.children] == [None, "none"]
+    overview = c.tabs.children[0].children[1]
+    assert overview.data and all(t.name.startswith(first) for t in overview.data if t.showlegend is not False)
+    assert _errors(c) == ""
 
 
 def test_playground_values_gradients_and_training():
@@ -163,12 +175,20 @@ def test_inspect_tokenizers_redraws_on_edit():
     assert _errors(w) == ""
 
 
-def test_refresh_figure_replaces_when_structure_changes():
+def test_figure_view_sends_one_plotly_output_and_no_plotly_js():
+    """A view is one output holding the figure's JSON for JupyterLab's plotly renderer: no plotly.js bundle
+    travels with it (a FigureWidget sent ~5 MB each), and showing another figure replaces it."""
+    import json
+
     import plotly.graph_objects as go
 
-    widget = go.FigureWidget(go.Figure(go.Bar(y=[1, 2])))
-    refresh_figure(widget, go.Figure(go.Scatter(y=[3]), layout={"title": "new"}))
-    assert [t.type for t in widget.data] == ["scatter"] and widget.layout.title.text == "new"
+    view = FigureView(go.Figure(go.Bar(y=[1, 2])))
+    view.show(go.Figure(go.Scatter(y=[3]), layout={"title": "new"}))
+    assert [t.type for t in view.data] == ["scatter"] and view.layout.title.text == "new"
+    (output,) = view.outputs
+    figure = output["data"][PLOTLY_MIME]
+    assert [t["type"] for t in figure["data"]] == ["scatter"] and figure["layout"]["title"]["text"] == "new"
+    assert len(json.dumps(view.get_state())) < 20_000
 
 
 @pytest.mark.parametrize("bad", [None, "runs/x"])

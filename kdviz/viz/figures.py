@@ -18,7 +18,7 @@ import html
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -84,6 +84,12 @@ def message_figure(text: str, title: str = "") -> go.Figure:
 
 
 # loss terms over steps ----------------------------------------------------------------------------------
+def line_mode(points: int) -> str:
+    """Markers on short series (a one-step run is a single point, invisible as a line), as plotly does for
+    its own default scatter mode below 20 points."""
+    return "lines+markers" if points < 20 else "lines"
+
+
 def smooth(values: Sequence[float] | np.ndarray, weight: float = 0.9) -> np.ndarray:
     """Debiased exponential moving average (as TensorBoard): ``m_t = w m_{t-1} + (1-w) x_t``, divided by
     ``1 - w^t`` so the first points are not pulled towards 0. Non-finite values are skipped (kept as NaN)."""
@@ -156,7 +162,7 @@ def loss_terms(
                 go.Scattergl(
                     x=xs,
                     y=ys,
-                    mode="lines",
+                    mode=line_mode(len(ys)),
                     line={"color": colour, "width": 1},
                     opacity=0.25,
                     name=f"{legend} (raw)",
@@ -169,7 +175,7 @@ def loss_terms(
                 go.Scattergl(
                     x=xs,
                     y=smooth(ys, smoothing),
-                    mode="lines",
+                    mode=line_mode(len(ys)),
                     line={"color": colour, "width": 2},
                     name=legend,
                     legendgroup=legend,
@@ -519,26 +525,64 @@ def alignment_heatmap(matrix: Matrix, *, limit: int = MAX_AXIS, colorscale: str 
         xaxis={"title": AXIS_NAMES.get(col_side, col_side), "type": "category", "tickangle": -60, "range": x_range},
         yaxis={"title": AXIS_NAMES.get(row_side, row_side), "type": "category", "range": y_range},
         height=max(420, min(900, 14 * len(view.y) + 200)),
+        showlegend=True,  # plotly hides a legend of one entry: the outlines' meaning must always be shown
         legend={"orientation": "h", "y": -0.25},
         margin={"t": 60},
     )
     return fig
 
 
+def _submatrix(matrix: Matrix, rows: np.ndarray, cols: np.ndarray) -> Matrix:
+    """``matrix`` restricted to the boolean ``rows`` and ``cols`` (labels, reference and positions too)."""
+    info = dict(matrix.info)
+    for key, keep in (("rows", rows), ("cols", cols)):
+        if info.get(key):
+            info[key] = [p for p, k in zip(info[key], keep, strict=True) if k]
+    reference = None if matrix.reference is None else np.asarray(matrix.reference)[rows][:, cols]
+    return replace(
+        matrix,
+        values=np.asarray(matrix.values)[rows][:, cols],
+        row_tokens=[t for t, k in zip(matrix.row_tokens, rows, strict=True) if k],
+        col_tokens=[t for t, k in zip(matrix.col_tokens, cols, strict=True) if k],
+        reference=reference,
+        info=info,
+    )
+
+
+def transported_positions(plan: Matrix) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean masks of the plan's rows and columns that carry mass (all of them for an all-zero plan)."""
+    values = np.nan_to_num(np.asarray(plan.values, dtype=np.float64))
+    rows, cols = values.sum(1) > 0, values.sum(0) > 0
+    if not rows.any() or not cols.any():
+        return np.ones_like(rows), np.ones_like(cols)
+    return rows, cols
+
+
 def transport_figure(plan: Matrix, cost: Matrix | None = None, *, limit: int = MAX_AXIS) -> go.Figure:
     """A transport plan ``P [T_t, T_s]`` (teacher rows, student columns) with both token sequences, the
-    ground-truth overlap outlined, and the cost matrix ``C`` beside it when given."""
+    ground-truth overlap outlined, and the cost matrix ``C`` beside it when given.
+
+    Only the transported positions are drawn: MultiLevelOT pairs the two answers by index over the shorter
+    one, so the longer side's last positions carry no mass; they are left out and counted in the title
+    (drawn, they looked like a solver that broke its uniform marginals).
+    """
+    rows, cols = transported_positions(plan)
+    dropped = {"teacher": int((~rows).sum()), "student": int((~cols).sum())}
+    if not rows.all() or not cols.all():
+        cost = None if cost is None or cost.values.shape != plan.values.shape else _submatrix(cost, rows, cols)
+        plan = _submatrix(plan, rows, cols)
     views = [matrix_view(plan, limit)] + ([matrix_view(cost, limit)] if cost is not None else [])
+    scores = _scores_text(plan.info)
     fig = make_subplots(
         rows=1,
         cols=len(views),
-        horizontal_spacing=0.12,
-        subplot_titles=[f"plan P · {_scores_text(plan.info) or 'no ground truth'}"]
-        + (["cost C"] if cost is not None else []),
+        horizontal_spacing=0.1,
+        shared_yaxes=True,  # the same teacher positions: the cost panel needs no labels where P's colour bar sits
+        subplot_titles=[f"plan P · {scores}" if scores else "plan P"] + (["cost C"] if cost is not None else []),
     )
     fig.add_trace(
         _heatmap_trace(
-            views[0], "teacher", "student", "Blues", colorbar={"title": "P", "x": 0.44 if cost is not None else 1.02}
+            views[0], "teacher", "student", "Blues", colorbar={"title": "P", "x": 0.46 if cost is not None else 1.02}
         ),
         row=1,
         col=1,
@@ -551,10 +595,17 @@ def transport_figure(plan: Matrix, cost: Matrix | None = None, *, limit: int = M
     for col, view in enumerate(views, start=1):
         x_range, y_range = _full_ranges(view)
         fig.update_xaxes(title_text="student token", type="category", tickangle=-60, range=x_range, row=1, col=col)
-        fig.update_yaxes(title_text="teacher token", type="category", range=y_range, row=1, col=col)
+        fig.update_yaxes(
+            title_text="teacher token" if col == 1 else None, type="category", range=y_range, row=1, col=col
+        )
+    title = matrix_title(plan, views[0]).replace(token_label(plan.name), "transport plan", 1)
+    untransported = [f"{n} {side}" for side, n in dropped.items() if n]
+    if untransported:
+        title += f" · not transported (beyond the paired span): {' and '.join(untransported)} positions"
     fig.update_layout(
-        title=matrix_title(plan, views[0]).replace(token_label(plan.name), "transport plan", 1),
+        title=title,
         height=max(420, min(900, 14 * len(views[0].y) + 200)),
+        showlegend=True,
         legend={"orientation": "h", "y": -0.3},
     )
     return fig
@@ -658,8 +709,12 @@ def token_losses(
     value: str = "token_kd",
     top: Mapping[int, tuple[Sequence[tuple[str, float]], Sequence[tuple[str, float]]]] | None = None,
     per_line: int = TOKENS_PER_LINE,
+    zmax: float | None = None,
 ) -> go.Figure:
     """The response of one sampled sequence as tokens coloured by a per-token quantity.
+
+    ``zmax``: the top of the colour scale (default: this sequence's largest value); give several figures
+    the same ``zmax`` to compare their colours (:func:`kdviz.viz.compare` does).
 
     ``value``: a column of the tokens table (``token_kd``, ``token_ce``, ``fkl``, ``rkl``, ...) or
     ``"rkl_share"`` (``rkl / (fkl + rkl)``: red where the student over-covers, blue where it under-covers).
@@ -708,6 +763,8 @@ def token_losses(
             textfont={"size": 12},
             colorscale="RdBu_r" if share else "YlOrRd",
             zmid=0.5 if share else None,
+            zmin=None if share else 0.0,
+            zmax=None if share else zmax,
             hovertemplate="%{customdata}<extra></extra>",
             xgap=2,
             ygap=2,
@@ -734,10 +791,14 @@ def tokenizer_comparison(
     tokens_b: Sequence[str],
     *,
     names: tuple[str, str] = ("student", "teacher"),
+    window: int = 48,
 ) -> go.Figure:
     """One text as two tokenisations aligned by characters (x axis: character index), each token a box
     coloured by the kind of region it belongs to (one-to-one, one-to-many = B splits, many-to-one = B
-    merges, many-to-many, unmatched); the characters themselves on a third row."""
+    merges, many-to-many, unmatched); the characters themselves on a third row.
+
+    The view opens on the first ``window`` characters (about 14 px each at a notebook's width, so token
+    strings stay readable); the range slider under the axis pans and zooms to any span of the text."""
     overlap = overlap_matrix(offsets_a, offsets_b, text)
     kind_a, kind_b = ["unmatched"] * len(tokens_a), ["unmatched"] * len(tokens_b)
     for region in regions(offsets_a, offsets_b, text, overlap):
@@ -788,16 +849,23 @@ def tokenizer_comparison(
     fig.update_layout(
         barmode="overlay",
         title=f"tokenizer comparison · {len(tokens_a)} {token_label(names[0])} vs "
-        f"{len(tokens_b)} {token_label(names[1])} tokens",
-        xaxis={"title": "character", "range": [0, max(len(text), 1)]},
+        f"{len(tokens_b)} {token_label(names[1])} tokens"
+        + (f"<br><sup>first {window} of {len(text)} characters: drag the slider under the axis</sup>"
+           if len(text) > window else ""),
+        xaxis={
+            "title": "character",
+            "range": [0, max(min(len(text), window), 1)],
+            "rangeslider": {"visible": len(text) > window, "range": [0, max(len(text), 1)], "thickness": 0.12},
+        },
         yaxis={
             "title": "",
             "categoryorder": "array",
             "categoryarray": ["text", token_label(names[1]), token_label(names[0])],
+            "fixedrange": True,
         },
-        height=300,
-        legend={"orientation": "h", "y": -0.35},
-        margin={"t": 50},
+        height=380,
+        legend={"orientation": "h", "x": 0, "y": 1.0, "yanchor": "bottom"},
+        margin={"t": 90},
     )
     return fig
 
@@ -822,7 +890,9 @@ def numerics(run: Run) -> go.Figure:
         for name in (n for n in names if n.startswith(prefix)):
             sel = scalars[scalars["name"] == name]
             fig.add_trace(
-                go.Scattergl(x=sel["step"], y=sel["value"], mode="lines", name=token_label(name)), row=row, col=1
+                go.Scattergl(x=sel["step"], y=sel["value"], mode=line_mode(len(sel)), name=token_label(name)),
+                row=row,
+                col=1,
             )
     fig.update_xaxes(title_text="step", row=len(present), col=1)
     fig.update_layout(title="numerics", height=180 + 170 * len(present), margin={"t": 70})

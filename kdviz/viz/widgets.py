@@ -1,9 +1,9 @@
 """Jupyter widgets over recorded runs: :func:`dashboard`, :func:`compare`, :func:`playground` and
 :func:`inspect_tokenizers`.
 
-Widgets compose the pure figure functions of :mod:`kdviz.viz.figures`: each view is a
-``plotly.graph_objects.FigureWidget`` rebuilt from a fresh figure and updated in place (``batch_update``)
-when the shared step slider or sample selector moves. A failure while updating is printed to the
+Widgets compose the pure figure functions of :mod:`kdviz.viz.figures`: each view is a :class:`FigureView`
+(an ``Output`` widget drawn by JupyterLab's plotly renderer) that is given a fresh figure when the shared
+step slider or sample selector moves. A failure while updating is printed to the
 widget's error area instead of being raised in a callback nobody sees; a view whose data the run does not
 hold explains why (from the recorder's notes) instead of failing.
 """
@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import bisect
 import html
+import json
 import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 
 import ipywidgets as widgets
-import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import torch
@@ -30,7 +30,6 @@ from kdviz.record.reader import Run
 from kdviz.viz import figures as F
 from kdviz.viz import toy
 
-DATA_KEYS = frozenset({"x", "y", "z", "text", "customdata", "base", "hovertext", "cells", "header"})
 WHY = {
     "alignment": "No alignment matrices in this run. Only cross-tokenizer methods produce them: CMA's "
     "attentions t2s_weight / s2t_weight and ULD's position pairing; record one with the 'alignment' probe "
@@ -38,47 +37,47 @@ WHY = {
     "transport": "No transport plans in this run. Only MultiLevelOT produces transport_plan / transport_cost; "
     "record it with the 'transport' probe enabled.",
     "token_loss": "No per-token rows in this run: record with samples >= 1 and the 'token_loss' probe.",
+    "head_tail": "No head/tail statistics in this run: the 'head_tail' probe needs both models' logits over one "
+    "vocabulary (the shared one, or DSKD / CMA's projected spaces); ULD, MinED and MultiLevelOT compare "
+    "distributions over two different vocabularies.",
 }
 
 
 # plumbing ---------------------------------------------------------------------------------------------
-def refresh_figure(widget: go.FigureWidget, fig: go.Figure) -> None:
-    """Make ``widget`` show ``fig`` with one message to the browser.
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
 
-    When the trace types match (the same view at another step) traces and layout are updated in place,
-    which is fast; otherwise everything is replaced.
+
+class FigureView(widgets.Output):
+    """A plotly figure in an ``Output`` widget, drawn by JupyterLab's plotly renderer (the
+    ``jupyterlab-plotly`` extension that ships with plotly).
+
+    Why not ``go.FigureWidget``: each FigureWidget is an anywidget that sends the ~5 MB plotly.js bundle
+    over the kernel's websocket and renders only after a round trip through a (possibly busy) kernel; a
+    dashboard of six of them sent ~36 MB and often stayed blank. Here the browser loads plotly.js once,
+    from the extension's static files, and each figure travels as its JSON in an output message, which the
+    front end renders without asking the kernel anything. :meth:`show` replaces the figure; ``data`` and
+    ``layout`` read the figure shown.
     """
-    with widget.batch_update():
-        same = len(widget.data) == len(fig.data) and all(
-            a.type == b.type for a, b in zip(widget.data, fig.data, strict=True)
-        )
-        if same:
-            for old, new in zip(widget.data, fig.data, strict=True):
-                before = old.to_plotly_json()
-                for key, value in new.to_plotly_json().items():
-                    # data arrays are always sent; small settings only when they changed
-                    if key in DATA_KEYS or not _equal(before.get(key), value):
-                        old[key] = value
-                for key in before.keys() - new.to_plotly_json().keys() - {"type", "uid"}:
-                    old[key] = None
-            layout = fig.layout.to_plotly_json()
-            layout.pop("template", None)
-            widget.layout.update(layout)
-        else:
-            widget.data = ()
-            widget.add_traces(list(fig.data))
-            widget.layout = fig.layout
 
+    def __init__(self, fig: go.Figure | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.figure = go.Figure()
+        self.show(fig if fig is not None else go.Figure())
 
-def _equal(a, b) -> bool:
-    """Equality of plotly property values, which may nest dicts, lists and numpy arrays."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple, np.ndarray)) or isinstance(b, (list, tuple, np.ndarray)):
-        if a is None or b is None or len(a) != len(b):
-            return False
-        return all(_equal(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
+    def show(self, fig: go.Figure) -> None:
+        """Show ``fig`` in place of the current figure (one message to the browser; safe from any thread)."""
+        self.figure = fig
+        title = fig.layout.title.text or "plotly figure"
+        bundle = {PLOTLY_MIME: json.loads(fig.to_json()), "text/plain": f"<{title}>"}
+        self.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
+
+    @property
+    def data(self):
+        return self.figure.data
+
+    @property
+    def layout(self):
+        return self.figure.layout
 
 
 def _at(steps: Sequence[int], step: int | None) -> int | None:
@@ -103,7 +102,7 @@ def table_html(df: pd.DataFrame, escape: bool = True) -> widgets.HTML:
 
 
 class Panel:
-    """One view: ``build(step, sample) -> Figure`` and the FigureWidget that shows it.
+    """One view: ``build(step, sample) -> Figure`` and the :class:`FigureView` that shows it.
 
     ``steps``: the steps at which the view's data exists (``None``: not stepped). ``tab``: the index of
     the tab holding it (None: always visible); hidden panels are brought up to date when shown.
@@ -119,7 +118,7 @@ class Panel:
     ):
         self.build, self.steps, self.tab = build, steps, tab
         self.shown: tuple[int | None, int] | None = self._key(step, sample)
-        self.widget = go.FigureWidget(build(self.shown[0], sample))
+        self.widget = FigureView(build(self.shown[0], sample))
 
     def _key(self, step: int | None, sample: int) -> tuple[int | None, int]:
         return (_at(self.steps(), step) if self.steps is not None else None), sample
@@ -127,7 +126,7 @@ class Panel:
     def update(self, step: int | None, sample: int, force: bool = False) -> None:
         key = self._key(step, sample)
         if force or self.shown != key:
-            refresh_figure(self.widget, self.build(*key))
+            self.widget.show(self.build(*key))
             self.shown = key
 
 
@@ -303,14 +302,17 @@ class Dashboard(_Views):
             ),
         )
         # Head/Tail
-        ht_steps = self.panel(lambda s, k: F.head_tail_steps(run))
-        ht_tokens = self.panel(
-            lambda s, k: (
-                F.head_tail_tokens(run, s, k) if s is not None else F.message_figure("no per-token statistics")
-            ),
-            lambda: _token_steps(run),
-        )
-        self.add_tab("Head/Tail", widgets.VBox([ht_steps.widget, ht_tokens.widget]))
+        if not run.head_tail().empty:
+            ht_steps = self.panel(lambda s, k: F.head_tail_steps(run))
+            ht_tokens = self.panel(
+                lambda s, k: (
+                    F.head_tail_tokens(run, s, k) if s is not None else F.message_figure("no per-token statistics")
+                ),
+                lambda: _token_steps(run),
+            )
+            self.add_tab("Head/Tail", widgets.VBox([ht_steps.widget, ht_tokens.widget]))
+        else:
+            self.add_tab("Head/Tail", explain(_note(run, "head_tail")))
         # Alignment
         names = [n for n in F.ALIGNMENT_NAMES if n in run.matrix_names()]
         if names:
@@ -429,20 +431,34 @@ class Comparison(_Views):
         samples = sorted({s for run in runs.values() for s in _samples(run)})
         self._setup(StepControls(steps, samples))
         raw = {html.unescape(label): run for label, run in runs.items()}  # the figures escape labels themselves
-        loss = self.panel(lambda s, k: F.loss_terms(raw))
+        self.shown_runs = widgets.SelectMultiple(
+            options=list(raw), value=list(raw), description="runs", rows=min(len(raw), 6)
+        )
+        self._run_boxes: list[tuple[str, widgets.Widget]] = []
+        loss = self.panel(lambda s, k: F.loss_terms({label: raw[label] for label in self.shown_runs.value}))
         self.results = table_html(F.results_table(raw), escape=False)
         self.add_tab("Overview", widgets.VBox([self.results, loss.widget]))
         self.add_tab("Head/Tail", self._side_by_side(lambda run: lambda s, k: F.head_tail_steps(run), None))
         self.add_tab("Alignment", self._side_by_side(self._alignment, lambda run: run.matrix_steps("t2s_weight")))
         self.add_tab("Tokens", self._side_by_side(self._tokens, _token_steps))
-        self.children = [self.controls, self.tabs, self.errors]
+        self.shown_runs.observe(lambda _: self._show_runs(loss), names="value")
+        self.children = [widgets.HBox([self.controls, self.shown_runs]), self.tabs, self.errors]
 
-    @staticmethod
-    def _tokens(run: Run):
+    def _show_runs(self, loss: Panel) -> None:
+        """Hide the deselected runs' panels and redraw the overlaid loss terms with the selected ones."""
+        for label, box in self._run_boxes:
+            box.layout.display = None if label in self.shown_runs.value else "none"
+        self.update(force=True, panels=[loss])
+
+    def _tokens(self, run: Run):
+        # one colour scale for every run: the same colour is the same loss in each panel
+        maxima = [r.tokens()["token_kd"].max() for r in self.runs.values() if "token_kd" in r.tokens().columns]
+        zmax = float(max(maxima)) if maxima else None
+
         def build(step, sample):
             if step is None:
                 return F.message_figure(_note(run, "token_loss"), F.run_label(run))
-            return F.token_losses(run, step, sample)
+            return F.token_losses(run, step, sample, zmax=zmax)
 
         return build
 
@@ -455,17 +471,16 @@ class Comparison(_Views):
 
         return build
 
-    def _side_by_side(self, build_for, steps_for) -> widgets.HBox:
+    def _side_by_side(self, build_for, steps_for) -> widgets.GridBox:
+        """One panel per run, two per row (each about half the notebook's width, never a sliver)."""
         boxes = []
         for label, run in self.runs.items():
             panel = self.panel(build_for(run), (lambda r=run: steps_for(r)) if steps_for else None)
-            boxes.append(
-                widgets.VBox(
-                    [widgets.HTML(f"<b>{label}</b>"), panel.widget],
-                    layout=widgets.Layout(width=f"{100 // max(len(self.runs), 1)}%"),
-                )
-            )
-        return widgets.HBox(boxes)
+            box = widgets.VBox([widgets.HTML(f"<b>{label}</b>"), panel.widget], layout=widgets.Layout(min_width="0"))
+            self._run_boxes.append((html.unescape(label), box))
+            boxes.append(box)
+        columns = "repeat(2, minmax(0, 1fr))" if len(boxes) > 1 else "minmax(0, 1fr)"
+        return widgets.GridBox(boxes, layout=widgets.Layout(grid_template_columns=columns, grid_gap="8px"))
 
 
 def compare(runs: Mapping[str, Run] | Sequence[Run]) -> Comparison:
@@ -501,8 +516,8 @@ class Playground(widgets.VBox):
         self.errors = widgets.Output()
         self.vocab = vocab
         self.student = torch.rand(vocab, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-        self.figure = go.FigureWidget(toy.distribution_figure(self.teacher(), self.student, mu=self.mu.value))
-        for w in (self.peak, self.spread, self.second, self.second_weight, self.temperature, self.mu):
+        self.figure = FigureView()
+        for w in (self.peak, self.spread, self.second, self.second_weight, self.temperature, self.mu, self.divergence):
             w.observe(lambda _: self.redraw(), names="value")
         self.train_button.on_click(lambda _: self.train())
         self.reset_button.on_click(lambda _: self.reset())
@@ -527,9 +542,8 @@ class Playground(widgets.VBox):
     def redraw(self) -> None:
         try:
             teacher = self.teacher()
-            refresh_figure(
-                self.figure,
-                toy.distribution_figure(teacher, self.student, mu=self.mu.value, gradients=self._gradients()),
+            self.figure.show(
+                toy.distribution_figure(teacher, self.student, mu=self.mu.value, gradients=self._gradients())
             )
             values = toy.divergence_values(self.student, teacher, self.mu.value)
             rows = "".join(f"<tr><td>{F.token_label(k)}</td><td>{v:.4f}</td></tr>" for k, v in values.items())
@@ -582,7 +596,7 @@ class TokenizerInspector(widgets.VBox):
         self.text = widgets.Textarea(
             value=text, description="text", continuous_update=False, layout=widgets.Layout(width="90%", height="70px")
         )
-        self.figure = go.FigureWidget()
+        self.figure = FigureView()
         self.errors = widgets.Output()
         self.text.observe(lambda _: self.redraw(), names="value")
         self.children = [self.text, self.figure, self.errors]
@@ -598,7 +612,7 @@ class TokenizerInspector(widgets.VBox):
 
     def redraw(self) -> None:
         try:
-            refresh_figure(self.figure, self.build(self.text.value))
+            self.figure.show(self.build(self.text.value))
         except Exception:
             self.errors.append_stderr(traceback.format_exc())
 
