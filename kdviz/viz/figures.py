@@ -327,7 +327,7 @@ def head_tail_steps(run: Run, space: str | None = None) -> go.Figure:
     return fig
 
 
-def _sample_rows(tokens: pd.DataFrame, step: int, sample: int) -> pd.DataFrame:
+def sample_rows(tokens: pd.DataFrame, step: int, sample: int) -> pd.DataFrame:
     rows = tokens[(tokens["step"] == step) & (tokens["sample"] == sample)]
     return rows.sort_values("position")
 
@@ -335,7 +335,7 @@ def _sample_rows(tokens: pd.DataFrame, step: int, sample: int) -> pd.DataFrame:
 def head_tail_tokens(run: Run, step: int, sample: int = 0) -> go.Figure:
     """Head/tail statistics per token of one sampled sequence at ``step``: head masses of both models,
     the head and tail gaps (stacked) and ``w_head``; x labels are the predicted tokens."""
-    rows = _sample_rows(run.head_tail(per_token=True), step, sample)
+    rows = sample_rows(run.head_tail(per_token=True), step, sample)
     if rows.empty or "g_head" not in rows:
         return message_figure(
             f"no per-token head/tail statistics for sample {sample} at step {step}", "head / tail per token"
@@ -532,6 +532,73 @@ def alignment_heatmap(matrix: Matrix, *, limit: int = MAX_AXIS, colorscale: str 
     return fig
 
 
+def alignment_row(
+    matrix: Matrix,
+    row: int,
+    top: tuple[Sequence[tuple[str, float]], Sequence[tuple[str, float]]] | None = None,
+) -> go.Figure:
+    """One row of an alignment matrix: where student token ``row`` (an index into the matrix's rows) puts
+    its weight over the teacher tokens, the ground-truth overlapping tokens in colour, and beside it the
+    recorded top-k next tokens of both sides at that position (``top``: ``(teacher, student)`` lists of
+    ``(token, probability)``, e.g. from :func:`recorded_top`)."""
+    values = np.asarray(matrix.values, dtype=np.float64)
+    if not 0 <= row < values.shape[0]:
+        raise ValueError(f"row must be in [0, {values.shape[0]}) for this {values.shape[0]}-row matrix, got {row}")
+    x = position_labels(matrix.col_tokens, matrix.info.get("cols") or None)
+    y = position_labels(matrix.row_tokens, matrix.info.get("rows") or None)
+    overlap = np.zeros(values.shape[1], dtype=bool) if matrix.reference is None else np.asarray(matrix.reference)[row]
+    weights = values[row]
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.68, 0.32], specs=[[{"type": "xy"}, {"type": "table"}]])
+    fig.add_trace(
+        go.Bar(
+            x=x,
+            y=finite_or_none(weights),
+            marker_color=np.where(overlap, "#00a5bd", "#b0b0b0"),
+            name="weight (coloured: character overlap)",
+            hovertemplate="teacher %{x}<br>weight %{y:.4f}<extra></extra>",
+        ),
+        row=1,
+        col=1,
+    )
+    teacher, student = top if top is not None else ([], [])
+    ranks = max(len(teacher), len(student))
+    cells = [
+        list(range(1, ranks + 1)),
+        [token_label(t) for t, _ in teacher] + [""] * (ranks - len(teacher)),
+        [f"{p:.3f}" for _, p in teacher] + [""] * (ranks - len(teacher)),
+        [token_label(t) for t, _ in student] + [""] * (ranks - len(student)),
+        [f"{p:.3f}" for _, p in student] + [""] * (ranks - len(student)),
+    ]
+    fig.add_trace(
+        go.Table(
+            header={"values": ["rank", "teacher", "p", "student", "q"]},
+            cells={"values": cells},
+            columnwidth=[0.6, 1.6, 0.9, 1.6, 0.9],
+        ),
+        row=1,
+        col=2,
+    )
+    mass = float(np.nansum(weights[overlap])) if overlap.any() else float("nan")
+    best = int(np.nanargmax(weights)) if np.isfinite(weights).any() else None
+    bits = [f"{token_label(matrix.name)} row {y[row]} · step {matrix.step} · sample {matrix.sample}"]
+    if best is not None:
+        bits.append(f"argmax {x[best]}" + (" (overlaps)" if overlap[best] else " (no overlap)"))
+    if math.isfinite(mass):
+        bits.append(f"weight on overlapping tokens {mass:.2f}")
+    if top is None:
+        bits.append("no top-k recorded at this position")
+    top_weight = float(np.nanmax(weights)) if best is not None else 1.0
+    fig.update_layout(
+        title=" · ".join(bits),
+        height=380,
+        showlegend=False,
+        xaxis={"title": "teacher token (predicted)", "type": "category", "tickangle": -60},
+        yaxis={"title": "weight", "range": [0, max(top_weight, 1e-9) * 1.05]},
+        margin={"t": 60},
+    )
+    return fig
+
+
 def _submatrix(matrix: Matrix, rows: np.ndarray, cols: np.ndarray) -> Matrix:
     """``matrix`` restricted to the boolean ``rows`` and ``cols`` (labels, reference and positions too)."""
     info = dict(matrix.info)
@@ -722,7 +789,7 @@ def token_losses(
     (see :func:`top_tokens`), shown on hover; by default the recorded ``teacher_top5`` / ``student_top5``
     columns are used. Tokens wrap every ``per_line``.
     """
-    rows = _sample_rows(run.tokens(), step, sample)
+    rows = sample_rows(run.tokens(), step, sample)
     if top is None:
         top = recorded_top(rows)
     if value == "rkl_share" and {"fkl", "rkl"} <= set(rows.columns):

@@ -321,9 +321,18 @@ class Dashboard(_Views):
                 lambda s, k: F.alignment_heatmap(run.matrix(self.alignment_name.value, s, k)),
                 lambda: run.matrix_steps(self.alignment_name.value),
             )
-            self.alignment_name.observe(lambda _: self.update(force=True, panels=[heat]), names="value")
-            self.heatmap = heat.widget
-            self.add_tab("Alignment", widgets.VBox([self.alignment_name, heat.widget]))
+            self.alignment_row = widgets.Dropdown(description="token", layout=widgets.Layout(width="320px"))
+            self._syncing_rows = False
+            row = self.panel(
+                lambda s, k: self._alignment_row(run, s, k), lambda: run.matrix_steps(self.alignment_name.value)
+            )
+            self.alignment_name.observe(lambda _: self.update(force=True, panels=[heat, row]), names="value")
+            self.alignment_row.observe(
+                lambda _: None if self._syncing_rows else self.update(force=True, panels=[row]), names="value"
+            )
+            self.heatmap, self.row_view = heat.widget, row.widget
+            controls = widgets.HBox([self.alignment_name, self.alignment_row])
+            self.add_tab("Alignment", widgets.VBox([controls, heat.widget, row.widget]))
         else:
             self.add_tab("Alignment", explain(_note(run, "alignment")))
         # Transport
@@ -368,6 +377,30 @@ class Dashboard(_Views):
         )
 
     # live ---------------------------------------------------------------------------------------------
+    def _alignment_row(self, run: Run, step: int | None, sample: int) -> go.Figure:
+        """The chosen token's row of the shown alignment matrix, with both sides' recorded top-k there. The
+        token menu follows the matrix of the current step and sample (keeping the chosen row when it exists)."""
+        if step is None:
+            return F.message_figure("no alignment matrix recorded", "alignment row")
+        matrix = run.matrix(self.alignment_name.value, step, sample)
+        positions = list(matrix.info.get("rows") or range(len(matrix.row_tokens)))
+        options = list(zip(F.position_labels(matrix.row_tokens, positions), range(len(positions)), strict=True))
+        if list(self.alignment_row.options) != options:
+            kept = self.alignment_row.value if isinstance(self.alignment_row.value, int) else 0
+            self._syncing_rows = True
+            try:
+                self.alignment_row.options = options
+                self.alignment_row.value = kept if kept < len(options) else 0
+            finally:
+                self._syncing_rows = False
+        if not options:
+            return F.message_figure("this matrix has no rows", "alignment row")
+        row = self.alignment_row.value
+        top = None
+        if matrix.info.get("row_side", "student") == "student":  # the top-k is recorded at student positions
+            top = F.recorded_top(F.sample_rows(run.tokens(), step, sample)).get(int(positions[row]))
+        return F.alignment_row(matrix, row, top)
+
     def poll(self) -> bool:
         """Read what the run appended since the last poll and redraw; True when something was new."""
         before = len(self.run.scalars)
