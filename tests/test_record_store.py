@@ -14,6 +14,7 @@ import zlib
 
 import numpy as np
 import pytest
+import torch
 
 from kdviz.record import FORMAT_VERSION, TornRecordWarning, open_run, store
 from kdviz.record.frames import MAGIC, PREFIX, Frame, Problem, encode, scan
@@ -239,6 +240,19 @@ def test_a_full_disk_names_the_run_keeps_earlier_records_and_leaves_no_torn_fram
         warnings.simplefilter("error")
         run = open_run(tmp_path / "run")
     assert sorted(run.scalars["step"].unique()) == [0, 1, 2]
+
+
+def test_a_replay_on_a_full_disk_is_a_clear_error(tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    writer = _write_scalars(tmp_path / "run", range(1))
+    monkeypatch.setattr(store, "save_file", full)
+    with pytest.raises(RecordWriteError, match="replay r.safetensors to the run directory .*: the disk is full"):
+        writer.save_tensors("r", {"x": torch.zeros(2)}, {})
+    assert not list((tmp_path / "run" / "replay").iterdir())
 
 
 def test_a_failed_flush_is_retried_by_the_next(tmp_path, monkeypatch):

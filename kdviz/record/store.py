@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from kdviz.record.frames import encode
@@ -77,13 +78,15 @@ class RecordWriteError(OSError):
     """The run store could not write to its run directory (disk full, permissions, ...)."""
 
 
-def _write_failed(path: Path, what: str, error: OSError) -> RecordWriteError:
-    reason = "the disk is full" if error.errno in (errno.ENOSPC, errno.EDQUOT) else error.strerror or str(error)
+def _write_failed(path: Path, what: str, error: Exception) -> RecordWriteError:
+    code = getattr(error, "errno", None)
+    full = code in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(error)  # safetensors' errors have no errno
+    reason = "the disk is full" if full else getattr(error, "strerror", None) or str(error)
     failure = RecordWriteError(
         f"kdviz could not write {what} to the run directory {path}: {reason}. Records flushed before are "
         "intact; free space (or choose another directory) to record more"
     )
-    failure.errno = error.errno
+    failure.errno = errno.ENOSPC if full else code
     return failure
 
 
@@ -300,7 +303,7 @@ class RunWriter:
             tmp.unlink(missing_ok=True)
             save_file(flat, str(tmp), metadata={"info": json.dumps(dict(info), default=_json_default)})
             os.replace(tmp, target)
-        except OSError as error:
+        except (OSError, SafetensorError) as error:
             tmp.unlink(missing_ok=True)
             raise _write_failed(self.path, f"the replay {target.name}", error) from error
         return target
