@@ -245,3 +245,24 @@ def test_reference_mode_is_the_dskd_repository_mined(batch, tmp_path):
         assert torch.isfinite(out.loss)
     with pytest.raises(ValueError, match="mode must be one of"):
         MinED(vocab_map=hand_map(), mode="official")
+
+
+def test_the_dtw_path_is_recorded_as_an_alignment(batch, tmp_path):
+    """MinED's token alignment reaches the run store like CMA's attention: the dashboard's Alignment tab
+    shows it against the character-overlap ground truth."""
+    from kdviz.record import Recorder, open_run
+    from kdviz.viz import dashboard
+
+    method = MinED(student_model(len(unigram_tokenizer())), teacher_model(len(bpe_tokenizer())),
+                   student_tokenizer=unigram_tokenizer(), teacher_tokenizer=bpe_tokenizer(), cache_dir=tmp_path)
+    out = method(batch)
+    with Recorder(tmp_path / "run", every=1, samples=1) as rec:
+        rec.log(0, batch, out)
+    run = open_run(tmp_path / "run")
+    path = run.matrix("dtw_path", step=0, sample=0)
+    rows, cols = path.info["rows"], path.info["cols"]
+    expected = out.diagnostics["dtw_path"][0][rows][:, cols].float().numpy()
+    np.testing.assert_array_equal(path.values, expected)
+    assert path.reference is not None and path.values.sum() >= len(rows)  # every student row is on the path
+    d = dashboard(run)
+    assert "dtw_path" in d.alignment_name.options

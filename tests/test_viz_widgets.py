@@ -83,7 +83,7 @@ def test_run_without_alignment_explains_each_absent_tab():
     assert d.tab_titles == TABS
     alignment, transport = d.tabs.children[2], d.tabs.children[3]
     assert "No alignment matrices in this run" in alignment.value and "CMA" in alignment.value
-    assert "no t2s_weight / s2t_weight / pairing diagnostics" in alignment.value  # the recorder's note
+    assert "no t2s_weight / s2t_weight / pairing / dtw_path diagnostics" in alignment.value  # the recorder's note
     assert "No transport plans" in transport.value
     for k in range(len(TABS)):
         d.tabs.selected_index = k

@@ -18,8 +18,9 @@ probe          runs              records
 ``head_tail``  recorded steps    docs/methods.md#akl statistics: mean and quantiles over the step's
                                  trained tokens (at most 256, evenly strided; ``count`` is the number
                                  of trained tokens) in the ``head_tail`` table; per token for samples
-``alignment``  recorded steps    ``t2s_weight`` / ``s2t_weight`` (CMA's attentions) and ``pairing``
-                                 (ULD's student -> teacher positions) of the samples, cropped to
+``alignment``  recorded steps    ``t2s_weight`` / ``s2t_weight`` (CMA's attentions), ``pairing``
+                                 (ULD's student -> teacher positions) and ``dtw_path`` (MinED's
+                                 token alignment) of the samples, cropped to
                                  response rows and columns, with the ground truth and its scores
 ``transport``  recorded steps    the samples' plan ``transport_plan`` and cost matrix (stored as
                                  ``transport_cost``, read from ``cost_matrix`` or a 3-d
@@ -61,11 +62,13 @@ HEAD_TAIL_SPACES = (
     ("t2s", "student_logits", "t2s_logits", "student"),
     ("s2t", "s2t_logits", "teacher_logits", "teacher"),
 )
-# soft alignments (DSKD/CMA's attentions) and hard ones (ULD's position pairing), as [rows, columns]
+# soft alignments (DSKD/CMA's attentions) and hard ones (ULD's position pairing, MinED's DTW path), as
+# [rows, columns]
 ALIGNMENTS = (
     ("t2s_weight", "student", "teacher"),
     ("s2t_weight", "teacher", "student"),
     ("pairing", "student", "teacher"),
+    ("dtw_path", "student", "teacher"),
 )
 # store name -> diagnostics it is read from (the first present): MultiLevelOT calls its cost matrix
 # "cost_matrix" and keeps "transport_cost" for the per-sequence cost <P, C> [B]
@@ -240,7 +243,7 @@ def probe_alignment(view: BatchView, rec: StepRecord) -> str | None:
         if not isinstance(weights, torch.Tensor) or weights.dim() != 3:
             continue
         found = True
-        weights = weights.detach()
+        weights = weights.detach().float()  # hard alignments (MinED's path) are boolean
         ref = None
         if reference is not None:
             ref = reference if row_side == "student" else reference.transpose(1, 2)
@@ -265,7 +268,7 @@ def probe_alignment(view: BatchView, rec: StepRecord) -> str | None:
                 for key in ("argmax_overlap", "overlap_mass"):
                     info[key] = float(scores[key][scored].mean()) if bool(scored.any()) else None
             _matrix(view, rec, name, sample, values, (row_side, rows), (col_side, cols), cropped, info)
-    return None if found else "the output has no t2s_weight / s2t_weight / pairing diagnostics"
+    return None if found else f"the output has no {' / '.join(name for name, _, _ in ALIGNMENTS)} diagnostics"
 
 
 def _matrix(

@@ -26,7 +26,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from kdviz.align.overlap import KINDS, overlap_matrix, regions
-from kdviz.record.probes import TOP_K
+from kdviz.record.probes import ALIGNMENTS, TOP_K
 from kdviz.record.reader import Matrix, Run
 
 MAX_AXIS = 300
@@ -764,8 +764,8 @@ TOKEN_VALUES = {
     "rkl": "RKL",
     "rkl_share": "RKL share",
 }
-# matrices recorded by the alignment probe: CMA's two attentions and ULD's hard position pairing
-ALIGNMENT_NAMES = ("t2s_weight", "s2t_weight", "pairing")
+# matrices recorded by the alignment probe: CMA's two attentions, ULD's pairing, MinED's DTW path
+ALIGNMENT_NAMES = tuple(name for name, _, _ in ALIGNMENTS)
 
 
 def token_losses(

@@ -32,8 +32,8 @@ from kdviz.viz import toy
 
 WHY = {
     "alignment": "No alignment matrices in this run. Only cross-tokenizer methods produce them: CMA's "
-    "attentions t2s_weight / s2t_weight and ULD's position pairing; record one with the 'alignment' probe "
-    "enabled.",
+    "attentions t2s_weight / s2t_weight, ULD's position pairing and MinED's DTW path (dtw_path); record one "
+    "with the 'alignment' probe enabled.",
     "transport": "No transport plans in this run. Only MultiLevelOT produces transport_plan / transport_cost; "
     "record it with the 'transport' probe enabled.",
     "token_loss": "No per-token rows in this run: record with samples >= 1 and the 'token_loss' probe.",
