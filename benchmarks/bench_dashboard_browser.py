@@ -1,6 +1,7 @@
 """What a person waits for in JupyterLab: the dashboard's first render, and the bytes sent to the browser.
 
-A CMA run is recorded as in notebook 02 (the embedded default: 24 steps, every 3, 2 samples). A notebook in
+A CMA run is recorded as in notebook 02 (:func:`kdviz.train.cma_example.record_cma_example`: the embedded
+default, 24 steps, every 3, 2 samples). A notebook in
 a real JupyterLab (Chromium, driven by Playwright) then opens it, and two cells are timed separately, each
 from the moment it is sent to the kernel until every plot it shows is drawn with its traces:
 
@@ -27,12 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the shared browser harness lives in tests/
 
-import torch  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 
-import kdviz  # noqa: E402
-from kdviz.assets import load_default  # noqa: E402
-from kdviz.train.evaluate import format_prompt  # noqa: E402
+from kdviz.train.cma_example import record_cma_example  # noqa: E402
 from tests.browser import ARGS, CHROMIUM, jupyterlab, new_page, open_notebook, run_all  # noqa: E402
 
 SETUP = """import plotly.graph_objects as go, ipywidgets as widgets
@@ -55,25 +53,6 @@ RUN_CELL = """([NAME, INDEX]) => {
   panel.content.activeCellIndex = panel.content.widgets.indexOf(cells[INDEX]);
   window.jupyterapp.commands.execute('notebook:run-cell');
 }"""
-
-
-def record_cma_run(path: Path, steps: int) -> None:
-    """The run of notebook 02: CMA on the embedded default, recorded every 3 steps with 2 samples."""
-    assets = load_default()
-    collate = kdviz.KDCollator(assets.student_tokenizer, assets.teacher_tokenizer)
-    pairs = [(format_prompt(e["prompt"]), e["response"]) for e in assets.train[:96]]
-    torch.manual_seed(0)
-    cma = kdviz.methods.CMA(assets.student_cross, assets.teacher)
-    optimizer = torch.optim.AdamW([*cma.parameters(), *assets.student_cross.parameters()], lr=3e-3)
-    tokenizers = {"student": assets.student_tokenizer, "teacher": assets.teacher_tokenizer}
-    with kdviz.Recorder(path, every=3, samples=2, meta={"method": {"name": "CMA"}}, tokenizers=tokenizers) as rec:
-        for step in range(steps):
-            batch = collate(pairs[(step * 6) % 96 : (step * 6) % 96 + 6])
-            out = cma(batch)
-            optimizer.zero_grad()
-            out.loss.backward()
-            rec.log(step, batch, out, optimizer=optimizer)
-            optimizer.step()
 
 
 def notebook(cells: list[str]) -> dict:
@@ -105,7 +84,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        record_cma_run(tmp / "run", 6 if args.quick else 24)
+        record_cma_example(tmp / "run", 6 if args.quick else 24)
         (tmp / "lab").mkdir()
         name = "bench_dashboard.ipynb"
         cells = [SETUP.format(path=str(tmp / "run")), KDVIZ, BASELINE]

@@ -9,38 +9,18 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import torch
 from playwright.sync_api import sync_playwright
 
 import kdviz
 import kdviz.viz
-from kdviz.assets import load_default
-from kdviz.train.evaluate import format_prompt
+from kdviz.train.cma_example import record_cma_example
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "alignment.png"
 
 
-def record_cma_run(path: str, steps: int = 24) -> kdviz.Run:
-    assets = load_default()
-    collate = kdviz.KDCollator(assets.student_tokenizer, assets.teacher_tokenizer)
-    pairs = [(format_prompt(e["prompt"]), e["response"]) for e in assets.train[:96]]
-    torch.manual_seed(0)
-    cma = kdviz.methods.CMA(assets.student_cross, assets.teacher)
-    optimizer = torch.optim.AdamW([*cma.parameters(), *assets.student_cross.parameters()], lr=3e-3)
-    with kdviz.Recorder(path, every=3, samples=1, meta={"method": {"name": "CMA"}}) as rec:
-        for step in range(steps):
-            batch = collate(pairs[:1] + pairs[1 + (step * 5) % 90 : 1 + (step * 5) % 90 + 5])
-            out = cma(batch)
-            optimizer.zero_grad()
-            out.loss.backward()
-            rec.log(step, batch, out, optimizer=optimizer)
-            optimizer.step()
-    return kdviz.open_run(path)
-
-
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        run = record_cma_run(f"{tmp}/cma")
+        run = record_cma_example(f"{tmp}/cma")
         fig = kdviz.viz.alignment_heatmap(run.matrix("t2s_weight", sample=0))
         fig.update_layout(width=900, height=640, margin={"l": 40, "r": 40, "t": 70, "b": 40})
         page_path = Path(tmp) / "figure.html"
