@@ -55,3 +55,16 @@ def test_pre_flight_report_on_a_real_pair_shows_bytes_and_padded_rows():
     assert (padded["padded_rows_a"], padded["padded_rows_b"]) == (151936 - 151669, 262208 - 262145)
     differences = compare_tokenizers(gpt2, llama2, ["hi"]).summary["special_differences"]
     assert any("bos_token" in d for d in differences) and any("added before a text" in d for d in differences)
+
+
+def test_inspect_prints_the_report_for_real_tokenizers(capsys, tmp_path):
+    from kdviz import cli
+    from tests.real_tokenizers import CACHE
+
+    load("llama3"), load("qwen3")  # fetched (or skipped / failed in CI)
+    texts = tmp_path / "texts.txt"
+    texts.write_text("I 🤗 you\nplain <|eot_id|> text\n", encoding="utf-8")
+    cli.main(["inspect", "--student", str(CACHE / "llama3"), "--teacher", str(CACHE / "qwen3"), "--texts", str(texts)])
+    out = capsys.readouterr().out
+    assert "special_strings:\n    - <|eot_id|>" in out and "end of a response with chat_template=True" in out
+    assert "one_to_one_rate: 1.0" in out  # both byte-level: the same split of these texts

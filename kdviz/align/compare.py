@@ -48,7 +48,11 @@ class TokenizerReport:
     def __repr__(self) -> str:
         lines = ["TokenizerReport"]
         for key, value in self.summary.items():
-            lines.append(f"  {key}: {value}")
+            if isinstance(value, list) and value:
+                lines.append(f"  {key}:")
+                lines.extend(f"    - {item}" for item in value)
+            else:
+                lines.append(f"  {key}: {value}")
         if len(self.longest):
             lines.append("  longest merged spans:")
             for row in self.longest.head(5).itertuples():
