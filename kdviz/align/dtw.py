@@ -1,6 +1,6 @@
 """Dynamic time warping over two token-string sequences, the cost of a pair being an edit distance.
 
-This is MinED's token alignment (METHODS.md section 6). With ``d(i, j)`` the Levenshtein distance between
+This is MinED's token alignment. With ``d(i, j)`` the Levenshtein distance between
 token ``a_i`` and token ``b_j`` after removing the whitespace markers (``▁``, ``Ġ``)::
 
     D(i, j) = d(i, j) + min(D(i-1, j-1), D(i-1, j), D(i, j-1)),   D(0, 0) = d(0, 0)

@@ -15,7 +15,7 @@ probe          runs              records
                                  file of the batch rows, once per term); at recorded steps NaN counts
                                  of per-token diagnostics, ``numerics/empty_masks`` (rows with no
                                  trained token) and ``numerics/akl_fallbacks`` (AKL 0/0 weights)
-``head_tail``  recorded steps    METHODS.md section 2 statistics: mean and quantiles over the step's
+``head_tail``  recorded steps    AKL's head/tail statistics: mean and quantiles over the step's
                                  trained tokens (at most 256, evenly strided; ``count`` is the number
                                  of trained tokens) in the ``head_tail`` table; per token for samples
 ``alignment``  recorded steps    ``t2s_weight`` / ``s2t_weight`` (CMA's attentions) and ``pairing``
