@@ -19,6 +19,8 @@ and bytes on disk per 1,000 steps.
 
     python benchmarks/bench_recorder.py               # ~2 minutes on 2 cores
     python benchmarks/bench_recorder.py --quick       # a smoke test of the harness
+    python benchmarks/bench_recorder.py --vocab 151936 --batch 4 --rounds 2 --steps 10   # Qwen3's head
+    python benchmarks/bench_recorder.py --vocab 262208 --batch 4 --rounds 2 --steps 10   # Gemma-3's head
 """
 
 from __future__ import annotations
@@ -111,10 +113,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="steps per round (a multiple of 10)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--sharpness", type=float, default=8.0, help="scale of the teacher's LM head")
+    parser.add_argument("--vocab", type=int, default=8192, help="vocabulary size (real ones: 151936, 262208)")
+    parser.add_argument("--batch", type=int, default=8, help="sequences per step")
+    parser.add_argument("--length", type=int, default=64, help="tokens per sequence")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    b, t, vocab, rounds, steps = 8, 64, 8192, args.rounds, args.steps
+    b, t, vocab, rounds, steps = args.batch, args.length, args.vocab, args.rounds, args.steps
     if args.quick:
         b, t, vocab, rounds, steps = 2, 16, 512, 2, 10
     common = {"vocab_size": vocab, "n_positions": t, "n_head": 4, "bos_token_id": 0, "eos_token_id": 0}

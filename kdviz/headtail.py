@@ -6,8 +6,8 @@ head); the token whose cumulative sum crosses ``mu`` belongs to the tail, unless
 ``crossing_in_head=True``. Ties in ``p`` at the head boundary are broken towards the lower vocabulary
 id, so the split is deterministic.
 
-The head is found with ``topk`` and a growing ``k`` (16, 64, 256, ...), falling back to a full sort
-only when the head is large, so a 150k vocabulary is not sorted per token.
+The head is found with one ``topk`` whose ``k`` comes from a one-pass histogram of the probabilities
+(buckets of a factor 2), so a 150k vocabulary is not sorted per token.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from kdviz._chunked import auto_chunk_rows
 from kdviz._rows import Rows, check_pair, gather_rows, make_rows, scatter_rows
 
 FALLBACK_EPS = 1e-12  # g_head + g_tail below this: student equals teacher, weights are 0.5 / 0.5
-_FIRST_K = 16
-_GROWTH = 4
+_BUCKETS = 64  # probability buckets of a factor 2 each, below the row's maximum
 
 
 def check_mu(mu: float) -> None:
@@ -28,16 +28,32 @@ def check_mu(mu: float) -> None:
         raise ValueError(f"mu must be a number strictly between 0 and 1, got {mu!r}")
 
 
+def _candidates(p: torch.Tensor, mu: float) -> torch.Tensor:
+    """Per row, a ``k`` such that the top-``k`` entries of ``p`` hold more than ``mu`` (so the head and the
+    crossing token are among them): entries are bucketed by their binary exponent below the row's largest
+    in one pass, and the buckets taken in order until their mass passes ``mu``."""
+    n, v = p.shape
+    exponent = torch.frexp(p).exponent  # p = m * 2**e, 0.5 <= m < 1: e is non-decreasing in p
+    bucket = (exponent.amax(-1, keepdim=True) - exponent).clamp_(0, _BUCKETS - 1).long()
+    bucket = torch.where(p > 0, bucket, _BUCKETS - 1)
+    mass = torch.zeros(n, _BUCKETS, dtype=p.dtype, device=p.device).scatter_add_(1, bucket, p)
+    count = torch.zeros(n, _BUCKETS, dtype=torch.long, device=p.device).scatter_add_(1, bucket, torch.ones_like(bucket))
+    last = (mass.cumsum(-1) <= mu).sum(-1, keepdim=True)  # the bucket where the mass passes mu
+    k = count.cumsum(-1).gather(-1, last.clamp(max=_BUCKETS - 1)).squeeze(-1)
+    return torch.where(last.squeeze(-1) >= _BUCKETS, v, k)
+
+
 def head_sizes(p: torch.Tensor, mu: float, crossing_in_head: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Head size ``|H|`` per row of ``p`` ``[N, V]`` and the smallest teacher probability in the head.
 
-    Only rows whose head is not yet resolved go to the next, larger ``topk``.
+    One ``topk`` with the ``k`` of :func:`_candidates` (a full sort for a row whose rounding leaves the
+    crossing outside it).
     """
     n, v = p.shape
     size = torch.ones(n, dtype=torch.long, device=p.device)
     smallest = torch.zeros(n, dtype=p.dtype, device=p.device)
     todo = torch.arange(n, device=p.device)
-    k = min(_FIRST_K, v)
+    k = min(int(_candidates(p, mu).max()) + 1, v) if n else v
     while todo.numel():
         rows = p[todo]
         top = rows.topk(k, dim=-1).values if k < v else rows.sort(dim=-1, descending=True).values
@@ -50,7 +66,7 @@ def head_sizes(p: torch.Tensor, mu: float, crossing_in_head: bool = False) -> tu
         size[idx] = h[resolved]
         smallest[idx] = top[resolved].gather(-1, h[resolved, None] - 1).squeeze(-1)
         todo = todo[~resolved]
-        k = min(k * _GROWTH, v)
+        k = v
     return size, smallest
 
 
@@ -60,7 +76,11 @@ def head_mask(p: torch.Tensor, mu: float, crossing_in_head: bool = False) -> tor
     above = p > smallest[:, None]
     at = p == smallest[:, None]
     needed = size - above.sum(-1)  # how many entries equal to the boundary value belong to the head
-    return above | (at & (at.cumsum(-1) <= needed[:, None]))
+    tied = (at.sum(-1) > needed).nonzero().squeeze(-1)  # rows where only some of the ties are in the head
+    head = above | at
+    if tied.numel():
+        head[tied] = above[tied] | (at[tied] & (at[tied].cumsum(-1) <= needed[tied, None]))
+    return head
 
 
 def _weights(g_head: torch.Tensor, g_all: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,13 +189,22 @@ def head_tail(
     """Per-token head/tail statistics of ``p = softmax(teacher/tau)`` vs ``q = softmax(student/tau)``.
 
     Logits are ``[..., V]``; ``mask`` (bool, leading shape) selects the tokens; masked positions are NaN
-    in every statistic. ``-inf`` entries are handled as the divergences' ``support="shared"`` (removed from both sides).
+    in every statistic. ``-inf`` entries are handled as the divergences' ``support="shared"`` (removed from both
+    sides). Rows are processed in chunks of the divergences' size, so memory stays a few chunks above the logits.
     """
     check_mu(mu)
     if not (isinstance(tau, (int, float)) and tau > 0):
         raise ValueError(f"tau must be a positive number, got {tau!r}")
     student_logits, teacher_logits, mask = check_pair(student_logits, teacher_logits, mask)
+    v = student_logits.shape[-1]
+    flat_s, flat_t = student_logits.detach().reshape(-1, v), teacher_logits.detach().reshape(-1, v)
+    index = mask.reshape(-1).nonzero().squeeze(-1)
+    step = auto_chunk_rows(v)
+    parts = []
     with torch.no_grad():
-        s, t, _ = gather_rows(student_logits.detach(), teacher_logits.detach(), mask)
-        stats = head_tail_rows(make_rows(s, t, tau), mu, crossing_in_head)
+        for start in range(0, max(len(index), 1), step):  # one chunk of rows at a time, like the divergences
+            rows = index[start : start + step]
+            s, t, _ = gather_rows(flat_s[rows], flat_t[rows], torch.ones(len(rows), dtype=torch.bool))
+            parts.append(head_tail_rows(make_rows(s, t, tau), mu, crossing_in_head))
+        stats = {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
         return HeadTail(mask=mask, **{k: scatter_rows(v, mask, float("nan")) for k, v in stats.items()})

@@ -230,3 +230,17 @@ def test_compare_tokenizers_report():
     assert same.summary["one_to_one_rate"] == 1.0 and same.summary["special_differences"] == []
     ids, offsets = encode_text(bpe_tokenizer(), texts[0])
     assert len(ids) == len(offsets) == same.table["tokens_a"][0]
+
+
+def test_byte_spans_give_each_byte_piece_its_own_bytes():
+    from kdviz.align.tokens import byte_spans
+
+    offsets = [(0, 1), (1, 2), (1, 2), (1, 2), (2, 3)]
+    pieces = [b"a", b"\xf0\x9f", b"\xa4", b"\x97", b"b"]  # byte-level BPE: three pieces of one emoji
+    spans = byte_spans("a🤗b", offsets, pieces)
+    assert spans == [(0, 1), (1, 3), (3, 4), (4, 5), (5, 6)]
+    same = overlap_matrix(spans, spans, "a🤗b".encode())
+    assert same.equal(torch.eye(5, dtype=torch.bool))
+    assert overlap_matrix(offsets, offsets, "a🤗b").sum() == 11  # on characters the pieces all overlap
+    # pieces that do not add up to the character's bytes (a normaliser changed the text) keep its bytes
+    assert byte_spans("a🤗b", offsets, [b"a", b"x", b"y", b"z", b"b"])[1:4] == [(1, 5)] * 3

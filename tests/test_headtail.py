@@ -108,6 +108,28 @@ def test_flat_teacher_falls_back_to_a_full_sort():
     assert ht.head_size.min() > 1000
 
 
+def test_one_topk_per_chunk_and_the_same_heads_in_any_chunking(monkeypatch):
+    """The head is found with one ``topk`` per chunk of rows (its ``k`` from the probability histogram),
+    on a teacher with a head of hundreds of tokens; chunking the rows changes nothing."""
+    import kdviz.headtail as headtail
+
+    gen = torch.Generator().manual_seed(2)
+    t = torch.randn(2, 9, 20_000, generator=gen) * 2
+    s = torch.randn(2, 9, 20_000, generator=gen)
+    p, _ = reference.distributions(s.double().numpy().reshape(18, -1), t.double().numpy().reshape(18, -1), 1.0)
+    want = reference.head_sets(p, 0.5).sum(-1)
+    calls = []
+    topk = torch.Tensor.topk
+    monkeypatch.setattr(torch.Tensor, "topk", lambda self, *a, **k: calls.append(1) or topk(self, *a, **k))
+    for rows in (1, 5, 18):
+        monkeypatch.setattr(headtail, "auto_chunk_rows", lambda v, rows=rows: rows)
+        calls.clear()
+        ht = kdviz.head_tail(s, t, mu=0.5)
+        np.testing.assert_array_equal(ht.head_size.reshape(-1).numpy(), want)
+        assert len(calls) == math.ceil(18 / rows)
+    assert want.min() > 16  # beyond a small first topk
+
+
 def test_tau_and_errors():
     s, t = torch.randn(2, 10), torch.randn(2, 10) * 5
     hot, cold = kdviz.head_tail(s, t, tau=4.0), kdviz.head_tail(s, t, tau=1.0)

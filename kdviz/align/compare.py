@@ -9,7 +9,15 @@ from dataclasses import dataclass
 import pandas as pd
 
 from kdviz.align.overlap import KINDS, kind_counts, overlap_matrix, regions
-from kdviz.align.tokens import byte_spans, check_fast, encode_text, start_tokens, unicode_form, vocab_bytes
+from kdviz.align.tokens import (
+    byte_spans,
+    check_fast,
+    encode_text,
+    end_of_turn,
+    start_tokens,
+    unicode_form,
+    vocab_bytes,
+)
 
 MARKERS = ("Ġ", "▁")
 SPECIAL_ROLES = ("bos_token", "eos_token", "pad_token", "unk_token")
@@ -40,7 +48,11 @@ class TokenizerReport:
     def __repr__(self) -> str:
         lines = ["TokenizerReport"]
         for key, value in self.summary.items():
-            lines.append(f"  {key}: {value}")
+            if isinstance(value, list) and value:
+                lines.append(f"  {key}:")
+                lines.extend(f"    - {item}" for item in value)
+            else:
+                lines.append(f"  {key}: {value}")
         if len(self.longest):
             lines.append("  longest merged spans:")
             for row in self.longest.head(5).itertuples():
@@ -66,11 +78,27 @@ def _special_differences(tok_a, tok_b) -> list[str]:
     lead_b = tok_b.convert_ids_to_tokens(list(start_tokens(tok_b)))
     if lead_a != lead_b:
         out.append(f"tokens added before a text: A {lead_a} vs B {lead_b}")
-    chat_a = getattr(tok_a, "chat_template", None) is not None
-    chat_b = getattr(tok_b, "chat_template", None) is not None
-    if chat_a != chat_b:
-        out.append(f"chat template: A {'yes' if chat_a else 'no'} vs B {'yes' if chat_b else 'no'}")
+    turn_a, turn_b = _chat_turn(tok_a), _chat_turn(tok_b)
+    if turn_a != turn_b:
+        out.append(f"chat template (a user turn, then the generation prompt): A {turn_a!r} vs B {turn_b!r}")
+    end_a, end_b = _end_of_turn(tok_a), _end_of_turn(tok_b)
+    if end_a != end_b:
+        out.append(f"end of a response with chat_template=True: A {end_a!r} vs B {end_b!r}")
     return out
+
+
+def _chat_turn(tokenizer) -> str | None:
+    """The chat template rendered around a user message ``{prompt}``, or None without a template."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        return None
+    messages = [{"role": "user", "content": "{prompt}"}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _end_of_turn(tokenizer) -> str | None:
+    if getattr(tokenizer, "chat_template", None) is None:
+        return tokenizer.eos_token
+    return tokenizer.convert_ids_to_tokens(end_of_turn(tokenizer, chat_template=True))
 
 
 def _vocab_summary(tok_a, tok_b, vocab_sizes) -> dict:
