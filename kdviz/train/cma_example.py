@@ -17,15 +17,17 @@ from kdviz.train.evaluate import format_prompt
 
 
 def record_cma_example(path: str | os.PathLike, steps: int = 24, *, every: int = 3, samples: int = 2) -> Run:
-    """Train CMA from the embedded teacher into the cross-tokenizer student for ``steps`` steps (AdamW,
-    lr 3e-3, batches of 6: the ``samples`` followed sentences and the next pairs of the first 96 training
-    examples), record it at ``path`` every ``every`` steps with the top-5 token strings, return the run."""
+    """A projector warm-up of CMA between the embedded teacher and the cross-tokenizer student: the student
+    is frozen and only CMA's projectors learn (AdamW, lr 3e-2, as in DSKD's projector pre-training stage), for
+    ``steps`` steps of 6 pairs (the ``samples`` followed sentences and the next pairs of the first 96 training
+    examples). Recorded at ``path`` every ``every`` steps with the top-5 token strings; returns the run."""
     assets = load_default()
     collate = KDCollator(assets.student_tokenizer, assets.teacher_tokenizer)
     pairs = [(format_prompt(e["prompt"]), e["response"]) for e in assets.train[:96]]
     torch.manual_seed(0)
     cma = CMA(assets.student_cross, assets.teacher)
-    optimizer = torch.optim.AdamW([*cma.parameters(), *assets.student_cross.parameters()], lr=3e-3)
+    assets.student_cross.requires_grad_(False)
+    optimizer = torch.optim.AdamW(cma.parameters(), lr=3e-2)
     tokenizers = {"student": assets.student_tokenizer, "teacher": assets.teacher_tokenizer}
     rotating, size = len(pairs) - samples, 6 - samples
     meta = {"method": {"name": "CMA"}}
