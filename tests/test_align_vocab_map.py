@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kdviz.align.vocab_map import build_vocab_map, token_bytes, vocab_hash, vocab_map
+from kdviz.align.vocab_map import UNRESOLVED, build_vocab_map, token_bytes, vocab_hash, vocab_map
 from tests.kd_helpers import bpe_tokenizer, unigram_tokenizer
 from tests.test_align_dtw import levenshtein
 
@@ -86,3 +86,33 @@ def test_mined_cache_dir_and_kdviz_cache_write_the_same_file(tmp_path, monkeypat
     via_env = MinED(student_tokenizer=unigram_tokenizer(), teacher_tokenizer=bpe_tokenizer())
     assert direct.map.path == via_env.map.path == next((tmp_path / "vocab_maps").iterdir())
     assert via_env.map.from_cache
+
+
+def test_lazy_map_resolves_on_demand_and_caches_what_it_resolved(tmp_path):
+    teacher_tok, student_tok = bpe_tokenizer(), unigram_tokenizer()
+    full_ids, full_exact = build_vocab_map(token_bytes(teacher_tok), token_bytes(student_tok))
+    lazy = vocab_map(teacher_tok, student_tok, cache_dir=tmp_path, complete=False)
+    assert np.array_equal(lazy.exact, full_exact) and lazy.exact_share == pytest.approx(full_exact.mean())
+    assert np.array_equal(lazy.ids != UNRESOLVED, full_exact)  # only the dictionary step ran
+    assert np.array_equal(lazy.ids[full_exact], full_ids[full_exact])
+    asked = np.flatnonzero(~full_exact)[:7]
+    assert np.array_equal(lazy.lookup(np.stack([asked, asked])), np.stack([full_ids[asked]] * 2))
+    assert (lazy.ids != UNRESOLVED).sum() == full_exact.sum() + len(asked)
+    lazy.save()
+    again = vocab_map(teacher_tok, student_tok, cache_dir=tmp_path, complete=False)
+    assert again.from_cache and np.array_equal(again.ids, lazy.ids)  # resolved entries are kept on disk
+    assert np.array_equal(again.complete(progress=False).ids, full_ids) and again.resolved_share == 1.0
+    assert vocab_map(teacher_tok, student_tok, cache_dir=tmp_path, complete=False).resolved_share == 1.0
+    with pytest.raises(ValueError, match=r"teacher_ids must lie in \[0, "):
+        lazy.lookup([len(lazy)])
+
+
+def test_a_map_built_from_arrays_says_it_cannot_resolve():
+    from kdviz.align.vocab_map import VocabMap
+
+    partial = VocabMap(np.array([0, UNRESOLVED]), np.array([True, False]), "t", "s")
+    assert partial.lookup([0]).tolist() == [0]
+    with pytest.raises(ValueError, match="cannot resolve new entries"):
+        partial.lookup([1])
+    with pytest.raises(ValueError, match="one entry per teacher id"):
+        VocabMap(np.array([0, 1]), np.array([True]), "t", "s")

@@ -3,6 +3,8 @@ byte-fallback and whitespace tokens map to what they mean, and "exact" means ide
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -37,3 +39,41 @@ def test_exact_means_identical_bytes(teacher, student):
     for k, i, e in zip(sample.tolist(), ids.tolist(), exact.tolist(), strict=True):
         assert e == (t_bytes[k] in known)
         assert (s_bytes[i] == t_bytes[k]) == e
+
+
+def test_mined_on_the_largest_pair_resolves_only_the_ids_a_batch_moves(tmp_path):
+    """Gemma-3 teacher (262k) -> Llama-3 student (128k): the whole map would take minutes; MinED is built with
+    the dictionary step alone and a step resolves the teacher's top-k ids it moves, each to the student id
+    of minimum edit distance (lowest id on ties)."""
+    import torch
+    from rapidfuzz.distance import Levenshtein
+    from rapidfuzz.process import cdist
+
+    from kdviz.align.vocab_map import UNRESOLVED, student_choices
+    from kdviz.methods import KDCollator, MinED
+    from tests.real_tokenizers import CORPUS, HEAD_ROWS
+
+    t_tok, s_tok = load("gemma3"), load("llama3")
+    method = MinED(student_tokenizer=s_tok, teacher_tokenizer=t_tok, cache_dir=tmp_path, top_k=4)
+    vmap = method.map
+    assert np.array_equal(vmap.ids != UNRESOLVED, vmap.exact) and 0.2 < vmap.exact_share < 0.6
+    batch = KDCollator(s_tok, t_tok)(CORPUS[:3])
+    g = torch.Generator().manual_seed(0)
+    z_t = torch.randn(*batch.teacher_input_ids.shape, HEAD_ROWS["gemma3"], generator=g)
+    z_s = torch.randn(*batch.student_input_ids.shape, HEAD_ROWS["llama3"], generator=g, requires_grad=True)
+    before = vmap.ids.copy()
+    out = method(batch, SimpleNamespace(logits=z_s), SimpleNamespace(logits=z_t))
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and torch.isfinite(z_s.grad).all()
+    new = np.flatnonzero((before == UNRESOLVED) & (vmap.ids != UNRESOLVED))
+    partner = out.diagnostics["aligned_teacher_position"]
+    b_idx, s_idx = (partner >= 0).nonzero(as_tuple=True)
+    moved = z_t[b_idx, partner[b_idx, s_idx]].topk(4, -1).indices.unique().numpy()
+    assert 0 < len(new) and set(new) == set(moved) - set(np.flatnonzero(vmap.exact))
+    assert np.array_equal(method.map_ids.numpy(), vmap.ids)
+    strings, choice_ids = student_choices(token_bytes(s_tok))
+    t_bytes = token_bytes(t_tok)
+    dist = cdist([t_bytes[t].decode("latin-1") for t in new[:20]], strings, scorer=Levenshtein.distance,
+                 workers=-1)
+    for row, t in zip(dist, new[:20], strict=False):
+        assert vmap.ids[t] == choice_ids[row == row.min()].min()

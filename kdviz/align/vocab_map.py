@@ -1,17 +1,24 @@
-"""The teacher -> student vocabulary map of MinED (docs/methods.md#mined), computed fast and cached on disk.
+"""The teacher -> student vocabulary map of MinED (docs/methods.md#mined), resolved on demand and cached on disk.
 
 Tokens are compared by the bytes they stand for (byte-level alphabet decoded, ``<0x..>`` byte fallback
 as its byte, ``▁`` as a space), so ``Ġthe`` and ``▁the`` are both ``b" the"``, and whitespace-only tokens
 differ by length. Each teacher token ``t`` maps to one student token:
 
-1. *exact* (a dictionary look-up): the lowest student id with identical bytes -- exact ⇔ identical bytes;
+1. *exact* (a dictionary look-up, for the whole vocabulary at once): the lowest student id with identical
+   bytes -- exact ⇔ identical bytes;
 2. otherwise the student token of minimum Levenshtein distance between the byte strings (lowest id on
    ties), computed with rapidfuzz's ``cdist`` in C++ on every core.
 
+Step 2 costs one edit distance per (teacher, student) pair: minutes for the largest real vocabularies
+(Gemma-3's 262k teacher tokens against Llama-3's 128k). A map is therefore resolved *on demand*:
+:meth:`VocabMap.lookup` computes the nearest student token of the teacher ids it is asked for (MinED asks
+for the teacher's top-k ids of each batch), and :meth:`VocabMap.complete` resolves the whole vocabulary.
+
 The map is cached per tokenizer pair under ``<cache_dir>/vocab_maps/`` (``cache_dir`` defaults to
 ``$KDVIZ_CACHE``, else ``~/.cache/kdviz``) as an ``.npz`` file named by the SHA-256 of both vocabularies'
-bytes, read back with ``allow_pickle=False``. A changed vocabulary has a new hash, hence a new file: stale
-maps are never read; a corrupt file is rebuilt with a warning.
+bytes, read back with ``allow_pickle=False``; entries resolved later are added to the same file. A changed
+vocabulary has a new hash, hence a new file: stale maps are never read; a corrupt file is rebuilt with a
+warning.
 """
 
 from __future__ import annotations
@@ -19,10 +26,10 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import time
 import warnings
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,31 +40,90 @@ from tqdm.auto import tqdm
 from kdviz.align.dtw import MARKERS
 from kdviz.align.tokens import vocab_bytes
 
-FORMAT = 2
+FORMAT = 3
 CHUNK = 512
+UNRESOLVED = -1
+SAVE_EVERY_S = 2.0  # a lookup rewrites the cache file at most this often (complete() always does)
 
 
-@dataclass(frozen=True)
 class VocabMap:
-    """``ids[t]``: the student id teacher id ``t`` maps to; ``exact[t]``: whether both stand for identical bytes.
+    """The teacher -> student map: ``exact[t]`` (identical bytes) for every teacher id ``t``, and ``ids[t]``
+    (the student id) where resolved -- exact entries at once, nearest ones on demand (``UNRESOLVED`` = -1
+    until then). :meth:`lookup` resolves the ids it is given, :meth:`complete` all of them.
 
     ``from_cache`` says whether this map was read from disk; ``path`` is its cache file (None if uncached).
     """
 
-    ids: np.ndarray
-    exact: np.ndarray
-    teacher_hash: str
-    student_hash: str
-    from_cache: bool = False
-    path: Path | None = None
+    def __init__(
+        self,
+        ids: np.ndarray,
+        exact: np.ndarray,
+        teacher_hash: str,
+        student_hash: str,
+        *,
+        from_cache: bool = False,
+        path: Path | None = None,
+        teacher_bytes: Sequence[bytes] | None = None,
+        student_bytes: Sequence[bytes] | None = None,
+        workers: int = -1,
+    ) -> None:
+        self.ids, self.exact = np.asarray(ids, dtype=np.int64), np.asarray(exact, dtype=bool)
+        if self.ids.shape != self.exact.shape:
+            raise ValueError(f"ids and exact must have one entry per teacher id, got {self.ids.shape} and "
+                             f"{self.exact.shape}")
+        self.teacher_hash, self.student_hash = teacher_hash, student_hash
+        self.from_cache, self.path, self.workers = from_cache, path, workers
+        self._teacher_bytes = teacher_bytes
+        self._choices = None if student_bytes is None else student_choices(student_bytes)
+        self._saved_at = time.monotonic()
 
     @property
     def exact_share(self) -> float:
         """Share of teacher tokens mapped to a student token of identical bytes."""
         return float(self.exact.mean()) if len(self.exact) else 0.0
 
+    @property
+    def resolved_share(self) -> float:
+        """Share of teacher ids whose student id is known (1.0 once :meth:`complete` ran)."""
+        return float((self.ids != UNRESOLVED).mean()) if len(self.ids) else 1.0
+
     def __len__(self) -> int:
         return len(self.ids)
+
+    def lookup(self, teacher_ids) -> np.ndarray:
+        """The student ids of ``teacher_ids`` (any integer array), resolving the missing ones first."""
+        teacher_ids = np.asarray(teacher_ids, dtype=np.int64)
+        if teacher_ids.size and (teacher_ids.min() < 0 or teacher_ids.max() >= len(self.ids)):
+            raise ValueError(f"teacher_ids must lie in [0, {len(self.ids)}), got ids from {teacher_ids.min()} "
+                             f"to {teacher_ids.max()}")
+        missing = np.unique(teacher_ids[self.ids[teacher_ids] == UNRESOLVED])
+        if missing.size:
+            self._resolve(missing, progress=False)
+            if time.monotonic() - self._saved_at >= SAVE_EVERY_S:
+                self.save()
+        return self.ids[teacher_ids]
+
+    def complete(self, progress: bool = True) -> VocabMap:
+        """Resolve every teacher id (the whole minimum-edit-distance search), save, and return the map."""
+        missing = np.flatnonzero(self.ids == UNRESOLVED)
+        if missing.size:
+            self._resolve(missing, progress=progress)
+        if missing.size or (self.path is not None and not self.path.exists()):
+            self.save()
+        return self
+
+    def save(self) -> None:
+        """Write the map (what is resolved so far) to its cache file, if it has one."""
+        if self.path is not None:
+            _save(self.path, self.ids, self.exact, self.teacher_hash, self.student_hash)
+        self._saved_at = time.monotonic()
+
+    def _resolve(self, teacher_ids: np.ndarray, progress: bool) -> None:
+        if self._teacher_bytes is None or self._choices is None:
+            raise ValueError("this VocabMap was built from arrays alone and cannot resolve new entries; build it "
+                             "with kdviz.align.vocab_map(teacher, student)")
+        queries = [self._teacher_bytes[t] for t in teacher_ids.tolist()]
+        self.ids[teacher_ids] = nearest_ids(queries, self._choices, self.workers, progress)
 
 
 def vocabulary(tokenizer) -> list[str]:
@@ -89,14 +155,48 @@ def list_bytes(tokens: Sequence[str], markers: Sequence[str] = MARKERS) -> list[
     return out
 
 
-def _nearest(queries: list[str], choices: list[str], workers: int) -> np.ndarray:
-    """Index of the choice nearest each query by Levenshtein distance (lowest index on ties)."""
-    best = np.empty(len(queries), dtype=np.int64)
-    for start in tqdm(range(0, len(queries), CHUNK), desc="vocabulary map", unit="chunk", leave=False):
-        chunk = queries[start : start + CHUNK]
-        dist = cdist(chunk, choices, scorer=Levenshtein.distance, dtype=np.int32, workers=workers)
-        best[start : start + len(chunk)] = dist.argmin(axis=1)
-    return best
+def _as_bytes(tokens: Sequence[bytes] | Sequence[str], markers: Sequence[str]) -> list[bytes]:
+    return list(tokens) if tokens and isinstance(tokens[0], bytes) else list_bytes(tokens, markers)
+
+
+def _first_ids(student_bytes: Sequence[bytes]) -> dict[bytes, int]:
+    """Each distinct student byte string's lowest id."""
+    by_bytes: dict[bytes, int] = {}
+    for index, token in enumerate(student_bytes):
+        by_bytes.setdefault(token, index)
+    return by_bytes
+
+
+def exact_ids(teacher_bytes: Sequence[bytes], student_bytes: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, exact)``: the lowest student id of identical bytes where there is one, else ``UNRESOLVED``."""
+    if not student_bytes:
+        raise ValueError("the student vocabulary is empty; a vocabulary map needs at least one student token")
+    by_bytes = _first_ids(student_bytes)
+    ids = np.array([by_bytes.get(t, UNRESOLVED) for t in teacher_bytes], dtype=np.int64)
+    return ids, ids != UNRESOLVED
+
+
+def student_choices(student_bytes: Sequence[bytes]) -> tuple[list[str], np.ndarray]:
+    """The distinct student byte strings (as latin-1 text: one character per byte) and each one's lowest id."""
+    by_bytes = _first_ids(student_bytes)
+    return [c.decode("latin-1") for c in by_bytes], np.fromiter(by_bytes.values(), dtype=np.int64, count=len(by_bytes))
+
+
+def nearest_ids(queries: Sequence[bytes], choices: tuple[list[str], np.ndarray], workers: int = -1,
+                progress: bool = True) -> np.ndarray:
+    """The student id of minimum Levenshtein distance to each query's bytes (lowest id on ties) among
+    ``choices`` (:func:`student_choices`)."""
+    strings, choice_ids = choices
+    distinct = list(dict.fromkeys(queries))
+    texts = [q.decode("latin-1") for q in distinct]
+    best = np.empty(len(texts), dtype=np.int64)
+    starts = range(0, len(texts), CHUNK)
+    for start in tqdm(starts, desc="vocabulary map", unit="chunk", leave=False, disable=not progress):
+        dist = cdist(texts[start : start + CHUNK], strings, scorer=Levenshtein.distance, dtype=np.int32,
+                     workers=workers)
+        best[start : start + len(dist)] = dist.argmin(axis=1)
+    found = dict(zip(distinct, choice_ids[best].tolist(), strict=True))
+    return np.array([found[q] for q in queries], dtype=np.int64)
 
 
 def build_vocab_map(
@@ -105,31 +205,17 @@ def build_vocab_map(
     markers: Sequence[str] = MARKERS,
     workers: int = -1,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(ids [V_t] int64, exact [V_t] bool)``: the map of the module docstring, without caching.
+    """``(ids [V_t] int64, exact [V_t] bool)``: the complete map of the module docstring, without caching.
 
     Tokens are byte strings (what each token stands for); strings are converted with :func:`list_bytes`.
     """
     if not student_tokens:
         raise ValueError("the student vocabulary is empty; a vocabulary map needs at least one student token")
-    t_bytes, s_bytes = (
-        list(t) if isinstance(t[0], bytes) else list_bytes(t, markers) if t else []
-        for t in (teacher_tokens, student_tokens)
-    )
-    by_bytes: dict[bytes, int] = {}  # each byte string's lowest id, in id order
-    for index, token in enumerate(s_bytes):
-        by_bytes.setdefault(token, index)
-    ids = np.array([by_bytes.get(t, -1) for t in t_bytes], dtype=np.int64)
-    exact = ids >= 0
-    choices = list(by_bytes)
-    choice_ids = np.asarray([by_bytes[c] for c in choices], dtype=np.int64)
-    queries: dict[str, list[int]] = {}
-    for index in np.flatnonzero(~exact).tolist():
-        queries.setdefault(t_bytes[index].decode("latin-1"), []).append(index)  # one character per byte
-    strings = list(queries)
-    if strings:
-        nearest = choice_ids[_nearest(strings, [c.decode("latin-1") for c in choices], workers)]
-        for query, best in zip(strings, nearest.tolist(), strict=True):
-            ids[queries[query]] = best
+    t_bytes, s_bytes = _as_bytes(teacher_tokens, markers), _as_bytes(student_tokens, markers)
+    ids, exact = exact_ids(t_bytes, s_bytes)
+    missing = np.flatnonzero(~exact)
+    if missing.size:
+        ids[missing] = nearest_ids([t_bytes[t] for t in missing.tolist()], student_choices(s_bytes), workers)
     return ids, exact
 
 
@@ -143,22 +229,23 @@ def _cache_path(cache_dir: Path, teacher_hash: str, student_hash: str) -> Path:
     return cache_dir / "vocab_maps" / f"vocab_map-{key[:32]}.npz"
 
 
-def _load(path: Path, teacher_hash: str, student_hash: str, v_t: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """The cached map, or None when it is missing, stale or unreadable (a corrupt file gets a warning)."""
+def _load(path: Path, teacher_hash: str, student_hash: str, exact: np.ndarray) -> np.ndarray | None:
+    """The cached ids (``UNRESOLVED`` where not yet resolved), or None when the file is missing, stale or
+    unreadable (a corrupt file gets a warning). ``exact`` is the dictionary step's, to check the file with."""
     if not path.exists():
         return None
     try:
         with np.load(path, allow_pickle=False) as data:
             if str(data["teacher_hash"]) != teacher_hash or str(data["student_hash"]) != student_hash:
                 return None
-            ids, exact = data["ids"].astype(np.int64), data["exact"].astype(bool)
+            ids, cached_exact = data["ids"].astype(np.int64), data["exact"].astype(bool)
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:
         warnings.warn(f"vocabulary map cache {path} is unreadable ({err}); rebuilding it", stacklevel=3)
         return None
-    if len(ids) == v_t == len(exact):
-        return ids, exact
-    warnings.warn(f"vocabulary map cache {path} has the wrong size; rebuilding it", stacklevel=3)
-    return None
+    if ids.shape != exact.shape or not np.array_equal(cached_exact, exact):
+        warnings.warn(f"vocabulary map cache {path} does not match the vocabularies; rebuilding it", stacklevel=3)
+        return None
+    return ids
 
 
 def _save(path: Path, ids: np.ndarray, exact: np.ndarray, teacher_hash: str, student_hash: str) -> None:
@@ -183,6 +270,7 @@ def vocab_map(
     teacher,
     student,
     *,
+    complete: bool = True,
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = True,
     markers: Sequence[str] = MARKERS,
@@ -190,24 +278,28 @@ def vocab_map(
 ) -> VocabMap:
     """The teacher -> student :class:`VocabMap` of two tokenizers (or two vocabularies: lists of strings by id).
 
-    ``cache_dir`` is kdviz's cache root (default :func:`default_cache_dir`); the map is stored under its
-    ``vocab_maps/`` folder, read back when an entry for exactly these two vocabularies exists, else computed
-    and stored (``use_cache=False`` neither reads nor writes). A corrupt cache file is rebuilt with a
-    warning. ``markers``: the word markers that stand for a space in a list of strings. ``workers`` is
-    rapidfuzz's thread count (-1: all cores).
+    ``complete=True`` resolves every teacher id before returning (minutes for the largest vocabularies the
+    first time); ``complete=False`` returns at once with the exact entries, the others resolved by
+    :meth:`VocabMap.lookup` when asked for. ``cache_dir`` is kdviz's cache root (default
+    :func:`default_cache_dir`); the map is stored under its ``vocab_maps/`` folder and read back (with the
+    entries resolved so far) when an entry for exactly these two vocabularies exists (``use_cache=False``
+    neither reads nor writes). A corrupt cache file is rebuilt with a warning. ``markers``: the word markers
+    that stand for a space in a list of strings. ``workers`` is rapidfuzz's thread count (-1: all cores).
     """
     t_bytes, s_bytes = token_bytes(teacher, markers), token_bytes(student, markers)
     t_hash, s_hash = vocab_hash(t_bytes), vocab_hash(s_bytes)
-    path = None
+    ids, exact = exact_ids(t_bytes, s_bytes)
+    path = cached = None
     if use_cache:
         path = _cache_path(Path(cache_dir) if cache_dir is not None else default_cache_dir(), t_hash, s_hash)
-        cached = _load(path, t_hash, s_hash, len(t_bytes))
-        if cached is not None:
-            return VocabMap(*cached, t_hash, s_hash, from_cache=True, path=path)
-    ids, exact = build_vocab_map(t_bytes, s_bytes, markers, workers)
-    if path is not None:
-        _save(path, ids, exact, t_hash, s_hash)
-    return VocabMap(ids, exact, t_hash, s_hash, from_cache=False, path=path)
+        cached = _load(path, t_hash, s_hash, exact)
+    found = VocabMap(ids if cached is None else cached, exact, t_hash, s_hash, from_cache=cached is not None,
+                     path=path, teacher_bytes=t_bytes, student_bytes=s_bytes, workers=workers)
+    if complete:
+        found.complete()
+    elif cached is None:
+        found.save()
+    return found
 
 
 def _is_token_list(x) -> bool:

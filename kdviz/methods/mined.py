@@ -35,7 +35,7 @@ from torch import nn
 
 from kdviz._rows import check_finite
 from kdviz.align.dtw import MARKERS, align_tokens, edit_costs
-from kdviz.align.vocab_map import VocabMap
+from kdviz.align.vocab_map import UNRESOLVED, VocabMap
 from kdviz.align.vocab_map import vocab_map as compute_vocab_map
 from kdviz.divergences import divergence
 from kdviz.methods._common import (
@@ -97,7 +97,9 @@ class MinED(nn.Module):
     mode="paper")``
 
     - The teacher -> student :class:`~kdviz.align.vocab_map.VocabMap` is ``vocab_map`` if given, else
-      computed from the two tokenizers (or read from the cache under ``cache_dir``) when the method is built.
+      computed from the two tokenizers (or read from the cache under ``cache_dir``). Exact entries are known
+      when the method is built; the nearest student token of the other teacher ids is computed when a batch
+      first moves them (``mode="reference"`` needs, and completes, the whole map when built).
     - ``top_k``: teacher logits moved per aligned position (10); it may not exceed the teacher vocabulary.
     - ``ce_weight``, ``kd_weight``, ``tau``: 0.5, 0.5, 2.0 as in the DSKD paper's MinED baseline.
     - ``mask_value``: the logit of ids that receive no teacher logit (finite, so ``0 * log 0`` stays 0).
@@ -146,7 +148,9 @@ class MinED(nn.Module):
         if vocab_map is None:
             if student_tokenizer is None or teacher_tokenizer is None:
                 raise ValueError("MinED needs vocab_map=... or both student_tokenizer and teacher_tokenizer")
-            vocab_map = compute_vocab_map(teacher_tokenizer, student_tokenizer, cache_dir=cache_dir)
+            vocab_map = compute_vocab_map(teacher_tokenizer, student_tokenizer, cache_dir=cache_dir, complete=False)
+        if mode == "reference":  # the student -> teacher inverse below needs every entry
+            vocab_map.complete()
         self.map = vocab_map
         self.student_tokenizer, self.teacher_tokenizer = student_tokenizer, teacher_tokenizer
         self.top_k, self.mask_value, self.tau_squared = top_k, float(mask_value), tau_squared
@@ -243,13 +247,22 @@ class MinED(nn.Module):
         collisions, ``mask_value`` elsewhere), and whether each moved id was mapped by exact string."""
         top = z_t_rows.float().topk(self.top_k, -1)
         known = top.indices < len(self.map_ids)
-        ids = self.map_ids[top.indices.clamp(max=len(self.map_ids) - 1)]
+        teacher_ids = top.indices.clamp(max=len(self.map_ids) - 1)
+        self._resolve(teacher_ids)
+        ids = self.map_ids[teacher_ids]
         usable = known & (ids >= 0) & (ids < v_s)
         values = torch.where(usable, top.values, self.mask_value)
         out = torch.full((len(z_t_rows), v_s), self.mask_value, device=z_t_rows.device)
         out.scatter_reduce_(-1, torch.where(usable, ids, 0), values, reduce="amax", include_self=True)
         exact = usable & self.map_exact[top.indices.clamp(max=len(self.map_exact) - 1)]
         return out, exact
+
+    def _resolve(self, teacher_ids: torch.Tensor) -> None:
+        """Look up the map entries of ``teacher_ids`` not resolved yet (the map computes them on demand)."""
+        missing = teacher_ids[self.map_ids[teacher_ids] == UNRESOLVED].unique()
+        if len(missing):
+            found = self.map.lookup(missing.cpu().numpy())
+            self.map_ids[missing] = torch.as_tensor(found, device=self.map_ids.device)
 
     def forward(self, batch: KDBatch, student_outputs=None, teacher_outputs=None) -> KDOutput:
         s_out, t_out = run_models(self, batch, student_outputs, teacher_outputs, hidden=False)
