@@ -77,3 +77,21 @@ def test_mined_on_the_largest_pair_resolves_only_the_ids_a_batch_moves(tmp_path)
                  workers=-1)
     for row, t in zip(dist, new[:20], strict=False):
         assert vmap.ids[t] == choice_ids[row == row.min()].min()
+
+
+@pytest.mark.parametrize(("student", "teacher"), DISTINCT_PAIRS)
+def test_mined_dtw_compares_the_bytes_tokens_stand_for(student, teacher):
+    """Byte-level ``Ã©`` and SentencePiece ``é`` are the same bytes: MinED's DTW pairs tokens that overlap in
+    the byte ground truth (measured on the corpus: 0.74-0.94 over the pairs, 0.53 at worst when the DTW
+    compared vocabulary strings)."""
+    from kdviz.align.vocab_map import VocabMap
+    from kdviz.methods import KDCollator, MinED
+    from tests.real_tokenizers import CORPUS
+
+    s_tok, t_tok = load(student), load(teacher)
+    batch = KDCollator(s_tok, t_tok)(CORPUS)
+    no_map = VocabMap(np.zeros(len(t_tok), dtype=np.int64), np.zeros(len(t_tok), dtype=bool), "t", "s")
+    _, partner, _ = MinED(vocab_map=no_map, student_tokenizer=s_tok, teacher_tokenizer=t_tok).align(batch)
+    b, i = (partner >= 0).nonzero(as_tuple=True)
+    overlapping = batch.target_alignment()[b, i, partner[b, i]].float().mean()
+    assert overlapping >= 0.7, float(overlapping)

@@ -35,6 +35,7 @@ from torch import nn
 
 from kdviz._rows import check_finite
 from kdviz.align.dtw import MARKERS, align_tokens, edit_costs
+from kdviz.align.tokens import vocab_bytes
 from kdviz.align.vocab_map import UNRESOLVED, VocabMap
 from kdviz.align.vocab_map import vocab_map as compute_vocab_map
 from kdviz.divergences import divergence
@@ -173,11 +174,19 @@ class MinED(nn.Module):
 
     def _target_strings(self, batch: KDBatch, side: str, b: int, positions: list[int], shift: int = 1) -> list[str]:
         """Strings of the tokens predicted at ``positions`` (token ``i + 1`` for position ``i``), or with
-        ``shift=0`` of the input tokens at those positions."""
+        ``shift=0`` of the input tokens at those positions.
+
+        In the paper mode with the side's tokenizer at hand, a token's string is the bytes it stands for
+        without spaces (one character per byte: the vocabulary map's alphabet), so that ``Ã©`` (byte-level
+        é) and ``é`` cost 0; otherwise the vocabulary string, whose markers ``align_tokens`` removes."""
+        tokenizer = getattr(self, f"{side}_tokenizer")
+        if self.mode == "paper" and tokenizer is not None:
+            pieces = vocab_bytes(tokenizer)
+            ids = getattr(batch, f"{side}_input_ids")[b, [i + shift for i in positions]].tolist()
+            return [pieces[i].replace(b" ", b"").decode("latin-1") if i < len(pieces) else "" for i in ids]
         tokens = getattr(batch, f"{side}_tokens")
         if len(tokens) > b and len(tokens[b]) > max(positions) + shift:
             return [tokens[b][i + shift] for i in positions]
-        tokenizer = getattr(self, f"{side}_tokenizer")
         if tokenizer is None:
             raise ValueError(
                 f"the batch has no {side}_tokens for example {b}; build it with KDCollator or pass "
