@@ -80,3 +80,19 @@ def test_vocab_bytes_decode_byte_level_byte_fallback_and_markers():
     assert qwen[vocab_q["ä¸Ń"]] == "中".encode() and qwen[vocab_q["<|im_end|>"]] == b"<|im_end|>"
     assert llama2[vocab_l["<0xF0>"]] == b"\xf0" and llama2[vocab_l["▁the"]] == b" the"
     assert gemma[vocab_g["▁▁▁▁"]] == b"    " and gemma[vocab_g["\n"]] == b"\n"
+
+
+def test_encoding_from_several_threads_gives_the_serial_result():
+    """``encode_text`` sets the tokenizer for one call (no prefix ``▁``, special strings as text); calls from
+    several threads on one tokenizer never see each other's settings."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kdviz.align.tokens import encode_text
+
+    tok = load("llama2")
+    cases = [(text, continuation) for text in ("hello <s> world", "x = 1", "\tdone") for continuation in (False, True)]
+    serial = {case: encode_text(tok, case[0], continuation=case[1]) for case in cases}
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda case: (case, encode_text(tok, case[0], continuation=case[1])), cases * 300))
+    assert all(result == serial[case] for case, result in got)
+    assert tok("x", add_special_tokens=False)["input_ids"] == serial[("x = 1", False)][0][:1]  # settings restored

@@ -11,6 +11,7 @@ Only fast (Rust-backed) tokenizers report offsets; a slow one raises :class:`Typ
 from __future__ import annotations
 
 import re
+import threading
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -85,6 +86,9 @@ def piece_bytes(piece: str, byte_level: bool) -> bytes:
 
 
 _PIECES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# _plain_text changes a tokenizer's settings for the duration of one encode: one encode at a time, so that
+# kdviz encoding the same tokenizer from several threads never sees another call's settings.
+_SETTINGS_LOCK = threading.RLock()
 
 
 def vocab_bytes(tokenizer) -> list[bytes]:
@@ -151,25 +155,26 @@ def _plain_text(tokenizer, continuation: bool):
     ``continuation``, to add no prefix space (SentencePiece's prepended ``▁``, byte-level ``add_prefix_space``)."""
     backend = tokenizer.backend_tokenizer
     saved: list = []
-    try:
-        _set(saved, backend, "encode_special_tokens", True)
-        if continuation:
-            norm = backend.normalizer
-            if isinstance(norm, normalizers.Prepend):
-                _set(saved, backend, "normalizer", normalizers.Sequence([]))
-            elif isinstance(norm, normalizers.Sequence) and any(isinstance(n, normalizers.Prepend) for n in norm):
-                kept = [n for n in norm if not isinstance(n, normalizers.Prepend)]
-                _set(saved, backend, "normalizer", normalizers.Sequence(kept))
-            pre = backend.pre_tokenizer
-            for part in pre if isinstance(pre, pre_tokenizers.Sequence) else [pre]:
-                if isinstance(part, pre_tokenizers.Metaspace) and part.prepend_scheme != "never":
-                    _set(saved, part, "prepend_scheme", "never")
-                elif isinstance(part, pre_tokenizers.ByteLevel) and part.add_prefix_space:
-                    _set(saved, part, "add_prefix_space", False)
-        yield backend
-    finally:
-        for obj, name, value in reversed(saved):
-            setattr(obj, name, value)
+    with _SETTINGS_LOCK:
+        try:
+            _set(saved, backend, "encode_special_tokens", True)
+            if continuation:
+                norm = backend.normalizer
+                if isinstance(norm, normalizers.Prepend):
+                    _set(saved, backend, "normalizer", normalizers.Sequence([]))
+                elif isinstance(norm, normalizers.Sequence) and any(isinstance(n, normalizers.Prepend) for n in norm):
+                    kept = [n for n in norm if not isinstance(n, normalizers.Prepend)]
+                    _set(saved, backend, "normalizer", normalizers.Sequence(kept))
+                pre = backend.pre_tokenizer
+                for part in pre if isinstance(pre, pre_tokenizers.Sequence) else [pre]:
+                    if isinstance(part, pre_tokenizers.Metaspace) and part.prepend_scheme != "never":
+                        _set(saved, part, "prepend_scheme", "never")
+                    elif isinstance(part, pre_tokenizers.ByteLevel) and part.add_prefix_space:
+                        _set(saved, part, "add_prefix_space", False)
+            yield backend
+        finally:
+            for obj, name, value in reversed(saved):
+                setattr(obj, name, value)
 
 
 def encode_text(tokenizer, text: str, *, continuation: bool = False) -> tuple[list[int], list[tuple[int, int]]]:
