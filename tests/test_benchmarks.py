@@ -16,7 +16,7 @@ CASES = {
     "bench_ot": ([], ["[SD]", "ULD", "second call", "[MultiLevelOT levels]"]),
     "bench_recorder": ([], ["every=10", "every=1"]),
     "bench_viz": ([], ["open + build dashboard", "step slider update", "static report"]),
-    "bench_vocab_map": ([], ["llama2 -> gpt2", "gemma3 -> llama3", "(projected)"]),
+    "bench_vocab_map": ([], ["llama2 -> gpt2", "mistral -> llama3", "kdviz whole map"]),
 }
 
 

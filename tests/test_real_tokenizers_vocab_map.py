@@ -49,7 +49,7 @@ def test_mined_on_the_largest_pair_resolves_only_the_ids_a_batch_moves(tmp_path)
     from rapidfuzz.distance import Levenshtein
     from rapidfuzz.process import cdist
 
-    from kdviz.align.vocab_map import UNRESOLVED, student_choices
+    from kdviz.align.vocab_map import UNRESOLVED
     from kdviz.methods import KDCollator, MinED
     from tests.real_tokenizers import CORPUS, HEAD_ROWS
 
@@ -71,7 +71,10 @@ def test_mined_on_the_largest_pair_resolves_only_the_ids_a_batch_moves(tmp_path)
     moved = z_t[b_idx, partner[b_idx, s_idx]].topk(4, -1).indices.unique().numpy()
     assert 0 < len(new) and set(new) == set(moved) - set(np.flatnonzero(vmap.exact))
     assert np.array_equal(method.map_ids.numpy(), vmap.ids)
-    strings, choice_ids = student_choices(token_bytes(s_tok))
+    first = {}
+    for index, piece in enumerate(token_bytes(s_tok)):
+        first.setdefault(piece, index)
+    strings, choice_ids = [p.decode("latin-1") for p in first], np.array(list(first.values()))
     t_bytes = token_bytes(t_tok)
     dist = cdist([t_bytes[t].decode("latin-1") for t in new[:20]], strings, scorer=Levenshtein.distance,
                  workers=-1)

@@ -7,12 +7,12 @@ differ by length. Each teacher token ``t`` maps to one student token:
 1. *exact* (a dictionary look-up, for the whole vocabulary at once): the lowest student id with identical
    bytes -- exact ⇔ identical bytes;
 2. otherwise the student token of minimum Levenshtein distance between the byte strings (lowest id on
-   ties), computed with rapidfuzz's ``cdist`` in C++ on every core.
+   ties), found by :class:`kdviz.align.nearest.NearestIndex` without computing every pair.
 
-Step 2 costs one edit distance per (teacher, student) pair: minutes for the largest real vocabularies
-(Gemma-3's 262k teacher tokens against Llama-3's 128k). A map is therefore resolved *on demand*:
-:meth:`VocabMap.lookup` computes the nearest student token of the teacher ids it is asked for (MinED asks
-for the teacher's top-k ids of each batch), and :meth:`VocabMap.complete` resolves the whole vocabulary.
+Step 2 still takes tens of seconds for the largest real vocabularies (Gemma-3's 262k teacher tokens against
+Llama-3's 128k), so a map can be resolved *on demand*: :meth:`VocabMap.lookup` computes the nearest student
+token of the teacher ids it is asked for (MinED asks for the teacher's top-k ids of each batch), and
+:meth:`VocabMap.complete` resolves the whole vocabulary.
 
 The map is cached per tokenizer pair under ``<cache_dir>/vocab_maps/`` (``cache_dir`` defaults to
 ``$KDVIZ_CACHE``, else ``~/.cache/kdviz``) as an ``.npz`` file named by the SHA-256 of both vocabularies'
@@ -33,15 +33,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from rapidfuzz.distance import Levenshtein
-from rapidfuzz.process import cdist
 from tqdm.auto import tqdm
 
 from kdviz.align.dtw import MARKERS
+from kdviz.align.nearest import NearestIndex
 from kdviz.align.tokens import vocab_bytes
 
 FORMAT = 3
-CHUNK = 512
+CHUNK = 4096  # queries per progress-bar step
 UNRESOLVED = -1
 SAVE_EVERY_S = 2.0  # a lookup rewrites the cache file at most this often (complete() always does)
 
@@ -65,16 +64,16 @@ class VocabMap:
         path: Path | None = None,
         teacher_bytes: Sequence[bytes] | None = None,
         student_bytes: Sequence[bytes] | None = None,
-        workers: int = -1,
     ) -> None:
         self.ids, self.exact = np.asarray(ids, dtype=np.int64), np.asarray(exact, dtype=bool)
         if self.ids.shape != self.exact.shape:
             raise ValueError(f"ids and exact must have one entry per teacher id, got {self.ids.shape} and "
                              f"{self.exact.shape}")
         self.teacher_hash, self.student_hash = teacher_hash, student_hash
-        self.from_cache, self.path, self.workers = from_cache, path, workers
+        self.from_cache, self.path = from_cache, path
         self._teacher_bytes = teacher_bytes
-        self._choices = None if student_bytes is None else student_choices(student_bytes)
+        self._student_bytes = student_bytes
+        self._index: NearestIndex | None = None
         self._saved_at = time.monotonic()
 
     @property
@@ -119,11 +118,13 @@ class VocabMap:
         self._saved_at = time.monotonic()
 
     def _resolve(self, teacher_ids: np.ndarray, progress: bool) -> None:
-        if self._teacher_bytes is None or self._choices is None:
+        if self._teacher_bytes is None or self._student_bytes is None:
             raise ValueError("this VocabMap was built from arrays alone and cannot resolve new entries; build it "
                              "with kdviz.align.vocab_map(teacher, student)")
         queries = [self._teacher_bytes[t] for t in teacher_ids.tolist()]
-        self.ids[teacher_ids] = nearest_ids(queries, self._choices, self.workers, progress)
+        if self._index is None:
+            self._index = student_index(self._student_bytes)
+        self.ids[teacher_ids] = nearest_ids(queries, self._index, progress)
 
 
 def vocabulary(tokenizer) -> list[str]:
@@ -176,26 +177,21 @@ def exact_ids(teacher_bytes: Sequence[bytes], student_bytes: Sequence[bytes]) ->
     return ids, ids != UNRESOLVED
 
 
-def student_choices(student_bytes: Sequence[bytes]) -> tuple[list[str], np.ndarray]:
-    """The distinct student byte strings (as latin-1 text: one character per byte) and each one's lowest id."""
+def student_index(student_bytes: Sequence[bytes]) -> NearestIndex:
+    """The distinct student byte strings, each with its lowest id, indexed for :func:`nearest_ids`."""
     by_bytes = _first_ids(student_bytes)
-    return [c.decode("latin-1") for c in by_bytes], np.fromiter(by_bytes.values(), dtype=np.int64, count=len(by_bytes))
+    return NearestIndex(list(by_bytes), np.fromiter(by_bytes.values(), dtype=np.int64, count=len(by_bytes)))
 
 
-def nearest_ids(queries: Sequence[bytes], choices: tuple[list[str], np.ndarray], workers: int = -1,
-                progress: bool = True) -> np.ndarray:
-    """The student id of minimum Levenshtein distance to each query's bytes (lowest id on ties) among
-    ``choices`` (:func:`student_choices`)."""
-    strings, choice_ids = choices
+def nearest_ids(queries: Sequence[bytes], index: NearestIndex, progress: bool = True) -> np.ndarray:
+    """The student id of minimum Levenshtein distance to each query's bytes (lowest id on ties) in ``index``
+    (:func:`student_index`)."""
     distinct = list(dict.fromkeys(queries))
-    texts = [q.decode("latin-1") for q in distinct]
-    best = np.empty(len(texts), dtype=np.int64)
-    starts = range(0, len(texts), CHUNK)
+    best = np.empty(len(distinct), dtype=np.int64)
+    starts = range(0, len(distinct), CHUNK)
     for start in tqdm(starts, desc="vocabulary map", unit="chunk", leave=False, disable=not progress):
-        dist = cdist(texts[start : start + CHUNK], strings, scorer=Levenshtein.distance, dtype=np.int32,
-                     workers=workers)
-        best[start : start + len(dist)] = dist.argmin(axis=1)
-    found = dict(zip(distinct, choice_ids[best].tolist(), strict=True))
+        best[start : start + CHUNK] = index.nearest(distinct[start : start + CHUNK])[0]
+    found = dict(zip(distinct, best.tolist(), strict=True))
     return np.array([found[q] for q in queries], dtype=np.int64)
 
 
@@ -203,7 +199,6 @@ def build_vocab_map(
     teacher_tokens: Sequence[bytes] | Sequence[str],
     student_tokens: Sequence[bytes] | Sequence[str],
     markers: Sequence[str] = MARKERS,
-    workers: int = -1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(ids [V_t] int64, exact [V_t] bool)``: the complete map of the module docstring, without caching.
 
@@ -215,7 +210,7 @@ def build_vocab_map(
     ids, exact = exact_ids(t_bytes, s_bytes)
     missing = np.flatnonzero(~exact)
     if missing.size:
-        ids[missing] = nearest_ids([t_bytes[t] for t in missing.tolist()], student_choices(s_bytes), workers)
+        ids[missing] = nearest_ids([t_bytes[t] for t in missing.tolist()], student_index(s_bytes))
     return ids, exact
 
 
@@ -274,17 +269,16 @@ def vocab_map(
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = True,
     markers: Sequence[str] = MARKERS,
-    workers: int = -1,
 ) -> VocabMap:
     """The teacher -> student :class:`VocabMap` of two tokenizers (or two vocabularies: lists of strings by id).
 
-    ``complete=True`` resolves every teacher id before returning (minutes for the largest vocabularies the
+    ``complete=True`` resolves every teacher id before returning (tens of seconds for the largest vocabularies the
     first time); ``complete=False`` returns at once with the exact entries, the others resolved by
     :meth:`VocabMap.lookup` when asked for. ``cache_dir`` is kdviz's cache root (default
     :func:`default_cache_dir`); the map is stored under its ``vocab_maps/`` folder and read back (with the
     entries resolved so far) when an entry for exactly these two vocabularies exists (``use_cache=False``
     neither reads nor writes). A corrupt cache file is rebuilt with a warning. ``markers``: the word markers
-    that stand for a space in a list of strings. ``workers`` is rapidfuzz's thread count (-1: all cores).
+    that stand for a space in a list of strings. The search runs on every core (``NUMBA_NUM_THREADS`` sets how many).
     """
     t_bytes, s_bytes = token_bytes(teacher, markers), token_bytes(student, markers)
     t_hash, s_hash = vocab_hash(t_bytes), vocab_hash(s_bytes)
@@ -294,7 +288,7 @@ def vocab_map(
         path = _cache_path(Path(cache_dir) if cache_dir is not None else default_cache_dir(), t_hash, s_hash)
         cached = _load(path, t_hash, s_hash, exact)
     found = VocabMap(ids if cached is None else cached, exact, t_hash, s_hash, from_cache=cached is not None,
-                     path=path, teacher_bytes=t_bytes, student_bytes=s_bytes, workers=workers)
+                     path=path, teacher_bytes=t_bytes, student_bytes=s_bytes)
     if complete:
         found.complete()
     elif cached is None:
