@@ -42,7 +42,7 @@ def test_exact_means_identical_bytes(teacher, student):
 
 
 def test_mined_on_the_largest_pair_resolves_only_the_ids_a_batch_moves(tmp_path):
-    """Gemma-3 teacher (262k) -> Llama-3 student (128k): the whole map would take minutes; MinED is built with
+    """Gemma-3 teacher (262k) -> Llama-3 student (128k): the whole map takes a minute of CPU; MinED is built with
     the dictionary step alone and a step resolves the teacher's top-k ids it moves, each to the student id
     of minimum edit distance (lowest id on ties)."""
     import torch
