@@ -48,6 +48,8 @@ def load(name: str):
 
 def brute_force(queries: list[bytes], s_bytes: list[bytes]) -> np.ndarray:
     """The baseline: every pair's distance with rapidfuzz, the argmin (lowest id on ties)."""
+    if not queries:
+        return np.zeros(0, dtype=np.int64)
     first = {}
     for index, piece in enumerate(s_bytes):
         first.setdefault(piece, index)
@@ -64,7 +66,7 @@ def main() -> None:
     parser.add_argument("--positions", type=int, default=256, help="aligned positions in the first batch")
     parser.add_argument("--top-k", type=int, default=10)
     args = parser.parse_args()
-    pairs = [("llama2", "gpt2"), ("mistral", "llama3")] if args.quick else list(itertools.permutations(NAMES, 2))
+    pairs = [("llama2", "gpt2"), ("mistral", "llama3"), ("mistral", "llama2")] if args.quick else list(itertools.permutations(NAMES, 2))
     sample, positions = (128, 32) if args.quick else (args.sample, args.positions)
     rng = np.random.default_rng(0)
     tokenizers = {name: load(name) for name in dict.fromkeys(itertools.chain(*pairs))}
