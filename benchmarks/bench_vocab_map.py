@@ -66,7 +66,8 @@ def main() -> None:
     parser.add_argument("--positions", type=int, default=256, help="aligned positions in the first batch")
     parser.add_argument("--top-k", type=int, default=10)
     args = parser.parse_args()
-    pairs = [("llama2", "gpt2"), ("mistral", "llama3"), ("mistral", "llama2")] if args.quick else list(itertools.permutations(NAMES, 2))
+    quick_pairs = [("llama2", "gpt2"), ("mistral", "llama3"), ("mistral", "llama2")]
+    pairs = quick_pairs if args.quick else list(itertools.permutations(NAMES, 2))
     sample, positions = (128, 32) if args.quick else (args.sample, args.positions)
     rng = np.random.default_rng(0)
     tokenizers = {name: load(name) for name in dict.fromkeys(itertools.chain(*pairs))}
@@ -97,7 +98,7 @@ def main() -> None:
             lazy.lookup(batch)
             first = time.perf_counter() - start
         print(f"{teacher + ' -> ' + student:>20} {lazy.exact_share:6.1%} {brute:14.1f} {whole:18.1f} "
-              f"{whole / max(brute, 1e-9):6.3f} {ready:19.2f} {first:16.2f}")
+              f"{whole / brute if brute else float('nan'):6.3f} {ready:19.2f} {first:16.2f}")
 
 
 if __name__ == "__main__":
