@@ -9,7 +9,8 @@ exceeds the best distance found. Each candidate is kept only if two more lower b
   ``q`` lacks: ``lev >= max(|Q \\ C|, |C \\ Q|)`` (256-bit masks, after the same bound on byte classes
   ``byte % 64`` in one word);
 - *bag distance*: ``lev >= max(len(q), len(c)) - shared``, ``shared`` the size of the two byte multisets'
-  intersection.
+  intersection, first bounded from the masks: ``shared <= |Q ∩ C| + min(len(q) - |Q|, len(c) - |C|)`` (each
+  common byte value counts once, plus the repeats of the side with fewer).
 
 Only candidates within the current best get the dynamic programme, on a band of half-width ``best`` that
 stops as soon as a row exceeds it. On real vocabularies (Gemma-3's 175k tokens not in Llama-3 against
@@ -69,7 +70,8 @@ def _bounded_levenshtein(a, b, k, row):
 
 
 @numba.njit(parallel=True, cache=True)
-def _nearest(q_data, q_off, q_mask, c_data, c_off, c_mask, c_ids, length_start, max_length, q_small, c_small):
+def _nearest(q_data, q_off, q_mask, c_data, c_off, c_mask, c_ids, length_start, max_length, q_small, c_small,
+             c_distinct):
     """For each query: ``(id, distance)`` of its nearest candidate; candidates sorted by (length, id)."""
     n = q_off.shape[0] - 1
     best_ids = np.empty(n, np.int64)
@@ -84,6 +86,7 @@ def _nearest(q_data, q_off, q_mask, c_data, c_off, c_mask, c_ids, length_start, 
         row = np.empty(max_length + 2, np.int64)
         m0, m1, m2, m3 = q_mask[qi, 0], q_mask[qi, 1], q_mask[qi, 2], q_mask[qi, 3]
         small = q_small[qi]
+        distinct = _popcount(m0) + _popcount(m1) + _popcount(m2) + _popcount(m3)
         best, best_id = BIG, BIG
         delta = 0
         while delta <= best and (length - delta >= 0 or length + delta <= max_length):
@@ -102,9 +105,10 @@ def _nearest(q_data, q_off, q_mask, c_data, c_off, c_mask, c_ids, length_start, 
                     if bound > best or (bound == best and cid > best_id):
                         continue
                     o0, o1, o2, o3 = c_mask[ci, 0], c_mask[ci, 1], c_mask[ci, 2], c_mask[ci, 3]
-                    missing = _popcount(m0 & ~o0) + _popcount(m1 & ~o1) + _popcount(m2 & ~o2) + _popcount(m3 & ~o3)
-                    extra = _popcount(o0 & ~m0) + _popcount(o1 & ~m1) + _popcount(o2 & ~m2) + _popcount(o3 & ~m3)
-                    bound = max(delta, missing, extra)
+                    common = _popcount(m0 & o0) + _popcount(m1 & o1) + _popcount(m2 & o2) + _popcount(m3 & o3)
+                    repeats = min(length - distinct, ell - c_distinct[ci])  # bytes beyond the first of each value
+                    bound = max(delta, distinct - common, c_distinct[ci] - common,
+                                max(length, ell) - common - repeats)
                     if bound > best or (bound == best and cid > best_id):
                         continue
                     b = c_data[c_off[ci] : c_off[ci + 1]]
@@ -163,6 +167,7 @@ class NearestIndex:
         self.max_length = int(lengths.max())
         self.data, self.offsets, self.masks = _pack([candidates[i] for i in order.tolist()])
         self.small = _fold(self.masks)
+        self.distinct = np.array([len(set(candidates[i])) for i in order.tolist()], dtype=np.int64)
         self.length_start = np.searchsorted(lengths[order], np.arange(self.max_length + 2)).astype(np.int64)
 
     def nearest(self, queries: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
@@ -173,4 +178,4 @@ class NearestIndex:
         start = np.concatenate([self.length_start, np.full(longest - self.max_length, self.length_start[-1])])
         q_data, q_off, q_mask = _pack(queries)
         return _nearest(q_data, q_off, q_mask, self.data, self.offsets, self.masks, self.ids, start, longest,
-                        _fold(q_mask), self.small)
+                        _fold(q_mask), self.small, self.distinct)
