@@ -26,6 +26,7 @@ import numba
 import numpy as np
 
 BIG = np.int64(1) << 40  # larger than any distance
+BLOCK = 32  # candidates of one length, in byte order, that a bound on their masks' union can skip at once
 
 
 @numba.njit(inline="always")
@@ -71,8 +72,9 @@ def _bounded_levenshtein(a, b, k, row):
 
 @numba.njit(parallel=True, cache=True)
 def _nearest(q_data, q_off, q_mask, c_data, c_off, c_mask, c_ids, length_start, max_length, q_small, c_small,
-             c_distinct):
-    """For each query: ``(id, distance)`` of its nearest candidate; candidates sorted by (length, id)."""
+             c_distinct, block_start, block_mask, block_distinct, block_id):
+    """For each query: ``(id, distance)`` of its nearest candidate; candidates sorted by length, then bytes,
+    in blocks of ``BLOCK`` within a length."""
     n = q_off.shape[0] - 1
     best_ids = np.empty(n, np.int64)
     best_dist = np.empty(n, np.int64)
@@ -94,41 +96,48 @@ def _nearest(q_data, q_off, q_mask, c_data, c_off, c_mask, c_ids, length_start, 
                 ell = length - delta if side == 0 else length + delta
                 if (side == 1 and delta == 0) or ell < 0 or ell > max_length:
                     continue
-                for ci in range(length_start[ell], length_start[ell + 1]):
+                for block in range(block_start[ell], block_start[ell + 1]):
                     if delta > best:
                         break
-                    cid = c_ids[ci]
-                    if delta == best and cid > best_id:
-                        break  # ids ascend within a length: nothing further here can win a tie
-                    other = c_small[ci]
-                    bound = max(delta, max(_popcount(small & ~other), _popcount(other & ~small)))
-                    if bound > best or (bound == best and cid > best_id):
+                    # the bound below for every candidate of the block at once (its masks' union)
+                    common = (_popcount(m0 & block_mask[block, 0]) + _popcount(m1 & block_mask[block, 1])
+                              + _popcount(m2 & block_mask[block, 2]) + _popcount(m3 & block_mask[block, 3]))
+                    repeats = min(length - distinct, ell - block_distinct[block])
+                    bound = max(delta, distinct - common, max(length, ell) - common - repeats)
+                    if bound > best or (bound == best and block_id[block] > best_id):
                         continue
-                    o0, o1, o2, o3 = c_mask[ci, 0], c_mask[ci, 1], c_mask[ci, 2], c_mask[ci, 3]
-                    common = _popcount(m0 & o0) + _popcount(m1 & o1) + _popcount(m2 & o2) + _popcount(m3 & o3)
-                    repeats = min(length - distinct, ell - c_distinct[ci])  # bytes beyond the first of each value
-                    bound = max(delta, distinct - common, c_distinct[ci] - common,
-                                max(length, ell) - common - repeats)
-                    if bound > best or (bound == best and cid > best_id):
-                        continue
-                    b = c_data[c_off[ci] : c_off[ci + 1]]
-                    shared = 0
-                    for j in range(ell):
-                        if counts[b[j]] > 0:
-                            counts[b[j]] -= 1
-                            taken[shared] = b[j]
-                            shared += 1
-                    for j in range(shared):
-                        counts[taken[j]] += 1
-                    bound = max(length, ell) - shared
-                    if bound > best or (bound == best and cid > best_id):
-                        continue
-                    limit = best if cid < best_id else best - 1
-                    if limit > max(length, ell):
-                        limit = max(length, ell)
-                    distance = _bounded_levenshtein(a, b, limit, row)
-                    if distance <= limit:
-                        best, best_id = distance, cid
+                    first = length_start[ell] + (block - block_start[ell]) * BLOCK
+                    for ci in range(first, min(first + BLOCK, length_start[ell + 1])):
+                        cid = c_ids[ci]
+                        other = c_small[ci]
+                        bound = max(delta, max(_popcount(small & ~other), _popcount(other & ~small)))
+                        if bound > best or (bound == best and cid > best_id):
+                            continue
+                        o0, o1, o2, o3 = c_mask[ci, 0], c_mask[ci, 1], c_mask[ci, 2], c_mask[ci, 3]
+                        common = _popcount(m0 & o0) + _popcount(m1 & o1) + _popcount(m2 & o2) + _popcount(m3 & o3)
+                        repeats = min(length - distinct, ell - c_distinct[ci])  # bytes beyond each value's first
+                        bound = max(delta, distinct - common, c_distinct[ci] - common,
+                                    max(length, ell) - common - repeats)
+                        if bound > best or (bound == best and cid > best_id):
+                            continue
+                        b = c_data[c_off[ci] : c_off[ci + 1]]
+                        shared = 0
+                        for j in range(ell):
+                            if counts[b[j]] > 0:
+                                counts[b[j]] -= 1
+                                taken[shared] = b[j]
+                                shared += 1
+                        for j in range(shared):
+                            counts[taken[j]] += 1
+                        bound = max(length, ell) - shared
+                        if bound > best or (bound == best and cid > best_id):
+                            continue
+                        limit = best if cid < best_id else best - 1
+                        if limit > max(length, ell):
+                            limit = max(length, ell)
+                        distance = _bounded_levenshtein(a, b, limit, row)
+                        if distance <= limit:
+                            best, best_id = distance, cid
             delta += 1
         best_ids[qi], best_dist[qi] = best_id, best
     return best_ids, best_dist
@@ -162,20 +171,35 @@ class NearestIndex:
         if ids.shape != (len(candidates),):
             raise ValueError(f"ids must have one id per candidate ({len(candidates)}), got shape {ids.shape}")
         lengths = np.fromiter((len(c) for c in candidates), dtype=np.int64, count=len(candidates))
-        order = np.lexsort((ids, lengths))
+        order = np.array(sorted(range(len(candidates)), key=lambda i: (lengths[i], candidates[i])), dtype=np.int64)
         self.ids = ids[order]
         self.max_length = int(lengths.max())
         self.data, self.offsets, self.masks = _pack([candidates[i] for i in order.tolist()])
         self.small = _fold(self.masks)
         self.distinct = np.array([len(set(candidates[i])) for i in order.tolist()], dtype=np.int64)
         self.length_start = np.searchsorted(lengths[order], np.arange(self.max_length + 2)).astype(np.int64)
+        per_length = -(-np.diff(self.length_start) // BLOCK)
+        self.block_start = np.concatenate([[0], np.cumsum(per_length)]).astype(np.int64)
+        owner = np.concatenate([np.arange(self.length_start[n], self.length_start[n + 1]) - self.length_start[n]
+                                for n in range(self.max_length + 1)]) // BLOCK
+        owner = owner + np.repeat(self.block_start[:-1], np.diff(self.length_start))  # each candidate's block
+        blocks = int(self.block_start[-1])
+        self.block_mask = np.zeros((blocks, 4), dtype=np.uint64)
+        np.bitwise_or.at(self.block_mask, owner, self.masks)
+        self.block_distinct = np.full(blocks, np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(self.block_distinct, owner, self.distinct)
+        self.block_id = np.full(blocks, np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(self.block_id, owner, self.ids)
 
     def nearest(self, queries: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
         """``(ids, distances)``: each query's nearest candidate by Levenshtein distance, lowest id on ties."""
         if not queries:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         longest = max(self.max_length, max(len(q) for q in queries))
-        start = np.concatenate([self.length_start, np.full(longest - self.max_length, self.length_start[-1])])
+        pad = longest - self.max_length
+        start = np.concatenate([self.length_start, np.full(pad, self.length_start[-1])])
+        block_start = np.concatenate([self.block_start, np.full(pad, self.block_start[-1])])
         q_data, q_off, q_mask = _pack(queries)
         return _nearest(q_data, q_off, q_mask, self.data, self.offsets, self.masks, self.ids, start, longest,
-                        _fold(q_mask), self.small, self.distinct)
+                        _fold(q_mask), self.small, self.distinct, block_start, self.block_mask,
+                        self.block_distinct, self.block_id)
