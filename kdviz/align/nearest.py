@@ -70,6 +70,15 @@ def _bounded_levenshtein(a, b, k, row):
     return row[m] if row[m] <= k else over
 
 
+@numba.njit(inline="always")
+def _precedes(c, a):
+    """Whether byte string ``c`` sorts before ``a``."""
+    for j in range(min(c.shape[0], a.shape[0])):
+        if c[j] != a[j]:
+            return c[j] < a[j]
+    return c.shape[0] < a.shape[0]
+
+
 @numba.njit(parallel=True, cache=True)
 def _nearest(q_data, q_off, q_mask, c_data, c_off, c_mask, c_ids, length_start, max_length, q_small, c_small,
              c_distinct, block_start, block_mask, block_distinct, block_id):
@@ -90,6 +99,24 @@ def _nearest(q_data, q_off, q_mask, c_data, c_off, c_mask, c_ids, length_start, 
         small = q_small[qi]
         distinct = _popcount(m0) + _popcount(m1) + _popcount(m2) + _popcount(m3)
         best, best_id = BIG, BIG
+        # a first bound: the neighbours of q in byte order among the candidates of its length and the next two
+        for ell in (length, length - 1, length + 1):
+            if ell < 0 or ell > max_length or length_start[ell] == length_start[ell + 1]:
+                continue
+            lo, hi = length_start[ell], length_start[ell + 1]
+            while lo < hi:  # the first candidate not before q
+                mid = (lo + hi) // 2
+                if _precedes(c_data[c_off[mid] : c_off[mid + 1]], a):
+                    lo = mid + 1
+                else:
+                    hi = mid
+            for ci in (lo - 1, lo):
+                if length_start[ell] <= ci < length_start[ell + 1]:
+                    cid = c_ids[ci]
+                    limit = min(best if cid < best_id else best - 1, max(length, ell))
+                    distance = _bounded_levenshtein(a, c_data[c_off[ci] : c_off[ci + 1]], limit, row)
+                    if distance <= limit:
+                        best, best_id = distance, cid
         delta = 0
         while delta <= best and (length - delta >= 0 or length + delta <= max_length):
             for side in range(2):
