@@ -226,7 +226,13 @@ class NearestIndex:
         pad = longest - self.max_length
         start = np.concatenate([self.length_start, np.full(pad, self.length_start[-1])])
         block_start = np.concatenate([self.block_start, np.full(pad, self.block_start[-1])])
-        q_data, q_off, q_mask = _pack(queries)
-        return _nearest(q_data, q_off, q_mask, self.data, self.offsets, self.masks, self.ids, start, longest,
-                        _fold(q_mask), self.small, self.distinct, block_start, self.block_mask,
-                        self.block_distinct, self.block_id)
+        # numba splits the queries into one contiguous share per thread: shuffled, costly ones (long tokens of
+        # other scripts, often neighbours in id order) spread over the shares
+        order = np.random.default_rng(0).permutation(len(queries))
+        q_data, q_off, q_mask = _pack([queries[i] for i in order.tolist()])
+        shuffled = _nearest(q_data, q_off, q_mask, self.data, self.offsets, self.masks, self.ids, start, longest,
+                            _fold(q_mask), self.small, self.distinct, block_start, self.block_mask,
+                            self.block_distinct, self.block_id)
+        ids, distances = np.empty(len(queries), dtype=np.int64), np.empty(len(queries), dtype=np.int64)
+        ids[order], distances[order] = shuffled
+        return ids, distances
