@@ -83,6 +83,18 @@ def test_the_printed_table_has_mean_std_and_the_paired_gain():
     assert "mean ± std over 3 seeds" in text and "33.0 ± 0.5" in text and "3.0 ± 0.3" in text and "3/3" in text
 
 
+def test_the_demo_uses_its_documented_settings():
+    setup = default_setup()
+
+    def build(name):
+        student, tokenizer = setup.students[DEMO_METHODS[name].pair]
+        return DEMO_METHODS[name].build(student, setup.teacher, tokenizer, setup.teacher_tokenizer)
+
+    assert build("dskd").tau == 1.0 and build("cma").tau == 1.0 and build("fkl").tau == 1.0
+    uld = build("uld")
+    assert (uld.ce_weight, uld.kd_weight, uld.positions, uld.kd_normaliser) == (0.5, 0.5, "shift", "student")
+
+
 def test_toy_comparison_prints_every_divergence(capsys):
     cli.main(["toy"])
     printed = capsys.readouterr().out
