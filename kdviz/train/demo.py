@@ -3,7 +3,9 @@
 Every method trains a fresh copy of the same initial student for the same budget, is recorded under
 ``<out>/<method>/`` and evaluated on the test split (greedy decoding, exact match and ROUGE-L x100).
 The table has the teacher and the untrained students for reference, and each run's training time; it is
-written to ``<out>/results.csv`` and, with every run, to the static report ``<out>/report.html``.
+written to ``<out>/results.csv`` and, with every run, to the static report ``<out>/report.html``. With several
+seeds every method is trained once per seed and the table adds the mean ± std over seeds and the paired gain over
+SFT of the same student on the same seed.
 """
 
 from __future__ import annotations
@@ -117,14 +119,13 @@ def summarize(per_seed: pd.DataFrame) -> pd.DataFrame:
     ``wins`` counts the seeds where the gain is positive.
     """
     grouped = per_seed.groupby(["method", "pair"], sort=False)
-    table = grouped.agg(
+    return grouped.agg(
         rouge_l=("rouge_l", "mean"), rouge_l_std=("rouge_l", "std"),
         exact_match=("exact_match", "mean"), exact_match_std=("exact_match", "std"),
         gain_rouge_l=("gain_rouge_l", "mean"), gain_rouge_l_std=("gain_rouge_l", "std"),
         wins=("gain_rouge_l", lambda g: int((g > 0).sum()) if g.notna().any() else float("nan")),
         n_seeds=("seed", "size"), train_s=("train_s", "mean"),
     ).reset_index()
-    return table
 
 
 def _paired_gains(rows: list[dict]) -> None:
