@@ -88,27 +88,55 @@ class UserError(Exception):
 
 
 def demo(args: argparse.Namespace) -> None:
-    """Distil the teacher into the students with every method; print the results table."""
+    """Distil the teacher into the students with every method (once per seed); print the results table."""
     from kdviz.train.demo import DEMO_METHODS, check_methods, default_setup, run_demo
     from kdviz.train.loop import TrainConfig
 
     names = args.methods or list(DEMO_METHODS)
     steps = args.steps if args.steps is not None else QUICK["steps"] if args.quick else 300
     eval_examples = QUICK["eval_examples"] if args.quick else 500
+    seeds = list(range(args.seed, args.seed + args.seeds))
     try:
         check_methods(names)
-        config = TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+        method_lr = args.lr if args.method_lr is None else args.method_lr
+        config = TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr, method_lr=method_lr, seed=args.seed)
         setup = default_setup(args.teacher, args.student)
     except (ValueError, TypeError) as error:
         raise UserError(str(error)) from error
-    print(f"kdviz demo: {len(names)} methods x {steps} steps, batch {args.batch_size}, "
+    print(f"kdviz demo: {len(names)} methods x {steps} steps, batch {args.batch_size}, seeds {seeds}, "
           f"evaluated on {eval_examples} test examples; runs under {args.out}/\n")
-    table = run_demo(setup, names, args.out, config, eval_examples=eval_examples)
+    table = run_demo(setup, names, args.out, config, seeds=seeds, eval_examples=eval_examples)
     pd.set_option("display.width", 200)
-    print("\n" + table.round(1).to_string(index=False))
+    print("\n" + format_results(table))
     print(f"\nRuns recorded under {args.out}/ (one directory per method); static report: {args.out}/report.html.")
     print("Explore the runs in JupyterLab (`.venv/bin/kdviz lab`): notebooks/05_comparing_methods.ipynb puts them "
           "side by side; kdviz.viz.dashboard(kdviz.open_run(path)) opens one.")
+
+
+def format_results(table: pd.DataFrame) -> str:
+    """The summary rows of a demo's results as text: mean ± std over seeds, the paired gain over SFT."""
+    summary = table[table["seed"] == "mean"]
+    several = int(summary["n_seeds"].max()) > 1
+
+    def pm(mean, std):
+        if pd.isna(mean):
+            return "-"
+        return f"{mean:.1f} ± {std:.1f}" if several and not pd.isna(std) else f"{mean:.1f}"
+
+    shown = pd.DataFrame({
+        "method": summary["method"], "pair": summary["pair"],
+        "ROUGE-L": [pm(m, s) for m, s in zip(summary["rouge_l"], summary["rouge_l_std"], strict=True)],
+        "exact match": [pm(m, s) for m, s in zip(summary["exact_match"], summary["exact_match_std"], strict=True)],
+        "ROUGE-L - SFT (paired)": [pm(m, s) for m, s in zip(summary["gain_rouge_l"], summary["gain_rouge_l_std"],
+                                                            strict=True)],
+        "train s": summary["train_s"].round(0),
+    })
+    if several:
+        shown["wins"] = [f"{w:.0f}/{n:.0f}" if not pd.isna(w) else "-"
+                         for w, n in zip(summary["wins"], summary["n_seeds"], strict=True)]
+    title = f"mean ± std over {int(summary['n_seeds'].max())} seeds; " if several else ""
+    return (f"{title}ROUGE-L x100 on the test split; the paired gain is the difference with SFT of the same student "
+            f"on the same seed\n" + shown.to_string(index=False))
 
 
 def report(args: argparse.Namespace) -> None:
@@ -181,7 +209,11 @@ def main(argv: list[str] | None = None) -> None:
     demo_parser.add_argument("--steps", type=int, help="optimizer steps per method (default 300; --quick 40)")
     demo_parser.add_argument("--batch-size", type=int, default=16)
     demo_parser.add_argument("--lr", type=float, default=3e-3, help="student learning rate")
-    demo_parser.add_argument("--seed", type=int, default=0)
+    demo_parser.add_argument("--method-lr", type=float,
+                             help="learning rate of the methods' projectors (DSKD, CMA; default: the student's)")
+    demo_parser.add_argument("--seed", type=int, default=0, help="the first seed (default 0)")
+    demo_parser.add_argument("--seeds", type=int, default=1,
+                             help="how many seeds (--seed, --seed + 1, ...): mean ± std and the paired gain over SFT")
     demo_parser.add_argument("--teacher", help="a Hugging Face id or local path instead of the embedded teacher")
     demo_parser.add_argument("--student", help="a Hugging Face id or local path instead of an embedded student")
     demo_parser.add_argument("--out", default="runs/demo", help="where the runs are recorded (default runs/demo)")
@@ -226,10 +258,14 @@ def _check_arguments(args: argparse.Namespace) -> str | None:
     if args.command == "demo":
         if args.steps is not None and args.steps < 1:
             return f"--steps must be at least 1, got {args.steps}"
+        if args.seeds < 1:
+            return f"--seeds must be at least 1, got {args.seeds}"
         if args.batch_size < 1:
             return f"--batch-size must be at least 1, got {args.batch_size}"
         if not (math.isfinite(args.lr) and args.lr > 0):
             return f"--lr must be a finite number > 0, got {args.lr}"
+        if args.method_lr is not None and not (math.isfinite(args.method_lr) and args.method_lr > 0):
+            return f"--method-lr must be a finite number > 0, got {args.method_lr}"
     return None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from kdviz import cli, open_run
@@ -15,8 +16,10 @@ def test_demo_runs_every_method_end_to_end(tmp_path):
     names = list(DEMO_METHODS)
     table = run_demo(setup, names, tmp_path, TrainConfig(steps=3, batch_size=4), eval_examples=6, every=1,
                      progress=False, log=lambda _: None)
-    assert list(table["method"]) == ["teacher", "untrained student", "untrained student", *names]
-    teacher = table.set_index("method").loc["teacher"]
+    per_seed, summary = table[table["seed"] != "mean"], table[table["seed"] == "mean"]
+    assert list(per_seed["method"]) == names and set(per_seed["seed"]) == {0}
+    assert list(summary["method"]) == ["teacher", "untrained student", "untrained student", *names]
+    teacher = summary.set_index("method").loc["teacher"]
     assert teacher["exact_match"] > 30  # the embedded teacher answers most test prompts
     assert (tmp_path / "results.csv").exists()
     assert "<html" in (tmp_path / "report.html").read_text()[:2000].lower()
@@ -24,6 +27,72 @@ def test_demo_runs_every_method_end_to_end(tmp_path):
         run = open_run(tmp_path / name)
         assert run.meta["method"] == name and set(run.scalars["step"]) == {0, 1, 2}
     assert not open_run(tmp_path / "cma").matrix_steps("t2s_weight") == []
+
+
+def _tiny_demo(out, seeds, names=("sft", "fkl")):
+    return run_demo(default_setup(), list(names), out, TrainConfig(steps=4, batch_size=4, lr=1e-2), seeds=seeds,
+                    eval_examples=8, every=2, progress=False, log=lambda _: None)
+
+
+def test_seeds_give_mean_std_and_the_paired_gain_over_sft(tmp_path):
+    table = _tiny_demo(tmp_path, [0, 1])
+    per_seed = table[table["seed"] != "mean"].set_index(["method", "seed"])
+    summary = table[table["seed"] == "mean"].set_index("method")
+    for name in ("fkl",):
+        gains = [per_seed.loc[(name, s), "rouge_l"] - per_seed.loc[("sft", s), "rouge_l"] for s in (0, 1)]
+        assert per_seed.loc[(name, 0), "gain_rouge_l"] == pytest.approx(gains[0])
+        assert summary.loc[name, "gain_rouge_l"] == pytest.approx(sum(gains) / 2)
+        assert summary.loc[name, "gain_rouge_l_std"] == pytest.approx(abs(gains[0] - gains[1]) / 2 ** 0.5)
+        scores = [per_seed.loc[(name, s), "rouge_l"] for s in (0, 1)]
+        assert summary.loc[name, "rouge_l_std"] == pytest.approx(abs(scores[0] - scores[1]) / 2 ** 0.5)
+        assert summary.loc[name, "wins"] == sum(g > 0 for g in gains) and summary.loc[name, "n_seeds"] == 2
+    assert summary.loc["teacher", "n_seeds"] == 2 and pd.isna(summary.loc["sft", "gain_rouge_l"])
+    saved = pd.read_csv(tmp_path / "results.csv")
+    assert list(saved["seed"].astype(str)) == [str(s) for s in table["seed"]]
+    assert (tmp_path / "fkl").is_dir() and (tmp_path / "seed1" / "fkl").is_dir()  # every seed is recorded
+    assert open_run(tmp_path / "seed1" / "fkl").meta["config"]["seed"] == 1
+
+
+def test_the_same_demo_twice_gives_the_same_numbers(tmp_path):
+    first = _tiny_demo(tmp_path / "a", [3], names=("sft", "cma"))
+    again = _tiny_demo(tmp_path / "b", [3], names=("cma",))  # a method alone: no state carried over from others
+    assert first.loc[first["method"] == "cma", "rouge_l"].tolist() == again.loc[again["method"] == "cma",
+                                                                                  "rouge_l"].tolist()
+    one, two = (open_run(tmp_path / d / "cma").scalars.query("name == 'loss'") for d in ("a", "b"))
+    assert len(one) == 4 and one["value"].tolist() == two["value"].tolist()
+
+
+def test_bad_seeds_are_refused(capsys, tmp_path):
+    with pytest.raises(ValueError, match="seeds must be distinct"):
+        _tiny_demo(tmp_path, [1, 1])
+    with pytest.raises(ValueError, match="non-empty list of integers"):
+        _tiny_demo(tmp_path, [])
+    capsys.readouterr()  # the models' loading messages
+    err = _user_error(capsys, ["demo", "--seeds", "0"])
+    assert "--seeds must be at least 1, got 0" in err
+
+
+def test_the_printed_table_has_mean_std_and_the_paired_gain():
+    table = pd.DataFrame({
+        "method": ["teacher", "sft", "fkl"], "pair": ["-", "same", "same"], "seed": ["mean"] * 3,
+        "rouge_l": [70.0, 30.0, 33.0], "rouge_l_std": [0.0, 1.0, 0.5], "exact_match": [60.0, 10.0, 12.0],
+        "exact_match_std": [0.0, 1.0, 1.0], "gain_rouge_l": [float("nan"), float("nan"), 3.0],
+        "gain_rouge_l_std": [float("nan"), float("nan"), 0.3], "wins": [float("nan"), float("nan"), 3],
+        "n_seeds": [3, 3, 3], "train_s": [float("nan"), 10.0, 20.0]})
+    text = cli.format_results(table)
+    assert "mean ± std over 3 seeds" in text and "33.0 ± 0.5" in text and "3.0 ± 0.3" in text and "3/3" in text
+
+
+def test_the_demo_uses_its_documented_settings():
+    setup = default_setup()
+
+    def build(name):
+        student, tokenizer = setup.students[DEMO_METHODS[name].pair]
+        return DEMO_METHODS[name].build(student, setup.teacher, tokenizer, setup.teacher_tokenizer)
+
+    assert build("dskd").tau == 1.0 and build("cma").tau == 1.0 and build("fkl").tau == 1.0
+    uld = build("uld")
+    assert (uld.ce_weight, uld.kd_weight, uld.positions, uld.kd_normaliser) == (0.5, 0.5, "shift", "student")
 
 
 def test_toy_comparison_prints_every_divergence(capsys):
@@ -59,6 +128,8 @@ def test_cli_user_errors_are_one_line_and_exit_2(capsys, tmp_path):
         ("demo", "--lr", "nan"): "--lr must be a finite number > 0, got nan",
         ("demo", "--lr", "inf"): "--lr must be a finite number",
         ("demo", "--batch-size", "0"): "--batch-size must be at least 1",
+        ("demo", "--method-lr", "nan"): "--method-lr must be a finite number > 0, got nan",
+        ("demo", "--seeds", "-2"): "--seeds must be at least 1, got -2",
         ("demo", "--student", "/nonexistent/model/path", "--steps", "1"): "cannot load the tokenizer",
         ("report", str(tmp_path / "missing")): "no run directory at",
         ("report", str(tmp_path / "empty")): "is not a kdviz run",
@@ -95,21 +166,24 @@ def test_an_uncached_hub_id_fails_fast_offline(capsys, monkeypatch):
 
 
 def test_demo_steps_are_taken_as_given(monkeypatch, capsys):
-    import pandas as pd
-
     from kdviz.train import demo
 
     configs = []
 
     def run_demo(setup, names, out, config, **kwargs):
         configs.append(config)
-        return pd.DataFrame({"method": names})
+        return pd.DataFrame({"method": names, "pair": "same", "seed": "mean", "rouge_l": 1.0, "rouge_l_std": 0.0,
+                             "exact_match": 0.0, "exact_match_std": 0.0, "gain_rouge_l": 0.0,
+                             "gain_rouge_l_std": 0.0, "wins": 1, "n_seeds": 1, "train_s": 1.0})
 
     monkeypatch.setattr(demo, "run_demo", run_demo)
     monkeypatch.setattr(demo, "default_setup", lambda *names: None)
     cli.main(["demo", "--steps", "7", "--methods", "fkl"])
     cli.main(["demo", "--quick", "--methods", "fkl"])
     assert [c.steps for c in configs] == [7, cli.QUICK["steps"]]
+    assert configs[0].method_lr == configs[0].lr  # the projectors learn at the student's rate by default
+    cli.main(["demo", "--methods", "fkl", "--lr", "0.01", "--method-lr", "0.002"])
+    assert (configs[-1].lr, configs[-1].method_lr) == (0.01, 0.002)
     with pytest.raises(FileNotFoundError, match="cannot load the tokenizer"):
         default_setup(student="/nonexistent/model/path")
 
