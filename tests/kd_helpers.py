@@ -97,3 +97,12 @@ def student_model(vocab_size: int, seed: int = 1) -> LlamaForCausalLM:
         pad_token_id=0,
     )
     return LlamaForCausalLM(config)
+
+
+def end_distributed() -> None:
+    """Under torchrun: wait for every rank, then destroy the process group. A rank that exits with the gloo group
+    alive can abort in its thread destructors ("terminate called without an active exception", SIGABRT)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+

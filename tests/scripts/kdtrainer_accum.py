@@ -60,6 +60,8 @@ def main(out_json, out_dir, per_device_batch, grad_accum):
         with open(out_json, "w") as f:
             json.dump(result, f)
 
+    kd_helpers.end_distributed()
+
 
 if __name__ == "__main__":
     main(*sys.argv[1:])

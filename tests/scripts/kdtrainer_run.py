@@ -49,6 +49,8 @@ def main(out_json, run_dir, per_device_batch):
         with open(out_json, "w") as f:
             json.dump({"losses": losses, "params": params.tolist(), "world": trainer.args.world_size}, f)
 
+    kd_helpers.end_distributed()
+
 
 if __name__ == "__main__":
     main(*sys.argv[1:])
