@@ -39,6 +39,10 @@ def test_ties_and_edge_cases():
     ids, dist = index.nearest([b"cat", b"", b"x", b"dogs"])
     assert ids.tolist() == [3, 9, 9, 1] and dist.tolist() == [1, 0, 1, 1]  # cab/car tie -> id 3; "x": "" at 1
     assert index.nearest([])[0].shape == (0,)
+    # past 127 bytes a byte class's count no longer fits its 7 bits: the class bound must not apply there
+    # (capped counts would put "a" * 135 at least 140 - 127 = 13 away and keep the candidate at distance 6)
+    long = NearestIndex([b"a" * 135, b"a" * 134 + b"0" * 6], [5, 6])
+    assert [x.tolist() for x in long.nearest([b"a" * 140])] == [[5], [5]]
     with pytest.raises(ValueError, match="candidates is empty"):
         NearestIndex([], [])
     with pytest.raises(ValueError, match="one id per candidate"):

@@ -107,6 +107,20 @@ def test_lazy_map_resolves_on_demand_and_caches_what_it_resolved(tmp_path):
         lazy.lookup([len(lazy)])
 
 
+def test_entries_resolved_since_the_last_save_reach_the_cache_when_the_map_goes(tmp_path):
+    import gc
+
+    teacher_tok, student_tok = bpe_tokenizer(), unigram_tokenizer()
+    lazy = vocab_map(teacher_tok, student_tok, cache_dir=tmp_path, complete=False)
+    asked = np.flatnonzero(~lazy.exact)[:5]
+    lazy.lookup(asked)  # within SAVE_EVERY_S of the first save: not written yet
+    resolved = lazy.ids.copy()
+    del lazy
+    gc.collect()
+    again = vocab_map(teacher_tok, student_tok, cache_dir=tmp_path, complete=False)
+    assert again.from_cache and np.array_equal(again.ids, resolved)
+
+
 def test_a_map_built_from_arrays_says_it_cannot_resolve():
     from kdviz.align.vocab_map import VocabMap
 

@@ -9,8 +9,11 @@ exceeds the best distance found. Each candidate is kept only if two more lower b
   ``q`` lacks: ``lev >= max(|Q \\ C|, |C \\ Q|)`` (256-bit masks, after the same bound on byte classes
   ``byte % 64`` in one word);
 - *bag distance*: ``lev >= max(len(q), len(c)) - shared``, ``shared`` the size of the two byte multisets'
-  intersection, first bounded from the masks: ``shared <= |Q ∩ C| + min(len(q) - |Q|, len(c) - |C|)`` (each
-  common byte value counts once, plus the repeats of the side with fewer).
+  intersection, first bounded from the counts of 16 byte classes ``byte >> 4`` (ASCII letters, digits,
+  UTF-8 continuation and lead bytes...): ``shared <= sum_k min(q_k, c_k)``, which rules out at once the
+  tokens of another script (a CJK token shares no byte class with an ASCII one); then from the masks:
+  ``shared <= |Q ∩ C| + min(len(q) - |Q|, len(c) - |C|)`` (each common byte value counts once, plus the
+  repeats of the side with fewer); then computed exactly.
 
 Only candidates within the current best get the dynamic programme, on a band of half-width ``best`` that
 stops as soon as a row exceeds it. On real vocabularies (Gemma-3's 175k tokens not in Llama-3 against
@@ -27,6 +30,9 @@ import numpy as np
 
 BIG = np.int64(1) << 40  # larger than any distance
 BLOCK = 32  # candidates of one length, in byte order, that a bound on their masks' union can skip at once
+CLASSES = 16  # byte classes byte >> 4, counted 8 bits each in two words
+COUNTED_LENGTH = 127  # strings up to this long have every class count in 7 bits: the class bound is exact
+HIGH_BITS = np.uint64(0x8080808080808080)
 
 
 @numba.njit(inline="always")
@@ -35,6 +41,18 @@ def _popcount(x):
     x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
     x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
     return np.int64((x * np.uint64(0x0101010101010101)) >> np.uint64(56))
+
+
+@numba.njit(inline="always")
+def _shared_classes(a0, a1, b0, b1):
+    """``sum_k min(a_k, b_k)`` over the 16 byte-class counts packed 8 bits each in two words (counts < 128)."""
+    total = np.int64(0)
+    for a, b in ((a0, b0), (a1, b1)):
+        at_least = (((a | HIGH_BITS) - b) & HIGH_BITS) >> np.uint64(7)  # 1 in each byte where a >= b
+        keep_b = at_least * np.uint64(0xFF)
+        smaller = (b & keep_b) | (a & ~keep_b)
+        total += np.int64((smaller * np.uint64(0x0101010101010101)) >> np.uint64(56))
+    return total
 
 
 @numba.njit
@@ -81,7 +99,7 @@ def _precedes(c, a):
 
 @numba.njit(parallel=True, cache=True)
 def _nearest(q_data, q_off, q_mask, c_data, c_off, c_mask, c_ids, length_start, max_length, q_small, c_small,
-             c_distinct, block_start, block_mask, block_distinct, block_id):
+             c_distinct, block_start, block_mask, block_distinct, block_id, q_counts, c_counts, block_counts):
     """For each query: ``(id, distance)`` of its nearest candidate; candidates sorted by length, then bytes,
     in blocks of ``BLOCK`` within a length."""
     n = q_off.shape[0] - 1
@@ -97,6 +115,7 @@ def _nearest(q_data, q_off, q_mask, c_data, c_off, c_mask, c_ids, length_start, 
         row = np.empty(max_length + 2, np.int64)
         m0, m1, m2, m3 = q_mask[qi, 0], q_mask[qi, 1], q_mask[qi, 2], q_mask[qi, 3]
         small = q_small[qi]
+        h0, h1 = q_counts[qi, 0], q_counts[qi, 1]
         distinct = _popcount(m0) + _popcount(m1) + _popcount(m2) + _popcount(m3)
         best, best_id = BIG, BIG
         # a first bound: the neighbours of q in byte order among the candidates of its length and the next two
@@ -131,6 +150,9 @@ def _nearest(q_data, q_off, q_mask, c_data, c_off, c_mask, c_ids, length_start, 
                               + _popcount(m2 & block_mask[block, 2]) + _popcount(m3 & block_mask[block, 3]))
                     repeats = min(length - distinct, ell - block_distinct[block])
                     bound = max(delta, distinct - common, max(length, ell) - common - repeats)
+                    if length <= COUNTED_LENGTH and ell <= COUNTED_LENGTH:
+                        bound = max(bound, max(length, ell) - _shared_classes(h0, h1, block_counts[block, 0],
+                                                                              block_counts[block, 1]))
                     if bound > best or (bound == best and block_id[block] > best_id):
                         continue
                     first = length_start[ell] + (block - block_start[ell]) * BLOCK
@@ -140,6 +162,10 @@ def _nearest(q_data, q_off, q_mask, c_data, c_off, c_mask, c_ids, length_start, 
                         bound = max(delta, max(_popcount(small & ~other), _popcount(other & ~small)))
                         if bound > best or (bound == best and cid > best_id):
                             continue
+                        if length <= COUNTED_LENGTH and ell <= COUNTED_LENGTH:
+                            bound = max(length, ell) - _shared_classes(h0, h1, c_counts[ci, 0], c_counts[ci, 1])
+                            if bound > best or (bound == best and cid > best_id):
+                                continue
                         o0, o1, o2, o3 = c_mask[ci, 0], c_mask[ci, 1], c_mask[ci, 2], c_mask[ci, 3]
                         common = _popcount(m0 & o0) + _popcount(m1 & o1) + _popcount(m2 & o2) + _popcount(m3 & o3)
                         repeats = min(length - distinct, ell - c_distinct[ci])  # bytes beyond each value's first
@@ -182,6 +208,21 @@ def _pack(strings: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return data, offsets, masks
 
 
+def _class_counts(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """``[n, CLASSES]``: each string's count of bytes per class ``byte >> 4``, capped at ``COUNTED_LENGTH``
+    (the search uses the counts only where both strings are at most that long)."""
+    n = offsets.shape[0] - 1
+    counts = np.zeros((n, CLASSES), dtype=np.uint64)
+    np.add.at(counts, (np.repeat(np.arange(n), np.diff(offsets)), data >> 4), np.uint64(1))
+    return np.minimum(counts, np.uint64(COUNTED_LENGTH))
+
+
+def _pack_counts(counts: np.ndarray) -> np.ndarray:
+    """``[n, CLASSES]`` counts as ``[n, 2]`` uint64, 8 bits per class."""
+    shifts = np.arange(8, dtype=np.uint64) * np.uint64(8)
+    return np.stack([(counts[:, 8 * w : 8 * w + 8] << shifts).sum(axis=1, dtype=np.uint64) for w in range(2)], axis=1)
+
+
 def _fold(masks: np.ndarray) -> np.ndarray:
     """256-bit byte sets folded to 64 bits (classes ``byte % 64``): the same bound, weaker, in one word read
     first (most candidates fail it, and the scan reads 8 bytes per candidate instead of 32)."""
@@ -203,6 +244,8 @@ class NearestIndex:
         self.max_length = int(lengths.max())
         self.data, self.offsets, self.masks = _pack([candidates[i] for i in order.tolist()])
         self.small = _fold(self.masks)
+        counts = _class_counts(self.data, self.offsets)
+        self.counts = _pack_counts(counts)
         self.distinct = np.array([len(set(candidates[i])) for i in order.tolist()], dtype=np.int64)
         self.length_start = np.searchsorted(lengths[order], np.arange(self.max_length + 2)).astype(np.int64)
         per_length = -(-np.diff(self.length_start) // BLOCK)
@@ -215,6 +258,9 @@ class NearestIndex:
         np.bitwise_or.at(self.block_mask, owner, self.masks)
         self.block_distinct = np.full(blocks, np.iinfo(np.int64).max, dtype=np.int64)
         np.minimum.at(self.block_distinct, owner, self.distinct)
+        block_counts = np.zeros((blocks, CLASSES), dtype=np.uint64)
+        np.maximum.at(block_counts, owner, counts)  # a bound for every candidate of the block: the largest counts
+        self.block_counts = _pack_counts(block_counts)
         self.block_id = np.full(blocks, np.iinfo(np.int64).max, dtype=np.int64)
         np.minimum.at(self.block_id, owner, self.ids)
 
@@ -232,7 +278,8 @@ class NearestIndex:
         q_data, q_off, q_mask = _pack([queries[i] for i in order.tolist()])
         shuffled = _nearest(q_data, q_off, q_mask, self.data, self.offsets, self.masks, self.ids, start, longest,
                             _fold(q_mask), self.small, self.distinct, block_start, self.block_mask,
-                            self.block_distinct, self.block_id)
+                            self.block_distinct, self.block_id, _pack_counts(_class_counts(q_data, q_off)),
+                            self.counts, self.block_counts)
         ids, distances = np.empty(len(queries), dtype=np.int64), np.empty(len(queries), dtype=np.int64)
         ids[order], distances[order] = shuffled
         return ids, distances

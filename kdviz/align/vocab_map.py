@@ -28,6 +28,7 @@ import os
 import tempfile
 import time
 import warnings
+import weakref
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,7 +43,8 @@ from kdviz.align.tokens import vocab_bytes
 FORMAT = 3
 CHUNK = 4096  # queries per progress-bar step
 UNRESOLVED = -1
-SAVE_EVERY_S = 2.0  # a lookup rewrites the cache file at most this often (complete() always does)
+SAVE_EVERY_S = 2.0  # a lookup rewrites the cache file at most this often (complete() always does; the rest is
+# saved when the map is garbage-collected or the process exits)
 
 
 class VocabMap:
@@ -75,6 +77,10 @@ class VocabMap:
         self._student_bytes = student_bytes
         self._index: NearestIndex | None = None
         self._saved_at = time.monotonic()
+        self._unsaved = [False]  # shared with the finalizer, which must not hold the map itself
+        if path is not None:
+            weakref.finalize(self, _save_if_unsaved, self._unsaved, path, self.ids, self.exact, teacher_hash,
+                             student_hash)
 
     @property
     def exact_share(self) -> float:
@@ -98,6 +104,7 @@ class VocabMap:
         missing = np.unique(teacher_ids[self.ids[teacher_ids] == UNRESOLVED])
         if missing.size:
             self._resolve(missing, progress=False)
+            self._unsaved[0] = True
             if time.monotonic() - self._saved_at >= SAVE_EVERY_S:
                 self.save()
         return self.ids[teacher_ids]
@@ -115,7 +122,7 @@ class VocabMap:
         """Write the map (what is resolved so far) to its cache file, if it has one."""
         if self.path is not None:
             _save(self.path, self.ids, self.exact, self.teacher_hash, self.student_hash)
-        self._saved_at = time.monotonic()
+        self._saved_at, self._unsaved[0] = time.monotonic(), False
 
     def _resolve(self, teacher_ids: np.ndarray, progress: bool) -> None:
         if self._teacher_bytes is None or self._student_bytes is None:
@@ -204,14 +211,10 @@ def build_vocab_map(
 
     Tokens are byte strings (what each token stands for); strings are converted with :func:`list_bytes`.
     """
-    if not student_tokens:
-        raise ValueError("the student vocabulary is empty; a vocabulary map needs at least one student token")
     t_bytes, s_bytes = _as_bytes(teacher_tokens, markers), _as_bytes(student_tokens, markers)
-    ids, exact = exact_ids(t_bytes, s_bytes)
-    missing = np.flatnonzero(~exact)
-    if missing.size:
-        ids[missing] = nearest_ids([t_bytes[t] for t in missing.tolist()], student_index(s_bytes))
-    return ids, exact
+    found = VocabMap(*exact_ids(t_bytes, s_bytes), vocab_hash(t_bytes), vocab_hash(s_bytes), teacher_bytes=t_bytes,
+                     student_bytes=s_bytes).complete()
+    return found.ids, found.exact
 
 
 def default_cache_dir() -> Path:
@@ -253,6 +256,15 @@ def _save(path: Path, ids: np.ndarray, exact: np.ndarray, teacher_hash: str, stu
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _save_if_unsaved(unsaved: list[bool], path: Path, *entries) -> None:
+    """The finalizer of a :class:`VocabMap`: write the entries resolved since the last save."""
+    if unsaved[0]:
+        try:
+            _save(path, *entries)
+        except OSError as err:  # at exit there is no one to raise to; the entries are recomputed next time
+            warnings.warn(f"could not save the vocabulary map cache {path} ({err})", stacklevel=1)
 
 
 def token_bytes(vocab, markers: Sequence[str] = MARKERS) -> list[bytes]:
