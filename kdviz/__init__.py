@@ -9,7 +9,9 @@
 - Views: :mod:`kdviz.viz` (plotly figures, JupyterLab dashboards, static HTML reports).
 """
 
-from kdviz import align, methods, viz
+import importlib
+
+from kdviz import align, methods
 from kdviz.align import compare_tokenizers
 from kdviz.divergences import DIVERGENCES, divergence
 from kdviz.fused import fused_divergence
@@ -18,6 +20,13 @@ from kdviz.methods import KDBatch, KDCollator, KDOutput
 from kdviz.record import RecordBatch, Recorder, open_run
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``kdviz.viz`` is imported on first use: plotly and ipywidgets are not loaded by ``import kdviz``."""
+    if name == "viz":
+        return importlib.import_module("kdviz.viz")
+    raise AttributeError(f"module 'kdviz' has no attribute {name!r}")
 
 __all__ = [
     "DIVERGENCES",

@@ -37,7 +37,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-from ot.batch import loss_linear_batch, solve_batch
 
 CHECK_EVERY = 10  # rounds between early-stopping checks, as POT's solvers
 
@@ -128,6 +127,8 @@ def sinkhorn_plans(
     else:
         real = rows[:, :, None] & cols[:, None, :] if padded else None
         p, iterations = _log_sinkhorn(solver_cost - lowest[:, None, None], real, a, w, reg, n_iter, tol, grad)
+    from ot.batch import loss_linear_batch  # POT is imported when a plan is first solved, not with kdviz
+
     live_value = loss_linear_batch(c, p)  # P is 0 on padded positions
     if not bool(torch.isfinite(live_value).all()):
         raise ValueError(
@@ -186,6 +187,8 @@ def _plain_sinkhorn(cost, shift, a, w, padded: bool, reg: float, n_iter: int, to
 def _log_sinkhorn(cost, real, a, w, reg: float, n_iter: int, tol: float, grad: str):
     """POT's log-domain batch solver; a padded batch (``real`` ``[B, N, M]`` bool) goes through
     :func:`_block_padding`. Returns the plan ``[B, N, M]`` and the number of rounds run."""
+    from ot.batch import solve_batch
+
     b, n, m = cost.shape
     if real is not None:
         cost, a, w = _block_padding(cost.masked_fill(~real, 0.0), real, a, w)

@@ -32,13 +32,16 @@ import weakref
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from kdviz.align.dtw import MARKERS
-from kdviz.align.nearest import NearestIndex
 from kdviz.align.tokens import vocab_bytes
+
+if TYPE_CHECKING:  # numba is imported when a map first needs the search, not with kdviz
+    from kdviz.align.nearest import NearestIndex
 
 FORMAT = 3
 CHUNK = 4096  # queries per progress-bar step
@@ -186,6 +189,8 @@ def exact_ids(teacher_bytes: Sequence[bytes], student_bytes: Sequence[bytes]) ->
 
 def student_index(student_bytes: Sequence[bytes]) -> NearestIndex:
     """The distinct student byte strings, each with its lowest id, indexed for :func:`nearest_ids`."""
+    from kdviz.align.nearest import NearestIndex
+
     by_bytes = _first_ids(student_bytes)
     return NearestIndex(list(by_bytes), np.fromiter(by_bytes.values(), dtype=np.int64, count=len(by_bytes)))
 
