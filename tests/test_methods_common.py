@@ -66,3 +66,15 @@ def test_double_backward_is_exact():
     torch.testing.assert_close(g_ours, g_plain)
     torch.testing.assert_close(h_ours, h_plain)
     assert torch.autograd.gradgradcheck(ours, (z,))
+
+
+def test_the_next_token_shift_on_labels_offsets_and_alignments():
+    from kdviz.ops import IGNORE, next_token_targets, shift_alignment, shift_left
+
+    labels = torch.tensor([[IGNORE, 5, 6, 7], [IGNORE, IGNORE, 8, IGNORE]])
+    assert next_token_targets(labels).tolist() == [[5, 6, 7, IGNORE], [IGNORE, 8, IGNORE, IGNORE]]
+    offsets = torch.tensor([[[0, 2], [2, 5], [5, 6]]])
+    assert shift_left(offsets, 0, dim=1).tolist() == [[[2, 5], [5, 6], [0, 0]]]
+    alignment = torch.eye(3, dtype=torch.bool)[None]
+    alignment[0, 2, 1] = True
+    assert shift_alignment(alignment)[0].int().tolist() == [[1, 0, 0], [1, 1, 0], [0, 0, 0]]

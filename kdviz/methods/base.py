@@ -14,13 +14,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-IGNORE = -100
-
-
-def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
-    """``targets[..., t] = labels[..., t + 1]``, last column ``-100``: the token each position predicts."""
-    pad = torch.full_like(labels[..., :1], IGNORE)
-    return torch.cat([labels[..., 1:], pad], dim=-1)
+from kdviz.ops import IGNORE, next_token_targets, shift_alignment
 
 
 @dataclass
@@ -146,9 +140,7 @@ class KDBatch:
         overlaps the token teacher position ``j`` predicts. This is the reference for CMA's
         ``t2s_weight`` and for position-level transport plans.
         """
-        out = torch.zeros_like(self.alignment)
-        out[:, :-1, :-1] = self.alignment[:, 1:, 1:]
-        return out
+        return shift_alignment(self.alignment)
 
     def shares_tokenization(self) -> bool:
         """True when student and teacher tokens are identical (one tokenizer, or two identical ones)."""

@@ -6,6 +6,7 @@ from torch import nn
 
 from kdviz.methods._common import attach_models, check_devices, cross_entropy, masked_mean
 from kdviz.methods.base import KDBatch, KDOutput
+from kdviz.ops import IGNORE
 
 
 class SFT(nn.Module):
@@ -31,7 +32,7 @@ class SFT(nn.Module):
             )
         z_s = student_outputs.logits
         targets = batch.student_targets
-        mask = targets != -100
+        mask = targets != IGNORE
         ce, token_ce = cross_entropy(z_s, targets)
         terms = {
             "loss": ce.detach(),

@@ -22,6 +22,7 @@ from kdviz._rows import compute_dtype
 from kdviz.align.positions import index_pairs, overlap_pairs
 from kdviz.methods._common import alignment_terms, attach_models, check_weights, cross_entropy, masked_mean, run_models
 from kdviz.methods.base import KDBatch, KDOutput
+from kdviz.ops import shift_left
 
 POSITIONS = ("index", "shift", "offsets")
 KD_NORMALISERS = ("paired", "student")
@@ -135,9 +136,7 @@ def shift_pairs(mask_s: torch.Tensor, mask_t: torch.Tensor) -> torch.Tensor:
 
 def target_spans(offsets: torch.Tensor) -> torch.Tensor:
     """``[B, T, 2]`` character spans of the token each position predicts (offsets shifted by one)."""
-    out = torch.zeros_like(offsets)
-    out[:, :-1] = offsets[:, 1:]
-    return out
+    return shift_left(offsets, 0, dim=1)
 
 
 class ULD(nn.Module):

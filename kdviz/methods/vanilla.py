@@ -12,6 +12,7 @@ from torch import nn
 from kdviz.divergences import divergence
 from kdviz.methods._common import attach_models, check_divergence, check_weights, cross_entropy, masked_mean, run_models
 from kdviz.methods.base import KDBatch, KDOutput
+from kdviz.ops import IGNORE
 
 
 class VanillaKD(nn.Module):
@@ -69,7 +70,7 @@ class VanillaKD(nn.Module):
         s_out, t_out = run_models(self, batch, student_outputs, teacher_outputs, hidden=False)
         z_s, z_t = s_out.logits, t_out.logits.detach()
         targets = batch.student_targets
-        mask = targets != -100
+        mask = targets != IGNORE
         ce, token_ce = cross_entropy(z_s, targets)
         token_kd = divergence(
             self.divergence,

@@ -19,8 +19,9 @@ from typing import Any
 
 import torch
 
+from kdviz.ops import IGNORE, next_token_targets, shift_alignment
+
 SIDES = ("student", "teacher")
-IGNORE = -100
 
 
 @dataclass
@@ -79,9 +80,7 @@ class BatchView:
         labels = _tensor(getattr(self.batch, f"{side}_labels", None))
         if labels is None:
             return None
-        out = torch.zeros_like(labels, dtype=torch.bool)
-        out[..., :-1] = labels[..., 1:] != IGNORE
-        return out
+        return next_token_targets(labels) != IGNORE
 
     @cached_property
     def texts(self) -> list[str] | None:
@@ -123,9 +122,7 @@ class BatchView:
         raw = _tensor(getattr(self.batch, "alignment", None))
         if raw is None:
             return None
-        out = torch.zeros_like(raw)
-        out[:, :-1, :-1] = raw[:, 1:, 1:]
-        return out
+        return shift_alignment(raw)
 
     def tensors(self, rows: list[int]) -> dict[str, torch.Tensor]:
         """Every tensor field of the batch, sliced to ``rows`` (for a replay file)."""

@@ -54,6 +54,7 @@ import torch.nn.functional as F
 
 from kdviz.align.scores import alignment_scores, row_scores
 from kdviz.headtail import head_tail
+from kdviz.ops import next_token_targets
 from kdviz.record.batchview import BatchView
 from kdviz.record.store import QUANTILES
 
@@ -369,8 +370,7 @@ def probe_token_loss(view: BatchView, rec: StepRecord) -> str | None:
         labels = getattr(view.batch, "student_labels", None)
         if isinstance(labels, torch.Tensor) and logits.shape[:2] == labels.shape:
             rows = [s.row for s in rec.samples]
-            targets = torch.full_like(labels[rows], -100)
-            targets[:, :-1] = labels[rows][:, 1:]
+            targets = next_token_targets(labels[rows])
             ce = F.cross_entropy(
                 logits.detach()[rows].float().transpose(1, 2), targets.to(logits.device), reduction="none"
             )

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from kdviz.ops import IGNORE
 from kdviz.record.store import RecordWriteError
 from kdviz.train.evaluate import format_prompt
 
@@ -113,7 +114,7 @@ def batches(examples: Sequence[dict], batch_size: int, seed: int):
 
 
 def _trained_tokens(batch) -> int:
-    return int((batch.student_targets != -100).sum())
+    return int((batch.student_targets != IGNORE).sum())
 
 
 def _grad_norm(params: list[nn.Parameter]) -> float:

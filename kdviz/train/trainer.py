@@ -28,6 +28,8 @@ import torch
 from torch import nn
 from transformers import EvalPrediction, Trainer
 
+from kdviz.ops import IGNORE
+
 
 class Distillation(nn.Module):
     """The trainable part of a distillation: ``method.student`` and ``method``'s own parameters.
@@ -67,7 +69,7 @@ class _Wrapped:
 
 
 def _trained_tokens(batch) -> torch.Tensor:
-    return (batch.student_targets != -100).sum()
+    return (batch.student_targets != IGNORE).sum()
 
 
 class KDTrainer(Trainer):
