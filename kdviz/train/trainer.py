@@ -18,7 +18,9 @@ come from :func:`kdviz.train.evaluate`.
 A :class:`~kdviz.record.Recorder` (optional) records from the main process only, so a multi-process run
 still writes one coherent run directory; it sees the main process's micro-batches (every micro-batch of
 a step). Under ``torchrun`` create it on the main process alone:
-``Recorder(...) if int(os.environ.get("RANK", 0)) == 0 else None``.
+``Recorder(...) if int(os.environ.get("RANK", 0)) == 0 else None``. End such a script with
+``torch.distributed.destroy_process_group()`` (after a ``barrier()`` if rank 0 still writes): a gloo process
+that exits with its group alive can abort in its thread destructors.
 """
 
 from __future__ import annotations
