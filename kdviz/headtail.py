@@ -7,7 +7,8 @@ head); the token whose cumulative sum crosses ``mu`` belongs to the tail, unless
 id, so the split is deterministic.
 
 The head is found with one ``topk`` whose ``k`` comes from a one-pass histogram of the probabilities
-(buckets of a factor 2), so a 150k vocabulary is not sorted per token.
+(buckets of a factor 2), so a 150k vocabulary is not sorted per token; sums over the head gather its ids
+instead of masking the vocabulary.
 """
 
 from __future__ import annotations
@@ -43,31 +44,69 @@ def _candidates(p: torch.Tensor, mu: float) -> torch.Tensor:
     return torch.where(last.squeeze(-1) >= _BUCKETS, v, k)
 
 
-def head_sizes(p: torch.Tensor, mu: float, crossing_in_head: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Head size ``|H|`` per row of ``p`` ``[N, V]`` and the smallest teacher probability in the head.
-
-    One ``topk`` with the ``k`` of :func:`_candidates` (a full sort for a row whose rounding leaves the
-    crossing outside it).
-    """
+def _ranked_heads(p: torch.Tensor, mu: float, crossing_in_head: bool):
+    """Yield ``(rows, size, top, ids)`` until every row of ``p`` ``[N, V]`` is covered: the head size ``|H|``
+    of each of ``rows`` and that row's largest entries ``top`` (descending) and their ids, of which the first
+    ``size`` hold the head. One ``topk`` with the ``k`` of :func:`_candidates`; a full sort for the rows whose
+    rounding leaves the crossing outside it."""
     n, v = p.shape
-    size = torch.ones(n, dtype=torch.long, device=p.device)
-    smallest = torch.zeros(n, dtype=p.dtype, device=p.device)
     todo = torch.arange(n, device=p.device)
     k = min(int(_candidates(p, mu).max()) + 1, v) if n else v
     while todo.numel():
-        rows = p[todo]
-        top = rows.topk(k, dim=-1).values if k < v else rows.sort(dim=-1, descending=True).values
+        chosen = p[todo]
+        top, ids = chosen.topk(k, dim=-1) if k < v else chosen.sort(dim=-1, descending=True)
         below = (top.cumsum(-1) <= mu).sum(-1)  # c is non-decreasing: the head is a prefix
         resolved = (below < k) | (k == v)
-        h = below.clamp(min=1)
+        size = below.clamp(min=1)
         if crossing_in_head:
-            h = torch.where(below >= 1, below + 1, h).clamp(max=v)
-        idx = todo[resolved]
-        size[idx] = h[resolved]
-        smallest[idx] = top[resolved].gather(-1, h[resolved, None] - 1).squeeze(-1)
+            size = torch.where(below >= 1, below + 1, size).clamp(max=v)
+        yield todo[resolved], size[resolved], top[resolved], ids[resolved]
         todo = todo[~resolved]
         k = v
+
+
+def head_sizes(p: torch.Tensor, mu: float, crossing_in_head: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Head size ``|H|`` per row of ``p`` ``[N, V]`` and the smallest teacher probability in the head."""
+    size = torch.ones(p.shape[0], dtype=torch.long, device=p.device)
+    smallest = torch.zeros(p.shape[0], dtype=p.dtype, device=p.device)
+    for rows, h, top, _ in _ranked_heads(p, mu, crossing_in_head):
+        size[rows], smallest[rows] = h, top.gather(-1, h[:, None] - 1).squeeze(-1)
     return size, smallest
+
+
+def head_sums(
+    p: torch.Tensor, mu: float, crossing_in_head: bool, heads: tuple[torch.Tensor, ...],
+    tails: tuple[torch.Tensor, ...] = (),
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """``(|H|, head sums, tail sums)`` per row: the sum over the head of each ``[N, V]`` tensor of ``heads`` and
+    over the tail of each of ``tails``, without a ``[N, V]`` head mask. The head is the first ``|H|`` ids of
+    the ranking (gathered), the tail every entry below its smallest probability, except in rows where ties
+    straddle the boundary (there :func:`head_mask` decides which of the tied ids are in). Tails are summed,
+    not subtracted from a total, so a tail mass of 1e-9 keeps its digits."""
+    sizes = torch.ones(p.shape[0], dtype=torch.long, device=p.device)
+    head_out = [x.new_zeros(p.shape[0]) for x in heads]
+    tail_out = [x.new_zeros(p.shape[0]) for x in tails]
+    for rows, size, top, ids in _ranked_heads(p, mu, crossing_in_head):
+        sizes[rows] = size
+        width = top.shape[-1]
+        smallest = top.gather(-1, size[:, None] - 1)
+        tied = (size < width) & (smallest == top.gather(-1, size.clamp(max=width - 1)[:, None])).squeeze(-1)
+        clean = rows[~tied]
+        in_head = torch.arange(width, device=p.device) < size[~tied, None]
+        for total, x in zip(head_out, heads, strict=True):
+            total[clean] = (x[clean].gather(-1, ids[~tied]) * in_head).sum(-1)
+        if tails:
+            below = p[clean] < smallest[~tied]
+            for total, x in zip(tail_out, tails, strict=True):
+                total[clean] = torch.where(below, x[clean], 0.0).sum(-1)
+        if tied.any():
+            mixed = rows[tied]
+            head = head_mask(p[mixed], mu, crossing_in_head)
+            for total, x in zip(head_out, heads, strict=True):
+                total[mixed] = torch.where(head, x[mixed], 0.0).sum(-1)
+            for total, x in zip(tail_out, tails, strict=True):
+                total[mixed] = torch.where(head, 0.0, x[mixed]).sum(-1)
+    return sizes, head_out, tail_out
 
 
 def head_mask(p: torch.Tensor, mu: float, crossing_in_head: bool = False) -> torch.Tensor:
@@ -98,7 +137,7 @@ def head_weights(rows: Rows, mu: float, crossing_in_head: bool = False) -> tuple
         detached = rows.detach()  # a fresh Rows: never fill the caller's cached p, q without their graph
         p, q = detached.p, detached.q
         gap = (p - q).abs()
-        g_head = torch.where(head_mask(p, mu, crossing_in_head), gap, 0.0).sum(-1)
+        _, (g_head,), _ = head_sums(p, mu, crossing_in_head, (gap,))
         return _weights(g_head, gap.sum(-1))
 
 
@@ -148,19 +187,14 @@ def head_tail_rows(rows: Rows, mu: float = 0.5, crossing_in_head: bool = False) 
     with torch.no_grad():
         rows = rows.detach()
         p, q = rows.p, rows.q
-        head = head_mask(p, mu, crossing_in_head)
-        p_head = torch.where(head, p, 0.0).sum(-1)
-        q_head = torch.where(head, q, 0.0).sum(-1)
-        p_tail = torch.where(head, 0.0, p).sum(-1)
-        q_tail = torch.where(head, 0.0, q).sum(-1)
         gap = (p - q).abs()
-        g_head = torch.where(head, gap, 0.0).sum(-1)
+        head_size, (p_head, q_head, g_head), (p_tail, q_tail) = head_sums(p, mu, crossing_in_head, (p, q, gap), (p, q))
         g_all = gap.sum(-1)
         w_head, fallback = _weights(g_head, g_all)
         entropy_p = -rows.vsum(p * rows.logp)
         entropy_q = -rows.vsum(q * rows.logq)
         return {
-            "head_size": head.sum(-1).to(p.dtype),
+            "head_size": head_size.to(p.dtype),
             "p_head": p_head,
             "q_head": q_head,
             "p_tail": p_tail,

@@ -43,6 +43,16 @@ def test_ties_at_the_boundary_go_to_the_lower_id():
     assert head_of(p, 0.65, crossing_in_head=True) == [1, 2, 4]
 
 
+def test_masses_follow_the_tied_ids_that_are_in_the_head():
+    t = logits_of([0.1, 0.3, 0.15, 0.15, 0.3])  # with the crossing: head {1, 4} and the lower tied id, 2
+    s = logits_of([0.1, 0.1, 0.5, 0.2, 0.1])
+    ht = kdviz.head_tail(s, t, mu=0.65, crossing_in_head=True)
+    assert ht.head_size.item() == 3
+    assert ht.q_head.item() == pytest.approx(0.7) and ht.q_tail.item() == pytest.approx(0.3)
+    assert ht.p_head.item() == pytest.approx(0.75) and ht.p_tail.item() == pytest.approx(0.25)
+    assert ht.g_head.item() == pytest.approx(0.2 + 0.35 + 0.2) and ht.g_tail.item() == pytest.approx(0.05)
+
+
 def test_hand_computed_statistics():
     t = logits_of([0.05, 0.3, 0.25, 0.4])
     s = logits_of([0.25, 0.25, 0.25, 0.25])

@@ -379,7 +379,9 @@ def probe_token_loss(view: BatchView, rec: StepRecord) -> str | None:
             found = True
     rows = [s.row for s in rec.samples]
     for side, source, vocab in _top_sources(view):
-        probs, ids = source.detach()[rows].float().softmax(-1).topk(min(TOP_K, source.shape[-1]), -1)
+        logits = source.detach()[rows]
+        top, ids = logits.topk(min(TOP_K, source.shape[-1]), -1)  # the softmax's order, without the [., V] softmax
+        probs = (top.float() - torch.logsumexp(logits.float(), -1, keepdim=True)).exp()
         for k, sample in enumerate(rec.samples):
             rec.token_top(sample, side, ids[k], probs[k], vocab)
     if view.texts:
