@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pandas as pd
 import pytest
 
@@ -177,7 +179,7 @@ def test_demo_steps_are_taken_as_given(monkeypatch, capsys):
                              "gain_rouge_l_std": 0.0, "wins": 1, "n_seeds": 1, "train_s": 1.0})
 
     monkeypatch.setattr(demo, "run_demo", run_demo)
-    monkeypatch.setattr(demo, "default_setup", lambda *names: None)
+    monkeypatch.setattr(demo, "default_setup", lambda *names, **options: SimpleNamespace(train=[]))
     cli.main(["demo", "--steps", "7", "--methods", "fkl"])
     cli.main(["demo", "--quick", "--methods", "fkl"])
     assert [c.steps for c in configs] == [7, cli.QUICK["steps"]]

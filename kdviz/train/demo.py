@@ -209,6 +209,7 @@ def _train_one(setup: DemoSetup, name: str, config: TrainConfig, run_dir: Path, 
     method = spec.build(student, setup.teacher, tokenizer, setup.teacher_tokenizer)
     collator = methods.KDCollator(tokenizer, None if spec.pair == "same" else setup.teacher_tokenizer)
     meta = {"method": name, "label": spec.label, "pair": spec.pair, "config": vars(config),
+            "train_examples": len(setup.train),
             "teacher": setup.names["teacher"], "student": setup.names[spec.pair]}
     tokenizers = {"student": tokenizer, "teacher": setup.teacher_tokenizer}
     with Recorder(run_dir, every=every, samples=2, meta=meta, overwrite=True, tokenizers=tokenizers) as recorder:
@@ -217,14 +218,17 @@ def _train_one(setup: DemoSetup, name: str, config: TrainConfig, run_dir: Path, 
     return _score(student, tokenizer, test, 64), result.seconds
 
 
-def default_setup(teacher: str | None = None, student: str | None = None) -> DemoSetup:
+def default_setup(teacher: str | None = None, student: str | None = None,
+                  train_examples: int | None = None) -> DemoSetup:
     """The embedded default, with the teacher and/or the student replaced by any HF id or local path.
 
     A replacement student goes to the "same" pair when its tokenizer's vocabulary equals the teacher's,
-    to the "cross" pair otherwise.
+    to the "cross" pair otherwise. ``train_examples`` keeps the first ``train_examples`` examples of the
+    training split (every method trains on the same ones); None keeps all of them.
     """
     from kdviz import assets
 
+    check_train_examples(train_examples)
     tokenizers = {name: load_tokenizer_from(name) for name in (teacher, student) if name}  # fail before loading
     default = assets.load_default()
     names = {"teacher": "embedded GPT-2 teacher", "same": "embedded Llama student (teacher tokenizer)",
@@ -240,7 +244,18 @@ def default_setup(teacher: str | None = None, student: str | None = None) -> Dem
         pair = "same" if tok.get_vocab() == teacher_tok.get_vocab() else "cross"
         students[pair] = (_load(student), tok)
         names[pair] = student
-    return DemoSetup(teacher_model, teacher_tok, students, default.train, default.test, names)
+    if train_examples is not None and train_examples > len(default.train):
+        raise ValueError(f"train_examples must be at most {len(default.train)} (the size of the training split), "
+                         f"got {train_examples}")
+    train = default.train if train_examples is None else default.train[:train_examples]
+    return DemoSetup(teacher_model, teacher_tok, students, train, default.test, names)
+
+
+def check_train_examples(train_examples: int | None) -> None:
+    """A ValueError unless ``train_examples`` is None or a positive integer."""
+    if train_examples is not None and (isinstance(train_examples, bool) or not isinstance(train_examples, int)
+                                       or train_examples < 1):
+        raise ValueError(f"train_examples must be a positive integer or None, got {train_examples!r}")
 
 
 def _pretrained(loader: Callable, name: str, what: str):
