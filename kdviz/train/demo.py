@@ -228,7 +228,7 @@ def default_setup(teacher: str | None = None, student: str | None = None,
     """
     from kdviz import assets
 
-    check_train_examples(train_examples)
+    check_train_examples(train_examples, len(assets.load_split(assets.default_paths().train)))
     tokenizers = {name: load_tokenizer_from(name) for name in (teacher, student) if name}  # fail before loading
     default = assets.load_default()
     names = {"teacher": "embedded GPT-2 teacher", "same": "embedded Llama student (teacher tokenizer)",
@@ -244,18 +244,19 @@ def default_setup(teacher: str | None = None, student: str | None = None,
         pair = "same" if tok.get_vocab() == teacher_tok.get_vocab() else "cross"
         students[pair] = (_load(student), tok)
         names[pair] = student
-    if train_examples is not None and train_examples > len(default.train):
-        raise ValueError(f"train_examples must be at most {len(default.train)} (the size of the training split), "
-                         f"got {train_examples}")
     train = default.train if train_examples is None else default.train[:train_examples]
     return DemoSetup(teacher_model, teacher_tok, students, train, default.test, names)
 
 
-def check_train_examples(train_examples: int | None) -> None:
-    """A ValueError unless ``train_examples`` is None or a positive integer."""
-    if train_examples is not None and (isinstance(train_examples, bool) or not isinstance(train_examples, int)
-                                       or train_examples < 1):
+def check_train_examples(train_examples: int | None, available: int) -> None:
+    """A ValueError unless ``train_examples`` is None or an integer from 1 to ``available``."""
+    if train_examples is None:
+        return
+    if isinstance(train_examples, bool) or not isinstance(train_examples, int) or train_examples < 1:
         raise ValueError(f"train_examples must be a positive integer or None, got {train_examples!r}")
+    if train_examples > available:
+        raise ValueError(f"train_examples must be at most {available} (the size of the training split), "
+                         f"got {train_examples}")
 
 
 def _pretrained(loader: Callable, name: str, what: str):
