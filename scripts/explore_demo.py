@@ -61,8 +61,9 @@ def main() -> None:
         for name in args.variants:
             data = labelled if name in GOLD_ONLY else labelled + extra
             scores, seconds = _train_one(replace(full, train=data), name, config, Path(out) / name, dev, 10, False)
+            answered = len(data) - len(labelled)
             print(f"{name:>13}: dev ROUGE-L {scores['rouge_l']:.1f}, exact match {scores['exact_match']:.1f} "
-                  f"({len(labelled)} labelled + {len(extra)} teacher-answered, {seconds:.0f} s)", flush=True)
+                  f"({len(labelled)} labelled + {answered} teacher-answered, {seconds:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":
