@@ -74,21 +74,24 @@ def print_entropy(setup, dev: list[dict], count: int = 300) -> None:
     seen = {e["prompt"] for e in setup.train + setup.test + dev}
     trained = [e for e in setup.train if e["task"] not in WORLD_TASKS][:count]
     unseen = teacher_answered(setup, new_prompts(seen, count))
-    for what, examples in (("gold responses of training prompts", trained), ("its answers to new prompts", unseen)):
+    for what, examples in (("the gold responses of training prompts", trained), ("its answers to new prompts", unseen)):
         h = response_entropy(setup, examples)
-        print(f"teacher entropy on the {what} ({count}, non-world tasks): mean {h.mean():.2f} nats, "
+        print(f"teacher entropy on {what} ({count}, non-world tasks): mean {h.mean():.2f} nats, "
               f"median {h.median():.3f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("variants", nargs="*", choices=[*DEMO_METHODS, *VARIANTS])
+    parser.add_argument("variants", nargs="*", help=f"any of {', '.join([*DEMO_METHODS, *VARIANTS])}")
     parser.add_argument("--train-examples", type=int, default=20000, help="labelled examples (the first N)")
     parser.add_argument("--extra", type=int, default=0, help="teacher-answered prompts for every method but SFT")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--entropy", action="store_true", help="the teacher's entropy on seen and new prompts")
     args = parser.parse_args()
+    unknown = [v for v in args.variants if v not in DEMO_METHODS and v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}")
     full = default_setup()
     dev = load_split(default_paths().dev)
     if args.entropy:
