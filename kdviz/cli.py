@@ -100,11 +100,11 @@ def demo(args: argparse.Namespace) -> None:
         check_methods(names)
         method_lr = args.lr if args.method_lr is None else args.method_lr
         config = TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr, method_lr=method_lr, seed=args.seed)
-        setup = default_setup(args.teacher, args.student)
+        setup = default_setup(args.teacher, args.student, train_examples=args.train_examples)
     except (ValueError, TypeError) as error:
         raise UserError(str(error)) from error
-    print(f"kdviz demo: {len(names)} methods x {steps} steps, batch {args.batch_size}, seeds {seeds}, "
-          f"evaluated on {eval_examples} test examples; runs under {args.out}/\n")
+    print(f"kdviz demo: {len(names)} methods x {steps} steps, batch {args.batch_size}, {len(setup.train)} "
+          f"training examples, seeds {seeds}, evaluated on {eval_examples} test examples; runs under {args.out}/\n")
     table = run_demo(setup, names, args.out, config, seeds=seeds, eval_examples=eval_examples)
     pd.set_option("display.width", 200)
     print("\n" + format_results(table))
@@ -208,6 +208,8 @@ def main(argv: list[str] | None = None) -> None:
     demo_parser.add_argument("--methods", nargs="+", help="which methods (default: all)")
     demo_parser.add_argument("--steps", type=int, help="optimizer steps per method (default 300; --quick 40)")
     demo_parser.add_argument("--batch-size", type=int, default=16)
+    demo_parser.add_argument("--train-examples", type=int,
+                             help="train every method on the first N examples of the training split (default: all)")
     demo_parser.add_argument("--lr", type=float, default=3e-3, help="student learning rate")
     demo_parser.add_argument("--method-lr", type=float,
                              help="learning rate of the methods' projectors (DSKD, CMA; default: the student's)")
@@ -260,6 +262,8 @@ def _check_arguments(args: argparse.Namespace) -> str | None:
             return f"--steps must be at least 1, got {args.steps}"
         if args.seeds < 1:
             return f"--seeds must be at least 1, got {args.seeds}"
+        if args.train_examples is not None and args.train_examples < 1:
+            return f"--train-examples must be at least 1, got {args.train_examples}"
         if args.batch_size < 1:
             return f"--batch-size must be at least 1, got {args.batch_size}"
         if not (math.isfinite(args.lr) and args.lr > 0):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pandas as pd
 import pytest
 
@@ -95,6 +97,24 @@ def test_the_demo_uses_its_documented_settings():
     assert (uld.ce_weight, uld.kd_weight, uld.positions, uld.kd_normaliser) == (0.5, 0.5, "shift", "student")
 
 
+def test_train_examples_keeps_the_first_examples_for_every_method(tmp_path, capsys):
+    full = default_setup()
+    few = default_setup(train_examples=5)
+    assert few.train == full.train[:5]
+    run_demo(few, ["sft"], tmp_path, TrainConfig(steps=1, batch_size=4), eval_examples=2, progress=False,
+             log=lambda _: None)
+    assert open_run(tmp_path / "sft").meta["train_examples"] == 5
+    for bad in (0, -3, True, 2.5):
+        with pytest.raises(ValueError, match="train_examples must be a positive integer"):
+            default_setup(train_examples=bad)
+    with pytest.raises(ValueError, match=f"train_examples must be at most {len(full.train)}"):
+        default_setup(train_examples=len(full.train) + 1)
+    capsys.readouterr()
+    assert "--train-examples must be at least 1, got 0" in _user_error(capsys, ["demo", "--train-examples", "0"])
+    err = _user_error(capsys, ["demo", "--train-examples", str(len(full.train) + 1), "--steps", "1"])
+    assert f"train_examples must be at most {len(full.train)}" in err
+
+
 def test_toy_comparison_prints_every_divergence(capsys):
     cli.main(["toy"])
     printed = capsys.readouterr().out
@@ -177,7 +197,7 @@ def test_demo_steps_are_taken_as_given(monkeypatch, capsys):
                              "gain_rouge_l_std": 0.0, "wins": 1, "n_seeds": 1, "train_s": 1.0})
 
     monkeypatch.setattr(demo, "run_demo", run_demo)
-    monkeypatch.setattr(demo, "default_setup", lambda *names: None)
+    monkeypatch.setattr(demo, "default_setup", lambda *names, **options: SimpleNamespace(train=[]))
     cli.main(["demo", "--steps", "7", "--methods", "fkl"])
     cli.main(["demo", "--quick", "--methods", "fkl"])
     assert [c.steps for c in configs] == [7, cli.QUICK["steps"]]

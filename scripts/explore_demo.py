@@ -1,0 +1,117 @@
+"""Score variants of ``kdviz demo``'s settings on the dev split, one seed: the exploration behind the README's
+"Does distillation help on the embedded default?" (the test split stays for the final table).
+
+Variants are demo methods (``kdviz.train.demo.DEMO_METHODS``), the same with the KD temperature of the DSKD
+repository's scripts (``fkl-tau2``, ``dskd-tau2``, ``cma-tau2``: tau 2, CE and KD at 0.5 each), and sequence-level
+KD (``seqkd``, ``seqkd-cross``: SFT on the teacher's greedy answers). ``--extra N`` gives every method but SFT the
+next N prompts of the training split answered by the teacher's greedy generation instead of the gold response.
+``--entropy`` prints the teacher's token entropy on the responses of training prompts and on its own answers to new
+prompts (the non-world tasks, generated like ``scripts/make_data.py`` does).
+
+Usage: ``OMP_NUM_THREADS=1 python scripts/explore_demo.py --train-examples 200 --extra 4000 sft seqkd fkl``
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from make_data import MIX, TASKS, WORLD_TASKS
+
+from kdviz import methods
+from kdviz.assets import default_paths, load_split
+from kdviz.train.demo import DEMO_METHODS, DemoMethod, _train_one, default_setup
+from kdviz.train.evaluate import format_prompt, generate
+from kdviz.train.loop import TrainConfig
+
+VARIANTS = {
+    "seqkd": DemoMethod("same", lambda s, t, *_: methods.SFT(s, t), "SFT on the teacher's answers"),
+    "seqkd-cross": DemoMethod("cross", lambda s, t, *_: methods.SFT(s, t), "SFT on the teacher's answers"),
+    "fkl-tau2": DemoMethod("same", lambda s, t, *_: methods.VanillaKD(s, t, tau=2.0), "VanillaKD fkl (tau 2)"),
+    "dskd-tau2": DemoMethod("same", lambda s, t, *_: methods.DSKD(s, t, tau=2.0), "DSKD (tau 2)"),
+    "cma-tau2": DemoMethod("cross", lambda s, t, *_: methods.CMA(s, t, tau=2.0), "DSKD + CMA (tau 2)"),
+}
+GOLD_ONLY = ("sft", "sft-cross")  # the baselines train on the labelled examples only
+
+
+def teacher_answered(setup, examples: list[dict]) -> list[dict]:
+    """``examples`` with their response replaced by the teacher's greedy answer."""
+    answers = generate(setup.teacher, setup.teacher_tokenizer, [e["prompt"] for e in examples], batch_size=64,
+                       max_new_tokens=48, progress=False)
+    return [{**e, "response": a} for e, a in zip(examples, answers, strict=True)]
+
+
+def new_prompts(seen: set[str], count: int, seed: int = 12345) -> list[dict]:
+    """``count`` prompts of the non-world tasks that are not in ``seen``, drawn as the data set's mix."""
+    rng, tasks = random.Random(seed), [t for t in MIX if t not in WORLD_TASKS]
+    prompts: list[dict] = []
+    while len(prompts) < count:
+        task = rng.choices(tasks, [MIX[t] for t in tasks])[0]
+        prompt, _ = TASKS[task](rng, {})
+        if prompt not in seen:
+            seen.add(prompt)
+            prompts.append({"prompt": prompt, "task": task})
+    return prompts
+
+
+@torch.inference_mode()
+def response_entropy(setup, examples: list[dict]) -> torch.Tensor:
+    """The teacher's entropy (nats) at every response token (and EOS) of ``examples``."""
+    tokenizer, entropies = setup.teacher_tokenizer, []
+    for example in examples:
+        prompt = format_prompt(example["prompt"])
+        ids = tokenizer(prompt + example["response"] + tokenizer.eos_token)["input_ids"]
+        logp = setup.teacher(torch.tensor([ids])).logits[0].log_softmax(-1)
+        entropies.append(-(logp.exp() * logp).sum(-1)[len(tokenizer(prompt)["input_ids"]) - 1:len(ids) - 1])
+    return torch.cat(entropies)
+
+
+def print_entropy(setup, dev: list[dict], count: int = 300) -> None:
+    seen = {e["prompt"] for e in setup.train + setup.test + dev}
+    trained = [e for e in setup.train if e["task"] not in WORLD_TASKS][:count]
+    unseen = teacher_answered(setup, new_prompts(seen, count))
+    for what, examples in (("the gold responses of training prompts", trained), ("its answers to new prompts", unseen)):
+        h = response_entropy(setup, examples)
+        print(f"teacher entropy on {what} ({count}, non-world tasks): mean {h.mean():.2f} nats, "
+              f"median {h.median():.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("variants", nargs="*", help=f"any of {', '.join([*DEMO_METHODS, *VARIANTS])}")
+    parser.add_argument("--train-examples", type=int, default=20000, help="labelled examples (the first N)")
+    parser.add_argument("--extra", type=int, default=0, help="teacher-answered prompts for every method but SFT")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--entropy", action="store_true", help="the teacher's entropy on seen and new prompts")
+    args = parser.parse_args()
+    unknown = [v for v in args.variants if v not in DEMO_METHODS and v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}")
+    full = default_setup()
+    dev = load_split(default_paths().dev)
+    if args.entropy:
+        print_entropy(full, dev)
+    labelled = full.train[:args.train_examples]
+    pool = full.train[args.train_examples:args.train_examples + args.extra]
+    extra = teacher_answered(full, pool) if pool else []
+    if pool:
+        agree = sum(e["response"] == p["response"] for e, p in zip(extra, pool, strict=True)) / len(pool)
+        print(f"the teacher's answer is the gold response on {100 * agree:.1f}% of the {len(pool)} extra prompts")
+    config = TrainConfig(steps=args.steps, batch_size=16, lr=3e-3, method_lr=3e-3, seed=args.seed)
+    DEMO_METHODS.update(VARIANTS)
+    with tempfile.TemporaryDirectory() as out:
+        for name in args.variants:
+            data = labelled if name in GOLD_ONLY else labelled + extra
+            scores, seconds = _train_one(replace(full, train=data), name, config, Path(out) / name, dev, 10, False)
+            answered = len(data) - len(labelled)
+            print(f"{name:>13}: dev ROUGE-L {scores['rouge_l']:.1f}, exact match {scores['exact_match']:.1f} "
+                  f"({len(labelled)} labelled + {answered} teacher-answered, {seconds:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
