@@ -295,6 +295,7 @@ def worker_time(kind, shape, dtype, reps, device, impls) -> dict:
 
 
 def spawn(*args) -> dict:
+    """Run one worker (``args``: threads, what, kind, ...) in a fresh process; its JSON line, or its error."""
     out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(args)], capture_output=True, text=True)
     if out.returncode:
         last = (out.stderr.strip().splitlines() or ["no output"])[-1]
@@ -319,15 +320,15 @@ def ratio(a, b) -> float:
     return a / b if b else math.nan
 
 
-def measure(kind, shape, dtype, reps, device) -> dict:
+def measure(kind, shape, dtype, reps, device, threads=None) -> dict:
     missing, peers = peers_for(kind)
     mine = ["kdviz+head"] if "liger" in peers else []  # what Liger's fused loss computes, from the same inputs
     impls = ["baseline", "kdviz", *mine, *peers]
-    mem = {impl: spawn("memory", kind, impl, shape, dtype, device) for impl in impls}
+    mem = {impl: spawn(threads, "memory", kind, impl, shape, dtype, device) for impl in impls}
     for impl in ("baseline", "kdviz"):
         if "error" in mem[impl]:
             raise RuntimeError(f"{impl} {kind} {shape}: {mem[impl]['error']}")
-    timed = spawn("time", kind, shape, dtype, reps, device, impls) if reps else {"times": {}, "failed": {}}
+    timed = spawn(threads, "time", kind, shape, dtype, reps, device, impls) if reps else {"times": {}, "failed": {}}
     if "error" in timed:
         raise RuntimeError(f"{kind} {shape}: {timed['error']}")
     times = {impl: timed["times"].get(impl, math.nan) for impl in impls}
@@ -352,7 +353,9 @@ def measure(kind, shape, dtype, reps, device) -> dict:
 
 
 def run_worker(spec: str) -> None:
-    what, kind, *rest = json.loads(spec)
+    threads, what, kind, *rest = json.loads(spec)
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     if what == "memory":
         impl, shape, dtype, device = rest
@@ -372,12 +375,16 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16"])
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions (0: memory only)")
     parser.add_argument("--no-fused", action="store_true", help="skip the fused LM-head comparison")
+    parser.add_argument("--fused-size", default="2048x1024x151936", help="tokens x d x V of the fused comparison")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads in every measurement (default: torch's)")
     args = parser.parse_args()
     if args.worker:
         return run_worker(args.worker)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     sizes = ["2x128x8000"] if args.quick else args.sizes
-    fused_shape = (256, 64, 8000) if args.quick else (2048, 1024, 151936)
+    fused_shape = (256, 64, 8000) if args.quick else tuple(int(x) for x in args.fused_size.split("x"))
     reps = 2 if args.quick else args.reps
     where = f"{torch.get_num_threads()} threads" if args.device == "cpu" else torch.cuda.get_device_name(args.device)
     print(f"torch {torch.__version__}, {where}; ratios are kdviz / baseline")
@@ -402,10 +409,10 @@ def main() -> None:
         for dtype in args.dtypes:
             for name in args.names:
                 reps_here = min(reps, 3) if shape[-1] > 100_000 else reps
-                report(name, size, dtype, measure(name, shape, dtype, reps_here, args.device))
+                report(name, size, dtype, measure(name, shape, dtype, reps_here, args.device, args.threads))
     if not args.no_fused:
         tokens, d, vocab = fused_shape
-        fused = measure("fused", list(fused_shape), "float32", min(reps, 3), args.device)
+        fused = measure("fused", list(fused_shape), "float32", min(reps, 3), args.device, args.threads)
         report("fused", f"{tokens}x{d}->{vocab}", "float32", fused)
     print(json.dumps(rows))
 
