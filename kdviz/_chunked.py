@@ -40,7 +40,8 @@ class ChunkBudget:
 # operation costs a synchronisation of the threads, which on a loaded machine takes longer than the arithmetic of
 # a few rows, so thousands of one-row chunks (V = 151936 at 512 KiB) are slow: hence a floor of rows. A GPU wants
 # few large chunks (each kernel filling the device, one launch per operation) at a bounded transient memory.
-# Measurements: benchmarks/bench_divergences.py.
+# Measurements: benchmarks/bench_divergences.py. The CPU's 512 KiB and floor of at most 32 rows keep the rows the
+# demo's vocabularies (V <= 4096) always had, 512 KiB // (4 V): its results stay bit-identical (pinned by a test).
 CHUNK_BUDGETS = {
     "cpu": ChunkBudget(bytes=512 * 2**10, min_rows=32, max_bytes=32 * 2**20),
     "cuda": ChunkBudget(bytes=128 * 2**20, min_rows=64, max_bytes=2**30),
@@ -56,11 +57,11 @@ def rows_per_chunk(
     ``"cuda"``.
 
     The chunks never change the formula, only how many rows each operation sees. At V <= 4096 on a CPU in
-    float32 (the demo's vocabularies) they are ``512 KiB // (4 V)`` rows, exactly as before this rule existed,
-    so results computed then stay bit-identical (pinned by a test).
+    float32 they are ``512 KiB // (4 V)`` rows, as before this rule existed.
     """
-    budget = CHUNK_BUDGETS["cpu" if torch.device(device).type == "cpu" else "cuda"]
-    least = cpu_bytes if cpu_bytes is not None and torch.device(device).type == "cpu" else budget.bytes
+    kind = "cpu" if torch.device(device).type == "cpu" else "cuda"
+    budget = CHUNK_BUDGETS[kind]
+    least = cpu_bytes if cpu_bytes is not None and kind == "cpu" else budget.bytes
     row_bytes = vocab * compute_dtype(dtype).itemsize
     return max(least // row_bytes, min(budget.min_rows, budget.max_bytes // row_bytes), 1)
 
