@@ -187,8 +187,9 @@ def peer_loss(peer, kind, inputs):
         return GKDTrainer.generalized_jsd_loss(s, t, labels, beta=TRL_BETA[kind])
     from torchtune.modules.loss import ForwardKLWithChunkedOutputLoss
 
-    chunks = ForwardKLWithChunkedOutputLoss().num_output_chunks
-    return ForwardKLWithChunkedOutputLoss()(list(s.chunk(chunks, dim=1)), list(t.chunk(chunks, dim=1)), labels)
+    loss = ForwardKLWithChunkedOutputLoss()  # its default of 8 chunks along the sequence
+    chunks = loss.num_output_chunks
+    return loss(list(s.chunk(chunks, dim=1)), list(t.chunk(chunks, dim=1)), labels)
 
 
 # ---------------------------------------------------------------------------------------------------
