@@ -41,7 +41,9 @@ test: $(STAMP) tokenizers
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The divergences against the straightforward PyTorch and the peers (TRL, torchtune, Liger: the bench extra).
 bench: $(STAMP)
+	$(BIN)/pip install -e ".[bench]"
 	$(BIN)/python benchmarks/bench_divergences.py
 
 clean:

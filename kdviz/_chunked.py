@@ -17,36 +17,53 @@ needs a gradient is sent to the plain path by :func:`kdviz.divergences.divergenc
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from kdviz._rows import check_values, compute_dtype, make_rows
 
-# float32 bytes of one [rows, V] intermediate. Small on purpose: on CPU the cost that dominates is not the
-# arithmetic but page faults on freshly mapped memory. Measured at 4 x 256 x 32000 (2 cores): FKL forward +
-# backward 0.19 s and no fault beyond the gradient's own at 512 KiB, 0.51 s and 220k extra minor faults at
-# 4 MiB; the full-tensor baseline faults 256k pages (1 GB) per call.
-CHUNK_BYTES = 512 * 2**10
-# glibc maps every block above its mmap threshold afresh (faulting each page on first touch) and returns
-# freed heap memory above its trim threshold to the kernel; both thresholds rise, once, when a mapped block
-# is freed (to its size, and twice its size; mallopt(3), "dynamic mmap threshold"). Allocating and freeing
-# one untouched block of this size moves them above a chunk's intermediates, so chunks reuse the same heap
-# memory instead of faulting it in again: js at 4 x 256 x 32000 went from 286k to 32k minor faults per call
-# (0.74 s to 0.21 s). Any process that frees a 16 MiB tensor does the same; other allocators ignore it.
-HEAP_THRESHOLD_BYTES = 16 * 2**20
+
+@dataclass(frozen=True)
+class ChunkBudget:
+    """Bytes of one ``[rows, V]`` intermediate in the compute dtype: at least ``bytes``, and at least ``min_rows``
+    rows unless that exceeds ``max_bytes``."""
+
+    bytes: int
+    min_rows: int
+    max_bytes: int
 
 
-@functools.cache
-def _raise_heap_thresholds() -> None:
-    """Free one untouched ``HEAP_THRESHOLD_BYTES`` block (once per process): see above."""
-    torch.empty(HEAP_THRESHOLD_BYTES, dtype=torch.uint8)
+# On a CPU small chunks are reused from the heap from one chunk to the next (the gradient is then the only memory
+# faulted in per call), while intermediates of tens of MiB are mapped and faulted afresh in every chunk; but each
+# operation costs a synchronisation of the threads, which on a loaded machine takes longer than the arithmetic of
+# a few rows, so thousands of one-row chunks (V = 151936 at 512 KiB) are slow: hence a floor of rows. A GPU wants
+# few large chunks (each kernel filling the device, one launch per operation) at a bounded transient memory.
+# Measurements: benchmarks/bench_divergences.py. The CPU's 512 KiB and floor of at most 32 rows keep the rows the
+# demo's vocabularies (V <= 4096) always had, 512 KiB // (4 V): its results stay bit-identical (pinned by a test).
+CHUNK_BUDGETS = {
+    "cpu": ChunkBudget(bytes=512 * 2**10, min_rows=32, max_bytes=32 * 2**20),
+    "cuda": ChunkBudget(bytes=128 * 2**20, min_rows=64, max_bytes=2**30),
+}
 
 
-def auto_chunk_rows(vocab: int) -> int:
-    """Rows per chunk so that one float32 ``[rows, V]`` intermediate is about ``CHUNK_BYTES``."""
-    return max(1, CHUNK_BYTES // (4 * vocab))
+def rows_per_chunk(
+    device: torch.device | str, vocab: int, dtype: torch.dtype = torch.float32, cpu_bytes: int | None = None
+) -> int:
+    """Rows per chunk of ``[rows, V]`` logits on ``device`` under its :data:`CHUNK_BUDGETS` entry, one
+    intermediate being ``V`` values of ``compute_dtype(dtype)`` per row. ``cpu_bytes`` replaces the CPU's
+    ``bytes`` for a computation that wants larger chunks there. Every device but the CPU is budgeted as
+    ``"cuda"``.
+
+    The chunks never change the formula, only how many rows each operation sees. At V <= 4096 on a CPU in
+    float32 they are ``512 KiB // (4 V)`` rows, as before this rule existed.
+    """
+    kind = "cpu" if torch.device(device).type == "cpu" else "cuda"
+    budget = CHUNK_BUDGETS[kind]
+    least = cpu_bytes if cpu_bytes is not None and kind == "cpu" else budget.bytes
+    row_bytes = vocab * compute_dtype(dtype).itemsize
+    return max(least // row_bytes, min(budget.min_rows, budget.max_bytes // row_bytes), 1)
 
 
 def chunk_value_and_grad(
@@ -180,9 +197,7 @@ def chunked(
     ``"mean"``/``"sum"``, the per-token tensor for ``"none"``. ``closed_form=False`` differentiates each
     chunk with autograd (formulas without a closed-form gradient).
     """
-    chunk_rows = chunk_rows or auto_chunk_rows(student.shape[-1])
-    if student.device.type == "cpu":
-        _raise_heap_thresholds()
+    chunk_rows = chunk_rows or rows_per_chunk(student.device, student.shape[-1], student.dtype)
     if not isinstance(chunk_rows, int) or isinstance(chunk_rows, bool) or chunk_rows < 1:
         raise ValueError(f"chunk_rows must be a positive number of token rows, got {chunk_rows}")
     count = int(mask.sum())
@@ -215,7 +230,7 @@ class _RowLogSumExp(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, index, tau):
         out = torch.empty(index.shape[0], dtype=compute_dtype(z.dtype), device=z.device)
-        step = auto_chunk_rows(z.shape[-1])
+        step = rows_per_chunk(z.device, z.shape[-1], z.dtype)
         for start in range(0, index.shape[0], step):
             rows = index[start : start + step]
             out[start : start + step] = torch.logsumexp(z[rows].to(out.dtype) / tau, -1)
@@ -227,7 +242,7 @@ class _RowLogSumExp(torch.autograd.Function):
     def backward(ctx, grad_out):
         z, index, lse = ctx.saved_tensors
         grad = torch.zeros_like(z)
-        step = auto_chunk_rows(z.shape[-1])
+        step = rows_per_chunk(z.device, z.shape[-1], z.dtype)
         for start in range(0, index.shape[0], step):
             rows, chunk = index[start : start + step], slice(start, start + step)
             p = torch.exp(z[rows].to(lse.dtype) / ctx.tau - lse[chunk, None])
@@ -237,8 +252,6 @@ class _RowLogSumExp(torch.autograd.Function):
 
 def row_logsumexp(z: torch.Tensor, index: torch.Tensor, tau: float) -> torch.Tensor:
     """``[N]``: ``LSE_r = log sum_j exp(z[index_r, j] / tau)``, differentiable with respect to ``z``."""
-    if z.device.type == "cpu":
-        _raise_heap_thresholds()
     return _RowLogSumExp.apply(z, index, tau)
 
 
@@ -256,7 +269,7 @@ def column_mass(
     -1 for a row that counts nowhere). No gradient: it only ranks columns."""
     sums = torch.zeros(groups + 1, z.shape[-1], dtype=lse.dtype, device=z.device)
     slot = torch.where(group < 0, groups, group)
-    step = auto_chunk_rows(z.shape[-1])
+    step = rows_per_chunk(z.device, z.shape[-1], z.dtype)
     for start in range(0, index.shape[0], step):
         chunk = slice(start, start + step)
         p = torch.exp(z[index[chunk]].to(lse.dtype) / tau - lse[chunk, None])
@@ -275,7 +288,7 @@ class _RowCrossEntropy(torch.autograd.Function):
         out = torch.empty(index.shape[0], dtype=compute_dtype(z.dtype), device=z.device)
         lse = torch.empty_like(out)
         ctx.grad = torch.zeros_like(z) if ctx.needs_input_grad[0] else None
-        step = auto_chunk_rows(z.shape[-1])
+        step = rows_per_chunk(z.device, z.shape[-1], z.dtype)
         for start in range(0, index.shape[0], step):
             chunk = slice(start, start + step)
             rows = z[index[chunk]].to(out.dtype)
@@ -295,7 +308,7 @@ class _RowCrossEntropy(torch.autograd.Function):
         grad, ctx.grad = ctx.grad, None
         if grad is None or torch.is_grad_enabled():  # a second backward, or create_graph=True: recompute
             grad = torch.zeros_like(z)
-            step = auto_chunk_rows(z.shape[-1])
+            step = rows_per_chunk(z.device, z.shape[-1], z.dtype)
             for start in range(0, index.shape[0], step):
                 chunk = slice(start, start + step)
                 p = torch.softmax(z[index[chunk]].to(lse.dtype), -1)  # differentiable: exact second derivatives
@@ -315,6 +328,4 @@ def _minus_onehot(p: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def row_cross_entropy(z: torch.Tensor, index: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """``[N]``: ``CE_r = LSE(z[index_r]) - z[index_r, targets_r]``, in chunks of rows; its gradient
     ``softmax - onehot`` is recomputed chunk by chunk into one buffer the size of ``z``."""
-    if z.device.type == "cpu":
-        _raise_heap_thresholds()
     return _RowCrossEntropy.apply(z, index, targets)

@@ -344,7 +344,7 @@ def divergence(
     module docstring.
 
     ``engine="chunked"`` (default, :mod:`kdviz._chunked`) walks the tokens in chunks of ``chunk_rows``
-    rows (chosen from V when None) and keeps only the gradient and one chunk in memory; it treats the
+    rows (chosen from V and the device when None) and keeps only the gradient and one chunk in memory; it treats the
     teacher as a constant, so a teacher that requires a gradient is routed to ``engine="plain"``, the
     straightforward autograd reference. The chunked engine's backward can run once (no
     ``retain_graph``) and is first order: ``create_graph=True`` through it raises (use the plain engine

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import torch
 
-from kdviz._chunked import chunk_value_and_grad, first_order_only
+from kdviz._chunked import chunk_value_and_grad, first_order_only, rows_per_chunk
 from kdviz._rows import check_options, check_support, compute_dtype, real_number
 from kdviz.divergences import lookup
 
-FUSED_CHUNK_BYTES = 32 * 2**20  # float32 bytes of one [rows, V] chunk: large enough to amortise the head read
+# CPU bytes of one [rows, V] chunk of logits: large enough to amortise reading the whole head once per chunk
+FUSED_CPU_CHUNK_BYTES = 32 * 2**20
 
 
 def _project(hidden: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -180,7 +181,8 @@ def fused_divergence(
         "scale": 1.0 if reduction == "sum" else 1.0 / float(count),
         "ce_weight": float(ce_weight),
         "kd_weight": float(kd_weight),
-        "chunk_rows": chunk_rows or max(1, FUSED_CHUNK_BYTES // (4 * vocab)),
+        "chunk_rows": chunk_rows
+        or rows_per_chunk(student_hidden.device, vocab, student_hidden.dtype, cpu_bytes=FUSED_CPU_CHUNK_BYTES),
         "stats": {} if stats is None else stats,
         "support": support,
         "need_grad": (grad_on and student_hidden.requires_grad, grad_on and student_head_weight.requires_grad),

@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from kdviz._chunked import auto_chunk_rows
+from kdviz._chunked import rows_per_chunk
 from kdviz._rows import Rows, check_pair, gather_rows, make_rows, scatter_rows
 
 FALLBACK_EPS = 1e-12  # g_head + g_tail below this: student equals teacher, weights are 0.5 / 0.5
@@ -233,7 +233,7 @@ def head_tail(
     v = student_logits.shape[-1]
     flat_s, flat_t = student_logits.detach().reshape(-1, v), teacher_logits.detach().reshape(-1, v)
     index = mask.reshape(-1).nonzero().squeeze(-1)
-    step = auto_chunk_rows(v)
+    step = rows_per_chunk(student_logits.device, v, student_logits.dtype)
     parts = []
     with torch.no_grad():
         for start in range(0, max(len(index), 1), step):  # one chunk of rows at a time, like the divergences

@@ -9,7 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kdviz._chunked import auto_chunk_rows
+from kdviz import _chunked
+from kdviz._chunked import rows_per_chunk
 from kdviz.divergences import divergence
 from tests.test_divergences import CASE_IDS, CASES, NAMES, logit_pairs
 
@@ -131,8 +132,42 @@ def test_no_grad_and_stats():
     assert loss.grad_fn is None and stats["tokens"] == 12 and int(stats["akl_fallbacks"]) == 0
 
 
+def test_rows_per_chunk_keeps_the_demo_rows_on_a_cpu():
+    # Pinned: at the demo's vocabularies (V <= 4096, float32 on a CPU) the rows per chunk are 512 KiB // (4 V), as
+    # they have always been, so the demo's losses and gradients stay bit-identical; ULD's sorts keep 4 MiB // (4 V).
+    assert [rows_per_chunk("cpu", v, torch.float32) for v in (1000, 2048, 4096)] == [131, 64, 32]
+    assert [rows_per_chunk("cpu", v, torch.float32, 4 * 2**20) for v in (1000, 2048, 4096)] == [1048, 512, 256]
+    assert rows_per_chunk(torch.device("cpu"), 1000, torch.bfloat16) == 131  # bf16 rows are computed in float32
+    assert rows_per_chunk("cpu", 1000, torch.float64) == 65  # float64 ones take twice the bytes
+
+
+def test_rows_per_chunk_has_a_floor_and_a_cap_on_a_cpu_and_a_large_budget_on_a_gpu():
+    assert rows_per_chunk("cpu", 32000) == rows_per_chunk("cpu", 151936) == 32  # not 4 and 1 rows
+    assert rows_per_chunk("cpu", 2**20) == 8  # 32 MiB at most for the floor
+    assert rows_per_chunk("cpu", 10**9) == 1
+    assert rows_per_chunk("cpu", 151936, torch.float32, cpu_bytes=32 * 2**20) == 55  # a larger budget on a CPU
+    # a CUDA device object needs no GPU: the rule only reads its type
+    for device in (torch.device("cuda"), torch.device("cuda", 1), "cuda:0"):
+        assert rows_per_chunk(device, 151936, torch.bfloat16) == 128 * 2**20 // (4 * 151936) == 220
+    assert rows_per_chunk("cuda", 32000, torch.float32, cpu_bytes=4 * 2**20) == 1048  # cpu_bytes is for CPUs only
+    assert rows_per_chunk("cuda", 2**22) == 64 and rows_per_chunk("cuda", 2**30) == 1
+    assert rows_per_chunk("mps", 151936) == 220  # other accelerators are budgeted as a GPU
+
+
+def test_a_large_vocabulary_is_walked_in_chunks_of_several_rows(monkeypatch):
+    seen, real = [], _chunked.chunk_value_and_grad
+
+    def counted(formula, student, *args, **kwargs):
+        seen.append(len(student))
+        return real(formula, student, *args, **kwargs)
+
+    monkeypatch.setattr(_chunked, "chunk_value_and_grad", counted)
+    s = torch.randn(3, 32, 151936, requires_grad=True)
+    divergence("fkl", s, torch.randn(3, 32, 151936)).backward()
+    assert seen == [32] * 3
+
+
 def test_chunk_size_and_engine_errors():
-    assert auto_chunk_rows(32000) == 4 and auto_chunk_rows(151936) == 1 and auto_chunk_rows(10**8) == 1
     s, t = torch.randn(2, 5), torch.randn(2, 5)
     with pytest.raises(ValueError, match="engine must be one of"):
         divergence("fkl", s, t, engine="fast")

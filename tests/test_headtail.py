@@ -132,7 +132,7 @@ def test_one_topk_per_chunk_and_the_same_heads_in_any_chunking(monkeypatch):
     topk = torch.Tensor.topk
     monkeypatch.setattr(torch.Tensor, "topk", lambda self, *a, **k: calls.append(1) or topk(self, *a, **k))
     for rows in (1, 5, 18):
-        monkeypatch.setattr(headtail, "auto_chunk_rows", lambda v, rows=rows: rows)
+        monkeypatch.setattr(headtail, "rows_per_chunk", lambda *_, rows=rows: rows)
         calls.clear()
         ht = kdviz.head_tail(s, t, mu=0.5)
         np.testing.assert_array_equal(ht.head_size.reshape(-1).numpy(), want)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kdviz._chunked import first_order_only
+from kdviz._chunked import first_order_only, rows_per_chunk
 from kdviz._rows import compute_dtype
 from kdviz.align.positions import index_pairs, overlap_pairs
 from kdviz.methods._common import alignment_terms, attach_models, check_weights, cross_entropy, masked_mean, run_models
@@ -112,7 +112,7 @@ def sorted_w1(
             raise ValueError(f"{name} contains {kind} (first at index {first}); logits must be finite or -inf")
     if len(student_logits) == 0:
         return student_logits.new_zeros(0, dtype=torch.float32) + 0 * student_logits.sum()
-    chunk = chunk_rows or max(1, SORT_CHUNK_BYTES // (4 * max(v_s, v_t)))
+    chunk = chunk_rows or rows_per_chunk(student_logits.device, max(v_s, v_t), student_logits.dtype, SORT_CHUNK_BYTES)
     return _SortedW1.apply(student_logits, teacher_logits.detach(), tau, top_k, chunk)
 
 
