@@ -43,7 +43,7 @@ test: $(STAMP) tokenizers
 
 # The divergences against the straightforward PyTorch and the peers (TRL, torchtune, Liger: the bench extra).
 bench: $(STAMP)
-	$(BIN)/pip install -e ".[bench]"
+	$(BIN)/pip install -e ".[bench]" "$(TORCH)"  # the pin keeps the CPU build
 	$(BIN)/python benchmarks/bench_divergences.py
 
 clean:
