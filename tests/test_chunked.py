@@ -142,8 +142,8 @@ def test_rows_per_chunk_keeps_the_demo_rows_on_a_cpu():
 
 
 def test_rows_per_chunk_has_a_floor_and_a_cap_on_a_cpu_and_a_large_budget_on_a_gpu():
-    assert rows_per_chunk("cpu", 32000) == rows_per_chunk("cpu", 151936) == 32  # not 4 and 1 rows
-    assert rows_per_chunk("cpu", 2**20) == 8  # 32 MiB at most for the floor
+    assert rows_per_chunk("cpu", 32000) == 32  # not 4 rows
+    assert rows_per_chunk("cpu", 151936) == 6 and rows_per_chunk("cpu", 262208) == 3  # 4 MiB at most for the floor
     assert rows_per_chunk("cpu", 10**9) == 1
     assert rows_per_chunk("cpu", 151936, torch.float32, cpu_bytes=32 * 2**20) == 55  # a larger budget on a CPU
     # a CUDA device object needs no GPU: the rule only reads its type
@@ -164,7 +164,7 @@ def test_a_large_vocabulary_is_walked_in_chunks_of_several_rows(monkeypatch):
     monkeypatch.setattr(_chunked, "chunk_value_and_grad", counted)
     s = torch.randn(3, 32, 151936, requires_grad=True)
     divergence("fkl", s, torch.randn(3, 32, 151936)).backward()
-    assert seen == [32] * 3
+    assert seen == [6] * 16
 
 
 def test_chunk_size_and_engine_errors():
