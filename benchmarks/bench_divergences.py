@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 import kdviz
 from kdviz.methods import IGNORE
-from kdviz.methods._common import cross_entropy
+from kdviz.ops import cross_entropy
 
 # ---------------------------------------------------------------------------------------------------
 # The baseline: full-tensor log_softmax / softmax, elementwise products, autograd; mean over tokens.

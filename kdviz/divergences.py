@@ -1,6 +1,6 @@
 """Same-vocabulary token divergences and their registry (docs/methods.md#same-vocabulary-divergences).
 
-Every divergence is a short formula on :class:`~kdviz._rows.Rows` (teacher ``logp``, student ``logq``,
+Every divergence is a short formula on :class:`~kdviz.ops.Rows` (teacher ``logp``, student ``logq``,
 log-softmax at temperature ``tau`` over the shared support) returning one value per token. The public
 function of each, ``fkl(student_logits, teacher_logits, mask=None, *, tau=1.0, reduction="mean", ...)``,
 adds the conventions shared by all:
@@ -32,20 +32,20 @@ from collections.abc import Callable
 
 import torch
 
-from kdviz._chunked import chunked
-from kdviz._rows import (
+from kdviz.headtail import check_mu, head_weights
+from kdviz.ops import (
     Rows,
     check_options,
     check_pair,
     check_support,
     check_values,
+    chunked,
     gather_rows,
     make_rows,
     real_number,
     reduce,
     scatter_rows,
 )
-from kdviz.headtail import check_mu, head_weights
 
 Formula = Callable[..., "Out"]
 Out = tuple[torch.Tensor, "torch.Tensor | None"]
@@ -343,7 +343,7 @@ def divergence(
     or ``"shared"`` (both sides renormalised over the entries finite on both); the conventions are in the
     module docstring.
 
-    ``engine="chunked"`` (default, :mod:`kdviz._chunked`) walks the tokens in chunks of ``chunk_rows``
+    ``engine="chunked"`` (default, :mod:`kdviz.ops.engine`) walks the tokens in chunks of ``chunk_rows``
     rows (chosen from V and the device when None) and keeps only the gradient and one chunk in memory; it treats the
     teacher as a constant, so a teacher that requires a gradient is routed to ``engine="plain"``, the
     straightforward autograd reference. The chunked engine's backward can run once (no

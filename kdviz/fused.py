@@ -3,8 +3,9 @@
 ``fused_divergence`` takes the student's last hidden states and LM-head weight instead of its logits.
 The valid tokens are walked in chunks: each chunk is projected to logits, the divergence and the
 cross-entropy on the labels are evaluated with their gradients with respect to those logits (the
-engine of :mod:`kdviz._chunked`), and the gradients are pushed at once into the hidden states and the
-head weight. No ``[tokens, V]`` tensor ever exists beyond one chunk.
+engine of :mod:`kdviz.ops.engine`, the cross-entropy of :mod:`kdviz.ops.reductions`), and the gradients
+are pushed at once into the hidden states and the head weight. No ``[tokens, V]`` tensor ever exists
+beyond one chunk.
 
 Total: ``ce_weight * CE + kd_weight * KD``, both token means over the same valid tokens (or sums), with
 ``CE = logsumexp(z) - z[label]`` at temperature 1 and ``KD`` the divergence at ``tau``.
@@ -14,9 +15,18 @@ from __future__ import annotations
 
 import torch
 
-from kdviz._chunked import chunk_value_and_grad, first_order_only, rows_per_chunk
-from kdviz._rows import check_options, check_support, compute_dtype, real_number
 from kdviz.divergences import lookup
+from kdviz.ops import (
+    IGNORE,
+    check_options,
+    check_support,
+    chunk_cross_entropy,
+    chunk_value_and_grad,
+    compute_dtype,
+    first_order_only,
+    real_number,
+    rows_per_chunk,
+)
 
 # CPU bytes of one [rows, V] chunk of logits: large enough to amortise reading the whole head once per chunk
 FUSED_CPU_CHUNK_BYTES = 32 * 2**20
@@ -47,14 +57,10 @@ class _FusedLoss(torch.autograd.Function):
                 positions[start : start + rows_per_chunk], grad_mode if (need_h or need_w) else None,
                 support=cfg["support"],
             )
-            y = labels[rows]
-            log_z = torch.log_softmax(z, -1)
-            ce = -log_z.gather(-1, y[:, None]).squeeze(-1)
+            ce, _, dz = chunk_cross_entropy(z, labels[rows], need_h or need_w)
             kd_total += kd.sum()
             ce_total += ce.sum()
-            if need_h or need_w:
-                dz = log_z.exp_()  # dCE/dz = softmax(z) - onehot(y), built in place of log_z
-                dz[torch.arange(y.shape[0], device=y.device), y] -= 1.0
+            if dz is not None:  # dCE/dz = softmax(z) - onehot(label), then the KD gradient added in place
                 dz.mul_(cfg["ce_weight"]).add_(dz_kd, alpha=cfg["kd_weight"] * cfg["factor"]).mul_(cfg["scale"])
                 if need_h:
                     grad_h[rows] = (dz.to(weight.dtype) @ weight).to(grad_h.dtype)
@@ -165,7 +171,7 @@ def fused_divergence(
             return _project(t_hidden[rows], t_weight, compute_dtype(t_hidden.dtype))
     else:
         raise ValueError("a teacher is needed: teacher_logits, or teacher_hidden with teacher_head_weight")
-    mask = labels != -100
+    mask = labels != IGNORE
     valid_labels = labels[mask]
     if valid_labels.numel() and (valid_labels.min() < 0 or valid_labels.max() >= vocab):
         raise ValueError(f"labels must be -100 or token ids in [0, {vocab}), got values outside that range")

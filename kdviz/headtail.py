@@ -17,8 +17,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from kdviz._chunked import rows_per_chunk
-from kdviz._rows import Rows, check_pair, gather_rows, make_rows, scatter_rows
+from kdviz.ops import Rows, check_pair, gather_rows, make_rows, rows_per_chunk, scatter_rows
 
 FALLBACK_EPS = 1e-12  # g_head + g_tail below this: student equals teacher, weights are 0.5 / 0.5
 _BUCKETS = 64  # probability buckets of a factor 2 each, below the row's maximum

@@ -9,9 +9,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kdviz import _chunked
-from kdviz._chunked import rows_per_chunk
 from kdviz.divergences import divergence
+from kdviz.ops import engine as chunk_engine
+from kdviz.ops import rows_per_chunk
 from tests.test_divergences import CASE_IDS, CASES, NAMES, logit_pairs
 
 
@@ -155,13 +155,13 @@ def test_rows_per_chunk_has_a_floor_and_a_cap_on_a_cpu_and_a_large_budget_on_a_g
 
 
 def test_a_large_vocabulary_is_walked_in_chunks_of_several_rows(monkeypatch):
-    seen, real = [], _chunked.chunk_value_and_grad
+    seen, real = [], chunk_engine.chunk_value_and_grad
 
     def counted(formula, student, *args, **kwargs):
         seen.append(len(student))
         return real(formula, student, *args, **kwargs)
 
-    monkeypatch.setattr(_chunked, "chunk_value_and_grad", counted)
+    monkeypatch.setattr(chunk_engine, "chunk_value_and_grad", counted)
     s = torch.randn(3, 32, 151936, requires_grad=True)
     divergence("fkl", s, torch.randn(3, 32, 151936)).backward()
     assert seen == [6] * 16

@@ -1,4 +1,4 @@
-"""The chunked row functions of kdviz._chunked (softmax values at a few columns, cross-entropy) against
+"""The chunked row functions of kdviz.ops.reductions (softmax values at a few columns, cross-entropy) against
 whole-row float64 autograd."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kdviz import _chunked as sc
-from kdviz.methods._common import cross_entropy
+from kdviz.ops import cross_entropy
+from kdviz.ops import reductions as sc
 
 
 def rows_and_index(seed: int, r: int, v: int, n: int, dtype=torch.float64, pad: int = 0):
@@ -85,7 +85,7 @@ def test_column_mass_sums_each_group(groups):
     assert not found.requires_grad
 
 
-# -- cross-entropy (kdviz.methods._common.cross_entropy on kdviz._chunked.row_cross_entropy) ---------------
+# -- cross-entropy (kdviz.ops.cross_entropy on kdviz.ops.row_cross_entropy) ---------------
 
 
 def whole_row_ce(z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

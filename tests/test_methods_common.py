@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdviz.methods._common import cross_entropy
+from kdviz.ops import cross_entropy
 
 
 def logits_and_targets(seed=0, dtype=torch.float64):

@@ -11,11 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdviz._chunked import row_cross_entropy
-from kdviz._rows import check_tau, real_number
 from kdviz.align.scores import alignment_scores
 from kdviz.divergences import DIVERGENCES
-from kdviz.methods.base import IGNORE, KDBatch
+from kdviz.methods.base import KDBatch
+from kdviz.ops import check_tau, real_number
 
 
 def attach_models(module: nn.Module, student: nn.Module | None, teacher: nn.Module | None) -> None:
@@ -154,47 +153,6 @@ def embed(model: nn.Module, ids: torch.Tensor, role: str) -> torch.Tensor:
 def project(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """Apply a projector in its own dtype, return float32."""
     return linear(x.to(linear.weight.dtype)).float()
-
-
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token-mean CE over ``targets != -100`` in float32 (float64 stays float64; 0 with zero gradients when
-    nothing is valid), in chunks of rows (:func:`kdviz._chunked.row_cross_entropy`): the only ``[B, T, V]``
-    tensor it adds is the gradient.
-
-    Returns ``(mean, per_token)`` with ``per_token`` ``[B, T]`` (0 where not valid).
-    """
-    vocab = logits.shape[-1]
-    flat_targets = targets.flatten()
-    index = (flat_targets != IGNORE).nonzero().squeeze(1)
-    picked = flat_targets[index]
-    if len(picked) and not (0 <= int(picked.min()) and int(picked.max()) < vocab):
-        raise ValueError(
-            f"targets must be -100 or a token id in [0, {vocab}) (the logits' vocabulary), "
-            f"got ids from {int(picked.min())} to {int(picked.max())}"
-        )
-    flat = logits.reshape(-1, vocab)
-    per_valid = row_cross_entropy(flat, index, picked)
-    if not bool(torch.isfinite(per_valid.detach()).all()):
-        _raise_bad_logits(flat, index, picked, targets.shape)
-    per_token = per_valid.new_zeros(flat_targets.shape).index_copy(0, index, per_valid).view(targets.shape)
-    return per_valid.sum() / max(len(index), 1), per_token
-
-
-def _raise_bad_logits(flat: torch.Tensor, index: torch.Tensor, picked: torch.Tensor, shape: torch.Size) -> None:
-    """A non-finite cross-entropy: name the first position and why (NaN, +inf, or a -inf at the target)."""
-    rows = flat[index].detach()
-    bad_rows = torch.isnan(rows) | (rows == float("inf"))
-    target_neg_inf = torch.isneginf(rows.gather(-1, picked[:, None]).squeeze(-1))
-    first = int((bad_rows.any(-1) | target_neg_inf).nonzero()[0])
-    position = tuple(int(i) for i in torch.unravel_index(index[first], shape))
-    if bool(bad_rows[first].any()):
-        col = int(bad_rows[first].nonzero()[0])
-        kind = "NaN" if torch.isnan(rows[first, col]) else "+inf"
-        raise ValueError(f"logits contain {kind} at index {(*position, col)}; logits must be finite or -inf")
-    raise ValueError(
-        f"logits are -inf at the target id {int(picked[first])} of position {position}: the cross-entropy of an "
-        "impossible label is infinite; mask that position (target -100) or keep the label's logit finite"
-    )
 
 
 def alignment_terms(weights: torch.Tensor, reference: torch.Tensor, row_mask: torch.Tensor) -> dict[str, torch.Tensor]:

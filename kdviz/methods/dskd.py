@@ -30,7 +30,6 @@ from kdviz.methods._common import (
     check_devices,
     check_divergence,
     check_weights,
-    cross_entropy,
     frozen_head_logits,
     head_dim,
     masked_mean,
@@ -39,6 +38,7 @@ from kdviz.methods._common import (
     run_models,
 )
 from kdviz.methods.base import IGNORE, KDBatch, KDOutput
+from kdviz.ops import cross_entropy
 
 S2T_NORMALISERS = ("teacher", "student")
 

@@ -33,7 +33,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdviz._rows import check_finite
 from kdviz.align.dtw import MARKERS, align_tokens, edit_costs
 from kdviz.align.tokens import vocab_bytes
 from kdviz.align.vocab_map import UNRESOLVED, VocabMap
@@ -44,11 +43,11 @@ from kdviz.methods._common import (
     attach_models,
     check_ids,
     check_weights,
-    cross_entropy,
     masked_mean,
     run_models,
 )
 from kdviz.methods.base import KDBatch, KDOutput
+from kdviz.ops import check_finite, cross_entropy
 
 MODES = ("paper", "reference")
 REFERENCE_GOLD_LOGIT = 100.0

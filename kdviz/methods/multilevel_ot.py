@@ -55,18 +55,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kdviz._chunked import column_mass, log_softmax_at, row_logsumexp
 from kdviz.align.positions import index_pairs
 from kdviz.align.transport import sinkhorn_plans
 from kdviz.methods._common import (
     alignment_terms,
     attach_models,
     check_weights,
-    cross_entropy,
     masked_mean,
     run_models,
 )
 from kdviz.methods.base import KDBatch, KDOutput
+from kdviz.ops import column_mass, cross_entropy, log_softmax_at, row_logsumexp
 
 MODES = ("paper", "reference")
 REFERENCE_STD_EPS = 1e-4

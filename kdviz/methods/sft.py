@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from kdviz.methods._common import attach_models, check_devices, cross_entropy, masked_mean
+from kdviz.methods._common import attach_models, check_devices, masked_mean
 from kdviz.methods.base import KDBatch, KDOutput
-from kdviz.ops import IGNORE
+from kdviz.ops import IGNORE, cross_entropy
 
 
 class SFT(nn.Module):

@@ -17,12 +17,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kdviz._chunked import first_order_only, rows_per_chunk
-from kdviz._rows import compute_dtype
 from kdviz.align.positions import index_pairs, overlap_pairs
-from kdviz.methods._common import alignment_terms, attach_models, check_weights, cross_entropy, masked_mean, run_models
+from kdviz.methods._common import alignment_terms, attach_models, check_weights, masked_mean, run_models
 from kdviz.methods.base import KDBatch, KDOutput
-from kdviz.ops import shift_left
+from kdviz.ops import compute_dtype, cross_entropy, first_order_only, rows_per_chunk, shift_left
 
 POSITIONS = ("index", "shift", "offsets")
 KD_NORMALISERS = ("paired", "student")

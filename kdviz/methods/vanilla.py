@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from kdviz.divergences import divergence
-from kdviz.methods._common import attach_models, check_divergence, check_weights, cross_entropy, masked_mean, run_models
+from kdviz.methods._common import attach_models, check_divergence, check_weights, masked_mean, run_models
 from kdviz.methods.base import KDBatch, KDOutput
-from kdviz.ops import IGNORE
+from kdviz.ops import IGNORE, cross_entropy
 
 
 class VanillaKD(nn.Module):

@@ -1,5 +1,4 @@
 """The memory-lean engine the divergences run on: chunks of token rows, gradient computed in the forward.
-(Also, at the end: softmax values at a few ranked columns of long rows, for MultiLevelOT.)
 
 A naive divergence keeps several ``[tokens, V]`` float32 tensors alive for the backward (two
 log-softmaxes, probabilities, products, their gradients). Here the valid tokens are walked in chunks of
@@ -13,60 +12,20 @@ The gradient of a chunk comes from the formula's closed form with respect to ``u
 one (``dL/dz = dL/du / tau``); otherwise from autograd
 on that chunk alone. Masked rows are never read. The teacher is treated as a constant: a teacher that
 needs a gradient is sent to the plain path by :func:`kdviz.divergences.divergence`.
+
+A formula that returns ``None`` as its gradient has no closed form: from that chunk on, the engine
+differentiates each chunk with autograd (:func:`chunk_value_and_grad`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
-from kdviz._rows import check_values, compute_dtype, make_rows
-
-
-@dataclass(frozen=True)
-class ChunkBudget:
-    """Bytes of one ``[rows, V]`` intermediate in the compute dtype: at least ``bytes``, and at least ``min_rows``
-    rows unless that exceeds ``max_bytes``."""
-
-    bytes: int
-    min_rows: int
-    max_bytes: int
-
-
-# On a CPU small chunks are reused from the heap from one chunk to the next (the gradient is then the only memory
-# faulted in per call), while intermediates of tens of MiB are mapped and faulted afresh in every chunk; but each
-# operation costs a synchronisation of the threads, which on a loaded machine takes longer than the arithmetic of
-# a few rows, so thousands of one-row chunks (V = 151936 at 512 KiB) are slow: hence a floor of rows. A GPU wants
-# few large chunks (each kernel filling the device, one launch per operation) at a bounded transient memory.
-# The floor stops at 4 MiB: at V = 151936 (1 thread, 512 rows) FKL forward + backward took 2.38 s in chunks of 32
-# rows (19 MiB) and 0.94 s in chunks of 6 (4 MiB), 1.60 s and 0.54 s at 2 threads; head_tail at V = 262208, 192
-# rows, 7.6 s at 32 rows and 2.6 s at 4 (it gets 3). Measurements: benchmarks/bench_divergences.py. The CPU's
-# 512 KiB and floor of at most 32 rows keep the rows the demo's vocabularies (V <= 4096) always had,
-# 512 KiB // (4 V): its results stay bit-identical (pinned by a test).
-CHUNK_BUDGETS = {
-    "cpu": ChunkBudget(bytes=512 * 2**10, min_rows=32, max_bytes=4 * 2**20),
-    "cuda": ChunkBudget(bytes=128 * 2**20, min_rows=64, max_bytes=2**30),
-}
-
-
-def rows_per_chunk(
-    device: torch.device | str, vocab: int, dtype: torch.dtype = torch.float32, cpu_bytes: int | None = None
-) -> int:
-    """Rows per chunk of ``[rows, V]`` logits on ``device`` under its :data:`CHUNK_BUDGETS` entry, one
-    intermediate being ``V`` values of ``compute_dtype(dtype)`` per row. ``cpu_bytes`` replaces the CPU's
-    ``bytes`` for a computation that wants larger chunks there. Every device but the CPU is budgeted as
-    ``"cuda"``.
-
-    The chunks never change the formula, only how many rows each operation sees. At V <= 4096 on a CPU in
-    float32 they are ``512 KiB // (4 V)`` rows, as before this rule existed.
-    """
-    kind = "cpu" if torch.device(device).type == "cpu" else "cuda"
-    budget = CHUNK_BUDGETS[kind]
-    least = cpu_bytes if cpu_bytes is not None and kind == "cpu" else budget.bytes
-    row_bytes = vocab * compute_dtype(dtype).itemsize
-    return max(least // row_bytes, min(budget.min_rows, budget.max_bytes // row_bytes), 1)
+from kdviz.ops.budget import compute_dtype, rows_per_chunk
+from kdviz.ops.checks import check_values
+from kdviz.ops.rows import make_rows
 
 
 def chunk_value_and_grad(
@@ -218,117 +177,3 @@ def chunked(
         student, teacher.detach(), mask, formula, params, tau, factor, scale, chunk_rows, stats, grad_mode, support
     )
 
-
-# -- Softmax values at a few columns -----------------------------------------------------------------
-# Losses that truncate to ranked columns (MultiLevelOT keeps k = 50 of V) need, per row r of logits z_r [V]
-# at temperature tau, log p_r(i) = z_ri / tau - LSE_r at k columns only, plus the column sums sum_r p_r(j)
-# over a group of rows (a sequence) for the ranking. Whole-row log_softmax keeps [rows, V] float32 tensors
-# alive for the backward at each temperature; here LSE_r is computed chunk by chunk of rows and
-# differentiated in closed form, d LSE_r / d z_r = p_r / tau, recomputed chunk by chunk in the backward; the
-# picked columns are plain indexing. Rows are named by ``index`` [N] into ``z`` [R, V] (a flattened
-# [B, T, V] logits tensor: no copy) and may repeat.
-
-
-class _RowLogSumExp(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, z, index, tau):
-        out = torch.empty(index.shape[0], dtype=compute_dtype(z.dtype), device=z.device)
-        step = rows_per_chunk(z.device, z.shape[-1], z.dtype)
-        for start in range(0, index.shape[0], step):
-            rows = index[start : start + step]
-            out[start : start + step] = torch.logsumexp(z[rows].to(out.dtype) / tau, -1)
-        ctx.save_for_backward(z, index, out)
-        ctx.tau = tau
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        z, index, lse = ctx.saved_tensors
-        grad = torch.zeros_like(z)
-        step = rows_per_chunk(z.device, z.shape[-1], z.dtype)
-        for start in range(0, index.shape[0], step):
-            rows, chunk = index[start : start + step], slice(start, start + step)
-            p = torch.exp(z[rows].to(lse.dtype) / ctx.tau - lse[chunk, None])
-            grad.index_add_(0, rows, (p * (grad_out[chunk, None] / ctx.tau)).to(grad.dtype))
-        return grad, None, None
-
-
-def row_logsumexp(z: torch.Tensor, index: torch.Tensor, tau: float) -> torch.Tensor:
-    """``[N]``: ``LSE_r = log sum_j exp(z[index_r, j] / tau)``, differentiable with respect to ``z``."""
-    return _RowLogSumExp.apply(z, index, tau)
-
-
-def log_softmax_at(z: torch.Tensor, index: torch.Tensor, lse: torch.Tensor, columns: torch.Tensor, tau: float):
-    """``[N, k]``: ``log p_r(i) = z[index_r, i] / tau - LSE_r`` at ``columns`` ``[N, k]``."""
-    picked = z[index[:, None], columns].to(lse.dtype)
-    return picked / tau - lse[:, None]
-
-
-@torch.no_grad()
-def column_mass(
-    z: torch.Tensor, index: torch.Tensor, lse: torch.Tensor, tau: float, group: torch.Tensor, groups: int
-) -> torch.Tensor:
-    """``[groups, V]``: ``sum_r p_r(j)`` over the rows of each group (``group`` ``[N]``: a row's group, or
-    -1 for a row that counts nowhere). No gradient: it only ranks columns."""
-    sums = torch.zeros(groups + 1, z.shape[-1], dtype=lse.dtype, device=z.device)
-    slot = torch.where(group < 0, groups, group)
-    step = rows_per_chunk(z.device, z.shape[-1], z.dtype)
-    for start in range(0, index.shape[0], step):
-        chunk = slice(start, start + step)
-        p = torch.exp(z[index[chunk]].to(lse.dtype) / tau - lse[chunk, None])
-        sums.index_add_(0, slot[chunk], p)
-    return sums[:groups]
-
-
-class _RowCrossEntropy(torch.autograd.Function):
-    """Forward: per-row CE and, when ``z`` needs a gradient, ``softmax - onehot`` written into one buffer
-    from the same ``exp`` pass. Backward: that buffer scaled row by row in place, handed over once; a
-    second backward (``retain_graph``) or one with ``create_graph=True`` recomputes it from ``z`` with
-    differentiable operations."""
-
-    @staticmethod
-    def forward(ctx, z, index, targets):
-        out = torch.empty(index.shape[0], dtype=compute_dtype(z.dtype), device=z.device)
-        lse = torch.empty_like(out)
-        ctx.grad = torch.zeros_like(z) if ctx.needs_input_grad[0] else None
-        step = rows_per_chunk(z.device, z.shape[-1], z.dtype)
-        for start in range(0, index.shape[0], step):
-            chunk = slice(start, start + step)
-            rows = z[index[chunk]].to(out.dtype)
-            top = rows.amax(-1, keepdim=True)
-            e = torch.exp(rows - top)
-            total = e.sum(-1, keepdim=True)
-            lse[chunk] = (top + total.log()).squeeze(-1)
-            out[chunk] = lse[chunk] - rows.gather(-1, targets[chunk, None]).squeeze(-1)
-            if ctx.grad is not None:
-                ctx.grad.index_copy_(0, index[chunk], _minus_onehot(e.div_(total), targets[chunk]).to(z.dtype))
-        ctx.save_for_backward(z, index, targets, lse)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        z, index, targets, lse = ctx.saved_tensors
-        grad, ctx.grad = ctx.grad, None
-        if grad is None or torch.is_grad_enabled():  # a second backward, or create_graph=True: recompute
-            grad = torch.zeros_like(z)
-            step = rows_per_chunk(z.device, z.shape[-1], z.dtype)
-            for start in range(0, index.shape[0], step):
-                chunk = slice(start, start + step)
-                p = torch.softmax(z[index[chunk]].to(lse.dtype), -1)  # differentiable: exact second derivatives
-                onehot = torch.zeros_like(p).scatter_(-1, targets[chunk, None], 1.0)
-                grad.index_copy_(0, index[chunk], (p - onehot).to(z.dtype))
-        row_scale = grad_out.new_zeros(z.shape[0]).index_copy(0, index, grad_out)
-        if torch.is_grad_enabled():
-            return grad * row_scale[:, None], None, None
-        return grad.mul_(row_scale[:, None]), None, None  # float32 scale: one rounding for bf16
-
-
-def _minus_onehot(p: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    p[torch.arange(p.shape[0], device=p.device), targets] -= 1.0
-    return p
-
-
-def row_cross_entropy(z: torch.Tensor, index: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """``[N]``: ``CE_r = LSE(z[index_r]) - z[index_r, targets_r]``, in chunks of rows; its gradient
-    ``softmax - onehot`` is recomputed chunk by chunk into one buffer the size of ``z``."""
-    return _RowCrossEntropy.apply(z, index, targets)
