@@ -22,6 +22,20 @@ adds the conventions shared by all:
 - NaN or ``+inf`` on a valid token raises ``ValueError`` naming the tensor and index; two different
   vocabulary sizes raise ``ValueError`` naming both (``trim_vocab=True`` drops padded columns).
 - An all-masked batch gives exactly 0 with zero gradients.
+
+A new divergence is one formula, registered with :func:`register`::
+
+    @register("hellinger", aliases=("hd",))
+    def _hellinger(r: Rows, stats: dict, scale: float = 1.0) -> Out:
+        '''Squared Hellinger distance: ``scale sum_v (sqrt(p) - sqrt(q))^2 / 2``.'''
+        return scale * 0.5 * r.vsum((r.exp(0.5 * r.logp) - r.exp(0.5 * r.logq)) ** 2), None
+
+Its keyword parameters (with defaults) become the divergence's own; its docstring, with the generated
+signature and aliases, becomes the public function's (``DIVERGENCES["hellinger"].__doc__``) and a row of
+the table in docs/methods.md#same-vocabulary-divergences (:func:`registry_markdown`). A formula that returns
+``None`` as its gradient has no closed form: the chunked engine differentiates it with autograd chunk by
+chunk. :meth:`Rows.exp` (:func:`kdviz.ops.masked_exp`) takes the exponential of a log-space term, 0
+outside the support.
 """
 
 from __future__ import annotations
@@ -54,6 +68,178 @@ to the temperature-scaled student logits ``u = z / tau`` (None where a formula h
 differentiates that chunk with autograd). From ``g = dL/d(log q)``: ``dL/du = g - q sum_v g``
 (:meth:`Rows.through_softmax`); forward and reverse KL have shorter forms."""
 
+DIVERGENCES: dict[str, Callable[..., torch.Tensor]] = {}
+"""Registry: divergence name -> loss function ``(student_logits, teacher_logits, mask=None, **kw)``; each
+function's ``formula`` attribute is the registered formula."""
+
+ALIASES: dict[str, str] = {}
+"""Other accepted names -> the registered name."""
+
+ENGINES = ("chunked", "plain")
+
+
+def register(name: str, *, aliases: tuple[str, ...] = ()) -> Callable[[Formula], Formula]:
+    """Decorator: register ``formula(rows, stats, **params) -> (values, gradient or None)`` as the divergence
+    ``name`` (also reachable as each of ``aliases``); adds its public function to :data:`DIVERGENCES`."""
+
+    def add(formula: Formula) -> Formula:
+        for key in (name, *aliases):
+            if key in DIVERGENCES or key in ALIASES:
+                raise ValueError(f"the divergence name {key!r} is already registered")
+        DIVERGENCES[name] = _public(name, formula, aliases)
+        ALIASES.update(dict.fromkeys(aliases, name))
+        return formula
+
+    return add
+
+
+def canonical_name(name: str, role: str | None = None) -> str:
+    """The registered name of ``name`` (itself or one of its aliases), else a ``ValueError`` (naming the
+    argument ``role`` when given)."""
+    canonical = ALIASES.get(name, name)
+    if canonical not in DIVERGENCES:
+        what = f"unknown divergence {name!r}" if role is None else f"{role}={name!r} is not a known divergence"
+        raise ValueError(f"{what}; valid names: {_known_names()}")
+    return canonical
+
+
+def _known_names() -> str:
+    aliases = ", ".join(f"{alias} for {target}" for alias, target in ALIASES.items())
+    return ", ".join(DIVERGENCES) + (f" (aliases: {aliases})" if aliases else "")
+
+
+def _params_of(formula: Formula) -> dict[str, object]:
+    return {
+        name: p.default
+        for name, p in inspect.signature(formula).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+
+
+def _signature(formula: Formula) -> inspect.Signature:
+    """:func:`divergence`'s parameters without ``name`` and ``**params``, then the formula's own."""
+    shared = [p.replace(annotation=p.empty) for p in list(inspect.signature(divergence).parameters.values())[1:-1]]
+    own = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in _params_of(formula).items()]
+    return inspect.Signature(shared + own)
+
+
+def signature(name: str) -> str:
+    """The call signature of the divergence ``name`` (or an alias), generated from :func:`divergence` and its
+    formula."""
+    name = canonical_name(name)
+    return f"{name}{_signature(DIVERGENCES[name].formula)}"
+
+
+def _summary(formula: Formula) -> str:
+    """The first paragraph of a formula's docstring, on one line."""
+    return " ".join(inspect.getdoc(formula).split("\n\n")[0].split())
+
+
+def registry_markdown() -> str:
+    """:func:`divergence`'s signature and the Markdown table of every registered divergence (name, aliases,
+    formula, parameters): the generated part of docs/methods.md#same-vocabulary-divergences."""
+    shared = inspect.signature(divergence)
+    call = shared.replace(
+        parameters=[p.replace(annotation=p.empty) for p in shared.parameters.values()],
+        return_annotation=shared.empty,
+    )
+    lines = [
+        f"`kdviz.divergence{call}`, or the functions `kdviz.divergences.fkl`, ... of the registry "
+        "`kdviz.DIVERGENCES` (the same without `name`).",
+        "",
+        "| name | aliases | per token | params (default) |",
+        "|---|---|---|---|",
+    ]
+    for name, loss in DIVERGENCES.items():
+        aliases = ", ".join(f"`{a}`" for a, target in ALIASES.items() if target == name)
+        params = ", ".join(f"{k}={v!r}" for k, v in _params_of(loss.formula).items())
+        per_token = _summary(loss.formula).replace("``", "`").replace("||", "‖").replace("|", "\\|")
+        lines.append(f"| `{name}` | {aliases} | {per_token} | {f'`{params}`' if params else ''} |")
+    return "\n".join(lines)
+
+
+def _public(name: str, formula: Formula, aliases: tuple[str, ...]) -> Callable[..., torch.Tensor]:
+    def loss(student_logits, teacher_logits, mask=None, **kwargs):
+        return divergence(name, student_logits, teacher_logits, mask, **kwargs)
+
+    loss.__name__ = loss.__qualname__ = name
+    loss.__signature__ = _signature(formula)
+    loss.formula = formula
+    also = f"; aliases: {', '.join(repr(a) for a in aliases)}" if aliases else ""
+    loss.__doc__ = (
+        f"{inspect.getdoc(formula)}\n\nSignature: ``{name}{loss.__signature__}``{also}. "
+        "Conventions in :mod:`kdviz.divergences`."
+    )
+    return loss
+
+
+def lookup(name: str, params: dict) -> Formula:
+    """The formula registered as ``name`` (or an alias) after checking ``params`` against it."""
+    formula = DIVERGENCES[canonical_name(name)].formula
+    allowed = _params_of(formula)
+    unknown = set(params) - set(allowed)
+    if unknown:
+        raise TypeError(
+            f"divergence {name!r} got unknown parameter(s) {sorted(unknown)}; "
+            f"its parameters are {sorted(allowed) or 'none'}"
+        )
+    return formula
+
+
+def divergence(
+    name: str,
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    tau: float = 1.0,
+    reduction: str = "mean",
+    tau_squared: bool = False,
+    num_items: int | float | torch.Tensor | None = None,
+    trim_vocab: bool | int | None = None,
+    stats: dict | None = None,
+    engine: str = "chunked",
+    chunk_rows: int | None = None,
+    support: str = "full",
+    **params,
+) -> torch.Tensor:
+    """The divergence ``name`` between ``p = softmax(teacher / tau)`` and ``q = softmax(student / tau)``.
+
+    ``student_logits`` and ``teacher_logits`` are ``[..., V]`` (typically ``[B, T, V]``). ``params``
+    are the divergence's own (see ``DIVERGENCES[name].__doc__``); ``name`` may be an alias (:data:`ALIASES`).
+    ``stats``, if a dict, receives counters such as ``"tokens"`` and ``"akl_fallbacks"``. ``support``:
+    ``"full"`` (the true divergence) or ``"shared"`` (both sides renormalised over the entries finite on
+    both); the conventions are in the module docstring.
+
+    ``engine="chunked"`` (default, :mod:`kdviz.ops.engine`) walks the tokens in chunks of ``chunk_rows``
+    rows (chosen from V and the device when None) and keeps only the gradient and one chunk in memory; it treats the
+    teacher as a constant, so a teacher that requires a gradient is routed to ``engine="plain"``, the
+    straightforward autograd reference. The chunked engine's backward can run once (no
+    ``retain_graph``) and is first order: ``create_graph=True`` through it raises (use the plain engine
+    for double backward).
+    """
+    formula = lookup(name, params)
+    tau = check_options(tau, reduction, num_items)
+    check_support(support)
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    student_logits, teacher_logits, mask = check_pair(student_logits, teacher_logits, mask, trim_vocab)
+    stats = {} if stats is None else stats
+    factor = tau**2 if tau_squared else 1.0
+    if engine == "chunked" and not (teacher_logits.requires_grad and torch.is_grad_enabled()):
+        return chunked(
+            formula, student_logits, teacher_logits, mask, tau=tau, reduction=reduction, factor=factor,
+            num_items=num_items, chunk_rows=chunk_rows, stats=stats, params=params, support=support,
+        )
+    s, t, positions = gather_rows(student_logits, teacher_logits, mask)
+    values, _ = formula(make_rows(s, t, tau, support=support), stats, **params)
+    check_values(values, s, t, positions)
+    stats["tokens"] = stats.get("tokens", 0) + values.shape[0]
+    return reduce(scatter_rows(values * factor, mask), mask, reduction, num_items)
+
+
+# -- The formulas -------------------------------------------------------------------------------------
+
 
 def _mix(w1, a: Out, w2, b: Out) -> Out:
     """``w1 * a + w2 * b`` for values and gradients (weights: floats or per-row ``[N]`` tensors); a weight
@@ -81,12 +267,14 @@ def _infinite_where(r: Rows, out: Out, *, teacher_zero: bool = False, student_ze
     return torch.where(bad, math.inf, out[0]), out[1]
 
 
+@register("fkl", aliases=("forward_kl",))
 def _fkl(r: Rows, stats: dict) -> Out:
     """Forward KL: ``KL(p || q) = sum_v p (log p - log q)``."""
     out = r.vsum(r.p * (r.logp - r.logq)), (r.q - r.p if r.want_grad else None)
     return _infinite_where(r, out, student_zero=True)
 
 
+@register("rkl", aliases=("reverse_kl",))
 def _rkl(r: Rows, stats: dict) -> Out:
     """Reverse KL: ``KL(q || p) = sum_v q (log q - log p)``."""
     log_ratio = r.logq - r.logp
@@ -108,58 +296,66 @@ def _log_mixture(r: Rows, weight_p: float) -> torch.Tensor:
     return torch.logaddexp(r.logp + log_w, r.logq + log_1mw)
 
 
+@register("sym_kl")
 def _sym_kl(r: Rows, stats: dict, lam: float = 0.5) -> Out:
     """Symmetric KL: ``(1 - lam) KL(p || q) + lam KL(q || p)``."""
     lam = _unit_interval("lam", lam)
     return _mix(1.0 - lam, _fkl(r, stats), lam, _rkl(r, stats))
 
 
+@register("js", aliases=("jsd",))
 def _js(r: Rows, stats: dict) -> Out:
     """Jensen-Shannon: ``0.5 KL(p || m) + 0.5 KL(q || m)`` with ``m = (p + q) / 2``."""
-    return _gjsd(r, stats, beta=0.5)
+    return _gjsd(r, stats, teacher_weight=0.5)
 
 
-def _gjsd(r: Rows, stats: dict, beta: float = 0.5) -> Out:
-    """Generalised JSD: ``beta KL(p || m) + (1 - beta) KL(q || m)``, ``m = beta p + (1 - beta) q``.
+@register("gjsd")
+def _gjsd(r: Rows, stats: dict, teacher_weight: float = 0.5) -> Out:
+    """Generalised JSD: ``w KL(p || m) + (1 - w) KL(q || m)``, ``m = w p + (1 - w) q``, ``w = teacher_weight``.
 
-    The ends are special-cased as in GKD: ``beta=0`` is forward KL and ``beta=1`` reverse KL (the
+    ``teacher_weight`` is GKD's ``beta`` (Agarwal et al.; TRL's ``generalized_jsd_loss``). The ends are
+    special-cased as in GKD: ``teacher_weight=0`` is forward KL and ``teacher_weight=1`` reverse KL (the
     formula itself tends to 0 at both ends).
     """
-    beta = _unit_interval("beta", beta)
-    if beta == 0.0:
+    w = _unit_interval("teacher_weight", teacher_weight)
+    if w == 0.0:
         return _fkl(r, stats)
-    if beta == 1.0:
+    if w == 1.0:
         return _rkl(r, stats)
-    log_m = _log_mixture(r, beta)
+    log_m = _log_mixture(r, w)
     q_to_m = r.logq - log_m
-    value = beta * r.vsum(r.p * (r.logp - log_m)) + (1.0 - beta) * r.vsum(r.q * q_to_m)
-    return value, (r.through_softmax((1.0 - beta) * r.q * q_to_m) if r.want_grad else None)
+    value = w * r.vsum(r.p * (r.logp - log_m)) + (1.0 - w) * r.vsum(r.q * q_to_m)
+    return value, (r.through_softmax((1.0 - w) * r.q * q_to_m) if r.want_grad else None)
 
 
+@register("sfkl")
 def _sfkl(r: Rows, stats: dict, a: float = 0.1) -> Out:
     """Skew forward KL: ``KL(p || a p + (1 - a) q)``."""
     a = _unit_interval("a", a)
     log_m = _log_mixture(r, a)
     value = r.vsum(r.p * (r.logp - log_m))
-    grad = r.through_softmax(-(1.0 - a) * r.p * (r.logq - log_m).exp()) if r.want_grad else None
+    grad = r.through_softmax(-(1.0 - a) * r.p * r.exp(r.logq - log_m)) if r.want_grad else None
     return _infinite_where(r, (value, grad), student_zero=a == 0)
 
 
+@register("srkl")
 def _srkl(r: Rows, stats: dict, a: float = 0.1) -> Out:
     """Skew reverse KL: ``KL(q || (1 - a) p + a q)``."""
     a = _unit_interval("a", a)
     q_to_m = r.logq - _log_mixture(r, 1.0 - a)
     value = r.vsum(r.q * q_to_m)
-    grad = r.through_softmax(r.q * (q_to_m + 1.0 - a * q_to_m.exp())) if r.want_grad else None
+    grad = r.through_softmax(r.q * (q_to_m + 1.0 - a * r.exp(q_to_m))) if r.want_grad else None
     return _infinite_where(r, (value, grad), teacher_zero=a == 0)
 
 
+@register("tvd")
 def _tvd(r: Rows, stats: dict) -> Out:
     """Total variation distance: ``0.5 sum_v |p - q|``."""
     diff = r.q - r.p
     return 0.5 * r.vsum(diff.abs()), (r.through_softmax(0.5 * diff.sign() * r.q) if r.want_grad else None)
 
 
+@register("akl")
 def _akl(r: Rows, stats: dict, mu: float = 0.5, crossing_in_head: bool = False, tail_mass: float | None = None) -> Out:
     """Adaptive KL: ``w_head KL(p || q) + (1 - w_head) KL(q || p)``, ``w_head = g_head / (g_head + g_tail)``.
 
@@ -259,137 +455,25 @@ def _abkd_terms(lp: torch.Tensor, lq: torch.Tensor, a: float, b: float) -> tuple
     return _excess(x - y, lam, x, y) / s**2, a < 0 or s < 0, b < 0 or s < 0
 
 
+@register("abkd")
 def _abkd(r: Rows, stats: dict, alpha: float = 0.2, beta: float = 0.7) -> Out:
-    """Alpha-beta divergence (Cichocki et al. 2011; ABKD), ``p`` the teacher, ``q`` the student.
+    """Alpha-beta divergence: ``-1/(a b) sum_v [p^a q^b - a/(a+b) p^(a+b) - b/(a+b) q^(a+b)]``, ``a = alpha``,
+    ``b = beta``, and its analytic limits at ``a = 0``, ``b = 0``, ``a + b = 0``, ``a = b = 0``.
 
-    ``-1/(a b) sum_v [p^a q^b - a/(a+b) p^(a+b) - b/(a+b) q^(a+b)]`` with ``a = alpha, b = beta``, and
-    its analytic limits: ``b = 0``: ``1/a^2 sum [p^a log(p^a / q^a) - p^a + q^a]``;
+    ``p`` is the teacher, ``q`` the student; ``alpha`` and ``beta`` are the exponents of Cichocki et al. 2011
+    and ABKD (their names in both papers). The limits: ``b = 0``: ``1/a^2 sum [p^a log(p^a / q^a) - p^a + q^a]``;
     ``a = 0``: ``1/b^2 sum [q^b log(q^b / p^b) - q^b + p^b]``;
     ``a + b = 0``: ``1/a^2 sum [log(q^a / p^a) + p^a / q^a - 1]``;
     ``a = b = 0``: ``1/2 sum (log p - log q)^2``.
     ``(1, 0)`` is forward KL and ``(0, 1)`` reverse KL. Powers are taken in log space and each term is
-    evaluated in a form without cancellation (exact to float32 rounding even at ``a = b = 1e-6``). The
-    chunked engine differentiates it with autograd, chunk by chunk.
+    evaluated in a form without cancellation (exact to float32 rounding even at ``a = b = 1e-6``). It has no
+    closed-form gradient here (the gradient it returns is None): the chunked engine differentiates it with
+    autograd, chunk by chunk.
     """
     a, b = real_number("alpha", alpha), real_number("beta", beta)
     terms, teacher_zero, student_zero = _abkd_terms(r.logp, r.logq, a, b)
     return _infinite_where(r, (r.vsum(terms), None), teacher_zero=teacher_zero, student_zero=student_zero)
 
-
-_FORMULAS: dict[str, Formula] = {
-    "fkl": _fkl,
-    "rkl": _rkl,
-    "sym_kl": _sym_kl,
-    "js": _js,
-    "gjsd": _gjsd,
-    "sfkl": _sfkl,
-    "srkl": _srkl,
-    "tvd": _tvd,
-    "akl": _akl,
-    "abkd": _abkd,
-}
-
-
-_AUTOGRAD_ONLY = {"abkd"}  # no closed-form gradient: the chunked engine uses autograd per chunk
-ENGINES = ("chunked", "plain")
-
-
-def _params_of(formula: Formula) -> dict[str, object]:
-    return {
-        name: p.default
-        for name, p in inspect.signature(formula).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
-
-
-def lookup(name: str, params: dict) -> tuple[Formula, bool]:
-    """The formula registered as ``name`` after checking ``params`` against it, and whether it has a
-    closed-form gradient (else the chunked engine differentiates it with autograd)."""
-    if name not in _FORMULAS:
-        raise ValueError(f"unknown divergence {name!r}; valid names: {', '.join(_FORMULAS)}")
-    formula = _FORMULAS[name]
-    allowed = _params_of(formula)
-    unknown = set(params) - set(allowed)
-    if unknown:
-        raise TypeError(
-            f"divergence {name!r} got unknown parameter(s) {sorted(unknown)}; "
-            f"its parameters are {sorted(allowed) or 'none'}"
-        )
-    return formula, name not in _AUTOGRAD_ONLY
-
-
-def divergence(
-    name: str,
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    *,
-    tau: float = 1.0,
-    reduction: str = "mean",
-    tau_squared: bool = False,
-    num_items: int | float | torch.Tensor | None = None,
-    trim_vocab: bool | int | None = None,
-    stats: dict | None = None,
-    engine: str = "chunked",
-    chunk_rows: int | None = None,
-    support: str = "full",
-    **params,
-) -> torch.Tensor:
-    """The divergence ``name`` between ``p = softmax(teacher / tau)`` and ``q = softmax(student / tau)``.
-
-    ``student_logits`` and ``teacher_logits`` are ``[..., V]`` (typically ``[B, T, V]``). ``params``
-    are the divergence's own (see ``DIVERGENCES[name].__doc__``). ``stats``, if a dict, receives
-    counters such as ``"tokens"`` and ``"akl_fallbacks"``. ``support``: ``"full"`` (the true divergence)
-    or ``"shared"`` (both sides renormalised over the entries finite on both); the conventions are in the
-    module docstring.
-
-    ``engine="chunked"`` (default, :mod:`kdviz.ops.engine`) walks the tokens in chunks of ``chunk_rows``
-    rows (chosen from V and the device when None) and keeps only the gradient and one chunk in memory; it treats the
-    teacher as a constant, so a teacher that requires a gradient is routed to ``engine="plain"``, the
-    straightforward autograd reference. The chunked engine's backward can run once (no
-    ``retain_graph``) and is first order: ``create_graph=True`` through it raises (use the plain engine
-    for double backward).
-    """
-    formula, closed_form = lookup(name, params)
-    tau = check_options(tau, reduction, num_items)
-    check_support(support)
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-    student_logits, teacher_logits, mask = check_pair(student_logits, teacher_logits, mask, trim_vocab)
-    stats = {} if stats is None else stats
-    factor = tau**2 if tau_squared else 1.0
-    if engine == "chunked" and not (teacher_logits.requires_grad and torch.is_grad_enabled()):
-        return chunked(
-            formula, student_logits, teacher_logits, mask, tau=tau, reduction=reduction, factor=factor,
-            num_items=num_items, chunk_rows=chunk_rows, stats=stats, params=params,
-            closed_form=closed_form, support=support,
-        )
-    s, t, positions = gather_rows(student_logits, teacher_logits, mask)
-    values, _ = formula(make_rows(s, t, tau, support=support), stats, **params)
-    check_values(values, s, t, positions)
-    stats["tokens"] = stats.get("tokens", 0) + values.shape[0]
-    return reduce(scatter_rows(values * factor, mask), mask, reduction, num_items)
-
-
-def _public(name: str, formula: Formula) -> Callable[..., torch.Tensor]:
-    def loss(student_logits, teacher_logits, mask=None, **kwargs):
-        return divergence(name, student_logits, teacher_logits, mask, **kwargs)
-
-    params = ", ".join(f"{k}={v!r}" for k, v in _params_of(formula).items())
-    loss.__name__ = loss.__qualname__ = name
-    loss.__doc__ = (
-        f"{formula.__doc__}\n\n"
-        f"Signature: ``{name}(student_logits, teacher_logits, mask=None, *, tau=1.0, reduction='mean', "
-        f"tau_squared=False, num_items=None, trim_vocab=None, stats=None, engine='chunked', chunk_rows=None, "
-        f"support='full'"
-        f"{', ' + params if params else ''})``; "
-        "conventions in :mod:`kdviz.divergences`."
-    )
-    return loss
-
-
-DIVERGENCES: dict[str, Callable[..., torch.Tensor]] = {n: _public(n, f) for n, f in _FORMULAS.items()}
-"""Registry: divergence name -> loss function ``(student_logits, teacher_logits, mask=None, **kw)``."""
 
 fkl = DIVERGENCES["fkl"]
 rkl = DIVERGENCES["rkl"]

@@ -24,6 +24,7 @@ from kdviz.ops import (
     chunk_value_and_grad,
     compute_dtype,
     first_order_only,
+    has_closed_form,
     real_number,
     rows_per_chunk,
 )
@@ -132,7 +133,7 @@ def fused_divergence(
     Gradients flow to ``student_hidden`` and ``student_head_weight``; the teacher is a constant. The
     backward is first order (``create_graph=True`` raises).
     """
-    formula, closed_form = lookup(name, params)
+    formula = lookup(name, params)
     tau = check_options(tau, reduction, num_items, reductions=("mean", "sum"))
     check_support(support)
     ce_weight, kd_weight = (real_number(n, w) for n, w in (("ce_weight", ce_weight), ("kd_weight", kd_weight)))
@@ -181,7 +182,7 @@ def fused_divergence(
     cfg = {
         "formula": formula,
         "params": params,
-        "closed_form": closed_form,
+        "closed_form": has_closed_form(formula, params),
         "tau": tau,
         "factor": tau**2 if tau_squared else 1.0,
         "scale": 1.0 if reduction == "sum" else 1.0 / float(count),

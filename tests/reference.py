@@ -101,7 +101,7 @@ def divergence(name: str, student, teacher, tau: float = 1.0, support: str = "fu
         lam = params.get("lam", 0.5)
         return weighted(1 - lam, kl(p, q)) + weighted(lam, kl(q, p))
     if name in ("js", "gjsd"):
-        beta = 0.5 if name == "js" else params.get("beta", 0.5)
+        beta = 0.5 if name == "js" else params.get("teacher_weight", 0.5)
         if beta == 0:
             return kl(p, q)
         if beta == 1:

@@ -14,17 +14,24 @@ import kdviz
 from kdviz.divergences import divergence
 from tests import reference
 
-NAMES = list(kdviz.DIVERGENCES)
 PARAMS = {  # non-default settings exercised next to the defaults
     "sym_kl": [{"lam": 0.2}],
-    "gjsd": [{"beta": 0.0}, {"beta": 0.3}, {"beta": 1.0}],
+    "gjsd": [{"teacher_weight": 0.0}, {"teacher_weight": 0.3}, {"teacher_weight": 1.0}],
     "sfkl": [{"a": 0.0}, {"a": 0.4}],
     "srkl": [{"a": 0.7}],
     "akl": [{"mu": 0.3}, {"mu": 0.8, "crossing_in_head": True}],
     "abkd": [{"alpha": 1.0, "beta": 0.0}, {"alpha": 0.0, "beta": 0.5}, {"alpha": 0.5, "beta": -0.5},
              {"alpha": 0.0, "beta": 0.0}, {"alpha": 1.5, "beta": 0.3}],
 }
-CASES = [(n, {}) for n in NAMES] + [(n, p) for n, ps in PARAMS.items() for p in ps]
+
+
+def cases() -> list[tuple[str, dict]]:
+    """Every registered divergence at its defaults, then the settings of :data:`PARAMS`."""
+    return [(n, {}) for n in kdviz.DIVERGENCES] + [(n, p) for n, ps in PARAMS.items() for p in ps]
+
+
+NAMES = list(kdviz.DIVERGENCES)
+CASES = cases()
 CASE_IDS = [f"{n}-{p}" if p else n for n, p in CASES]
 
 
@@ -158,9 +165,9 @@ def test_special_cases_and_bounds(pair):
     def d(name, **kw):
         return divergence(name, s, t, mask, reduction="none", support="shared", **kw)
 
-    assert torch.equal(d("gjsd", beta=0.0), d("fkl"))
-    assert torch.equal(d("gjsd", beta=1.0), d("rkl"))
-    torch.testing.assert_close(d("gjsd", beta=0.5), d("js"))
+    assert torch.equal(d("gjsd", teacher_weight=0.0), d("fkl"))
+    assert torch.equal(d("gjsd", teacher_weight=1.0), d("rkl"))
+    torch.testing.assert_close(d("gjsd", teacher_weight=0.5), d("js"))
     torch.testing.assert_close(d("sfkl", a=0.0), d("fkl"))
     torch.testing.assert_close(d("srkl", a=0.0), d("rkl"))
     torch.testing.assert_close(d("sym_kl", lam=0.0), d("fkl"))
@@ -302,10 +309,10 @@ def test_bad_names_params_and_shapes():
     s, t = torch.randn(2, 3, 5), torch.randn(2, 3, 5)
     with pytest.raises(ValueError, match="unknown divergence 'kl'; valid names: fkl, rkl"):
         divergence("kl", s, t)
-    with pytest.raises(TypeError, match=r"unknown parameter\(s\) \['alpha'\]; its parameters are \['beta'\]"):
+    with pytest.raises(TypeError, match=r"unknown parameter\(s\) \['alpha'\]; its parameters are \['teacher_weight'\]"):
         divergence("gjsd", s, t, alpha=0.3)
-    with pytest.raises(ValueError, match=r"beta must be a number in \[0, 1\]"):
-        divergence("gjsd", s, t, beta=1.5)
+    with pytest.raises(ValueError, match=r"teacher_weight must be a number in \[0, 1\]"):
+        divergence("gjsd", s, t, teacher_weight=1.5)
     with pytest.raises(ValueError, match="mu must be a number strictly between 0 and 1"):
         divergence("akl", s, t, mu=1.0)
     with pytest.raises(ValueError, match="must share their leading"):

@@ -3,8 +3,11 @@ and nothing points to a reference outside the repository."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
+
+from kdviz.divergences import registry_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = [p for d in ("kdviz", "tests", "notebooks", "benchmarks") for p in (ROOT / d).rglob("*")
@@ -41,3 +44,11 @@ def test_the_reference_cites_every_paper():
     text = (ROOT / "docs" / "methods.md").read_text()
     for arxiv in ("2406.17328", "2404.02657", "2412.14528", "2402.12030", "2401.10491"):
         assert f"arXiv {arxiv}" in text
+
+
+def test_the_divergence_table_is_generated_from_the_registry():
+    spec = importlib.util.spec_from_file_location("registry_docs", ROOT / "scripts" / "registry_docs.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    part = script.generated_part((ROOT / "docs" / "methods.md").read_text())
+    assert part == registry_markdown(), "docs/methods.md is out of date: run python scripts/registry_docs.py"

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdviz.align.scores import alignment_scores
-from kdviz.divergences import DIVERGENCES
+from kdviz.divergences import canonical_name
 from kdviz.methods.base import KDBatch
 from kdviz.ops import check_tau, real_number
 
@@ -31,9 +31,8 @@ def attach_models(module: nn.Module, student: nn.Module | None, teacher: nn.Modu
 
 
 def check_divergence(name: str, role: str = "divergence") -> str:
-    if name not in DIVERGENCES:
-        raise ValueError(f"{role}={name!r} is not a known divergence; choose one of {sorted(DIVERGENCES)}")
-    return name
+    """The registered name of ``name`` (an alias is accepted), or a ``ValueError`` naming ``role``."""
+    return canonical_name(name, role)
 
 
 def check_weights(ce_weight: float, kd_weight: float, tau: float) -> tuple[float, float, float]:

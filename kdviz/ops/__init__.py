@@ -7,7 +7,8 @@
 - :mod:`kdviz.ops.rows`: :class:`Rows`, the valid token rows of a logit pair in log space over a support,
   and :func:`masked_exp`.
 - :mod:`kdviz.ops.budget`: :func:`rows_per_chunk`, the rows of one chunk from a byte budget per device.
-- :mod:`kdviz.ops.engine`: :func:`chunked`, the chunked engine with the gradient computed in the forward.
+- :mod:`kdviz.ops.engine`: :func:`chunked`, the chunked engine with the gradient computed in the forward
+  (closed form when the formula has one, :func:`has_closed_form`, else autograd per chunk).
 - :mod:`kdviz.ops.reductions`: row reductions in chunks (:func:`row_logsumexp`, :func:`log_softmax_at`,
   :func:`column_mass`) and the one cross-entropy (:func:`cross_entropy`, :func:`chunk_cross_entropy`).
 """
@@ -23,7 +24,7 @@ from kdviz.ops.checks import (
     positive_number,
     real_number,
 )
-from kdviz.ops.engine import chunk_value_and_grad, chunked, first_order_only
+from kdviz.ops.engine import chunk_value_and_grad, chunked, first_order_only, has_closed_form
 from kdviz.ops.reductions import (
     chunk_cross_entropy,
     column_mass,
@@ -54,6 +55,7 @@ __all__ = [
     "cross_entropy",
     "first_order_only",
     "gather_rows",
+    "has_closed_form",
     "log_softmax",
     "log_softmax_at",
     "make_rows",

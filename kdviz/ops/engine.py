@@ -13,8 +13,8 @@ one (``dL/dz = dL/du / tau``); otherwise from autograd
 on that chunk alone. Masked rows are never read. The teacher is treated as a constant: a teacher that
 needs a gradient is sent to the plain path by :func:`kdviz.divergences.divergence`.
 
-A formula that returns ``None`` as its gradient has no closed form: from that chunk on, the engine
-differentiates each chunk with autograd (:func:`chunk_value_and_grad`).
+A formula that returns ``None`` as its gradient has no closed form (:func:`has_closed_form`): the engine
+then differentiates each chunk with autograd.
 """
 
 from __future__ import annotations
@@ -26,6 +26,15 @@ import torch
 from kdviz.ops.budget import compute_dtype, rows_per_chunk
 from kdviz.ops.checks import check_values
 from kdviz.ops.rows import make_rows
+
+
+def has_closed_form(formula: Callable, params: dict) -> bool:
+    """Whether ``formula`` returns a gradient next to its value (rather than None) under ``params``: asked
+    on one two-entry row, so a formula only has to return None to be differentiated with autograd."""
+    probe = torch.zeros(1, 2, dtype=torch.float64)
+    with torch.no_grad():
+        _, grad = formula(make_rows(probe, probe, 1.0, want_grad=True), {}, **params)
+    return grad is not None
 
 
 def chunk_value_and_grad(
@@ -55,6 +64,11 @@ def chunk_value_and_grad(
             check_values(values, student, teacher, positions)
             if grad is None:
                 return values, None
+            if grad_u is None:
+                raise RuntimeError(
+                    f"the formula {getattr(formula, '__name__', formula)!r} returned a gradient for one row and None "
+                    "for others; a formula without a closed-form gradient returns None for every row"
+                )
             same = out is not None and out.dtype == grad_u.dtype
             dz = torch.mul(grad_u, scale / tau, out=out if same else None)  # written once into the buffer
             if same:
@@ -151,13 +165,13 @@ class _ChunkedDivergence(torch.autograd.Function):
 def chunked(
     formula: Callable, student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, *, tau: float,
     reduction: str, factor: float, num_items, chunk_rows: int | None, stats: dict, params: dict,
-    closed_form: bool = True, support: str = "full",
+    support: str = "full",
 ) -> torch.Tensor:
     """Run ``formula`` over the valid rows of checked ``[..., V]`` logits; reduce as asked.
 
     ``factor`` multiplies every value (``tau**2`` under ``tau_squared``). Returns a scalar for
-    ``"mean"``/``"sum"``, the per-token tensor for ``"none"``. ``closed_form=False`` differentiates each
-    chunk with autograd (formulas without a closed-form gradient).
+    ``"mean"``/``"sum"``, the per-token tensor for ``"none"``. A formula without a closed-form gradient
+    (:func:`has_closed_form`) is differentiated with autograd, chunk by chunk.
     """
     chunk_rows = chunk_rows or rows_per_chunk(student.device, student.shape[-1], student.dtype)
     if not isinstance(chunk_rows, int) or isinstance(chunk_rows, bool) or chunk_rows < 1:
@@ -172,7 +186,7 @@ def chunked(
     stats["tokens"] = stats.get("tokens", 0) + count
     grad_mode = None
     if torch.is_grad_enabled() and student.requires_grad:
-        grad_mode = "closed" if closed_form else "autograd"
+        grad_mode = "closed" if has_closed_form(formula, params) else "autograd"
     return _ChunkedDivergence.apply(
         student, teacher.detach(), mask, formula, params, tau, factor, scale, chunk_rows, stats, grad_mode, support
     )
