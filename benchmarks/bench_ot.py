@@ -213,10 +213,10 @@ def bench_vocab_map(n_student: int, n_teacher: int) -> None:
     print(f"\n[MinED] vocabulary map, teacher {len(teacher)} x student {len(student)} tokens (synthetic)")
     with tempfile.TemporaryDirectory() as cache:
         start = time.perf_counter()
-        first = vocab_map(teacher, student, cache_dir=cache)
+        first = vocab_map(student, teacher, cache_dir=cache)
         t_first = time.perf_counter() - start
         start = time.perf_counter()
-        second = vocab_map(teacher, student, cache_dir=cache)
+        second = vocab_map(student, teacher, cache_dir=cache)
         t_second = time.perf_counter() - start
     assert second.from_cache and np.array_equal(first.ids, second.ids)
     print(f"  first call (rapidfuzz, all cores)  {t_first:8.2f} s   exact-match share {first.exact_share:.1%}")

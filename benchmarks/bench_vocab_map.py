@@ -84,14 +84,14 @@ def main() -> None:
         baseline = brute_force(picked, s_bytes)
         brute = (time.perf_counter() - start) * len(inexact) / max(len(picked), 1)
         start = time.perf_counter()
-        ids, _ = build_vocab_map(t_bytes, s_bytes)
+        ids, _ = build_vocab_map(s_bytes, t_bytes)
         whole = time.perf_counter() - start
         position = {t: k for k, t in enumerate(t_bytes)}
         if not np.array_equal(ids[[position[t] for t in picked]], baseline):
             raise SystemExit(f"{teacher} -> {student}: kdviz's map differs from brute force")
         with tempfile.TemporaryDirectory() as cache:
             start = time.perf_counter()
-            lazy = vocab_map(t_tok, s_tok, cache_dir=cache, complete=False)
+            lazy = vocab_map(s_tok, t_tok, cache_dir=cache, complete=False)
             ready = time.perf_counter() - start
             batch = rng.integers(0, len(lazy), size=(positions, args.top_k))
             start = time.perf_counter()

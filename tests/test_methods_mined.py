@@ -39,7 +39,7 @@ def hand_batch() -> KDBatch:
 def hand_map() -> VocabMap:
     # <eos> -> </s>, Q -> ▁Q, ĠThe -> ▁The, Ġcat -> ▁ca (not exact), Ġsleeps -> ▁sleeps, Ġthe -> ▁The (collision)
     ids = np.array([2, 3, 4, 5, 7, 4])
-    return VocabMap(ids, np.array([False, True, True, False, True, False]), "t", "s")
+    return VocabMap(ids, np.array([False, True, True, False, True, False]), "s", "t")
 
 
 def test_hand_made_alignment_and_target():
@@ -124,7 +124,7 @@ def test_real_tokenizers_and_the_cache(batch, tmp_path):
 
 
 def test_empty_response_on_one_side_gives_zero_kd(batch, tmp_path):
-    method = MinED(vocab_map=vocab_map(bpe_tokenizer(), unigram_tokenizer(), cache_dir=tmp_path))
+    method = MinED(vocab_map=vocab_map(unigram_tokenizer(), bpe_tokenizer(), cache_dir=tmp_path))
     for side in ("teacher", "student"):
         empty = replace(batch, **{f"{side}_labels": torch.full_like(getattr(batch, f"{side}_labels"), IGNORE)})
         s_out, t_out = random_outputs(empty)
@@ -231,7 +231,7 @@ def official_mined_kd(batch, z_s, z_t, tea2stu, tau):
 
 def test_reference_mode_is_the_dskd_repository_mined(batch, tmp_path):
     cases = [(hand_batch(), hand_map()),
-             (batch, vocab_map(bpe_tokenizer(), unigram_tokenizer(), cache_dir=tmp_path))]
+             (batch, vocab_map(unigram_tokenizer(), bpe_tokenizer(), cache_dir=tmp_path))]
     for case, vmap in cases:
         g = torch.Generator().manual_seed(0)
         v_s = 8 if case is cases[0][0] else len(unigram_tokenizer())

@@ -17,7 +17,7 @@ def _map(teacher: str, student: str, pieces: list[str]) -> dict[str, bytes]:
     t_tok, s_tok = load(teacher), load(student)
     t_bytes, s_bytes = token_bytes(t_tok), token_bytes(s_tok)
     vocab = t_tok.get_vocab()
-    ids, _ = build_vocab_map([t_bytes[vocab[p]] for p in pieces], s_bytes)
+    ids, _ = build_vocab_map(s_bytes, [t_bytes[vocab[p]] for p in pieces])
     return {p: s_bytes[i] for p, i in zip(pieces, ids.tolist(), strict=True)}
 
 
@@ -25,7 +25,7 @@ def test_the_issues_wrong_entries_map_to_their_meaning():
     got = _map("qwen3", "llama2", ["ĠĠ", "Ċ", "Ã©", "ä¸Ń", "Ġthe"])
     assert got == {"ĠĠ": b"  ", "Ċ": b"\n", "Ã©": "é".encode(), "ä¸Ń": "中".encode(), "Ġthe": b" the"}
     t_bytes, s_bytes = token_bytes(load("llama3")), token_bytes(load("gpt2"))
-    _, exact = build_vocab_map([t_bytes[load("llama3").get_vocab()["ĠĠ"]]], s_bytes)
+    _, exact = build_vocab_map(s_bytes, [t_bytes[load("llama3").get_vocab()["ĠĠ"]]])
     assert b"  " not in s_bytes and not exact[0]  # GPT-2 has no double space: its nearest " " is not exact
 
 
@@ -34,7 +34,7 @@ def test_exact_means_identical_bytes(teacher, student):
     t_bytes, s_bytes = token_bytes(load(teacher)), token_bytes(load(student))
     rng = np.random.default_rng(0)
     sample = rng.choice(len(t_bytes), size=200, replace=False)
-    ids, exact = build_vocab_map([t_bytes[k] for k in sample], s_bytes)
+    ids, exact = build_vocab_map(s_bytes, [t_bytes[k] for k in sample])
     known = set(s_bytes)
     for k, i, e in zip(sample.tolist(), ids.tolist(), exact.tolist(), strict=True):
         assert e == (t_bytes[k] in known)
@@ -93,7 +93,7 @@ def test_mined_dtw_compares_the_bytes_tokens_stand_for(student, teacher):
 
     s_tok, t_tok = load(student), load(teacher)
     batch = KDCollator(s_tok, t_tok)(CORPUS)
-    no_map = VocabMap(np.zeros(len(t_tok), dtype=np.int64), np.zeros(len(t_tok), dtype=bool), "t", "s")
+    no_map = VocabMap(np.zeros(len(t_tok), dtype=np.int64), np.zeros(len(t_tok), dtype=bool), "s", "t")
     _, partner, _ = MinED(vocab_map=no_map, student_tokenizer=s_tok, teacher_tokenizer=t_tok).align(batch)
     b, i = (partner >= 0).nonzero(as_tuple=True)
     overlapping = batch.target_alignment()[b, i, partner[b, i]].float().mean()

@@ -62,28 +62,28 @@ class VocabMap:
         self,
         ids: np.ndarray,
         exact: np.ndarray,
-        teacher_hash: str,
         student_hash: str,
+        teacher_hash: str,
         *,
         from_cache: bool = False,
         path: Path | None = None,
-        teacher_bytes: Sequence[bytes] | None = None,
         student_bytes: Sequence[bytes] | None = None,
+        teacher_bytes: Sequence[bytes] | None = None,
     ) -> None:
         self.ids, self.exact = np.asarray(ids, dtype=np.int64), np.asarray(exact, dtype=bool)
         if self.ids.shape != self.exact.shape:
             raise ValueError(f"ids and exact must have one entry per teacher id, got {self.ids.shape} and "
                              f"{self.exact.shape}")
-        self.teacher_hash, self.student_hash = teacher_hash, student_hash
+        self.student_hash, self.teacher_hash = student_hash, teacher_hash
         self.from_cache, self.path = from_cache, path
-        self._teacher_bytes = teacher_bytes
         self._student_bytes = student_bytes
+        self._teacher_bytes = teacher_bytes
         self._index: NearestIndex | None = None
         self._saved_at = time.monotonic()
         self._unsaved = [False]  # shared with the finalizer, which must not hold the map itself
         if path is not None:
-            weakref.finalize(self, _save_if_unsaved, self._unsaved, path, self.ids, self.exact, teacher_hash,
-                             student_hash)
+            weakref.finalize(self, _save_if_unsaved, self._unsaved, path, self.ids, self.exact, student_hash,
+                             teacher_hash)
 
     @property
     def exact_share(self) -> float:
@@ -124,13 +124,13 @@ class VocabMap:
     def save(self) -> None:
         """Write the map (what is resolved so far) to its cache file, if it has one."""
         if self.path is not None:
-            _save(self.path, self.ids, self.exact, self.teacher_hash, self.student_hash)
+            _save(self.path, self.ids, self.exact, self.student_hash, self.teacher_hash)
         self._saved_at, self._unsaved[0] = time.monotonic(), False
 
     def _resolve(self, teacher_ids: np.ndarray, progress: bool) -> None:
         if self._teacher_bytes is None or self._student_bytes is None:
             raise ValueError("this VocabMap was built from arrays alone and cannot resolve new entries; build it "
-                             "with kdviz.align.vocab_map(teacher, student)")
+                             "with kdviz.align.vocab_map(student, teacher)")
         queries = [self._teacher_bytes[t] for t in teacher_ids.tolist()]
         if self._index is None:
             self._index = student_index(self._student_bytes)
@@ -178,7 +178,7 @@ def _first_ids(student_bytes: Sequence[bytes]) -> dict[bytes, int]:
     return by_bytes
 
 
-def exact_ids(teacher_bytes: Sequence[bytes], student_bytes: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+def exact_ids(student_bytes: Sequence[bytes], teacher_bytes: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
     """``(ids, exact)``: the lowest student id of identical bytes where there is one, else ``UNRESOLVED``."""
     if not student_bytes:
         raise ValueError("the student vocabulary is empty; a vocabulary map needs at least one student token")
@@ -208,17 +208,17 @@ def nearest_ids(queries: Sequence[bytes], index: NearestIndex, progress: bool = 
 
 
 def build_vocab_map(
-    teacher_tokens: Sequence[bytes] | Sequence[str],
     student_tokens: Sequence[bytes] | Sequence[str],
+    teacher_tokens: Sequence[bytes] | Sequence[str],
     markers: Sequence[str] = MARKERS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(ids [V_t] int64, exact [V_t] bool)``: the complete map of the module docstring, without caching.
 
     Tokens are byte strings (what each token stands for); strings are converted with :func:`list_bytes`.
     """
-    t_bytes, s_bytes = _as_bytes(teacher_tokens, markers), _as_bytes(student_tokens, markers)
-    found = VocabMap(*exact_ids(t_bytes, s_bytes), vocab_hash(t_bytes), vocab_hash(s_bytes), teacher_bytes=t_bytes,
-                     student_bytes=s_bytes).complete()
+    s_bytes, t_bytes = _as_bytes(student_tokens, markers), _as_bytes(teacher_tokens, markers)
+    found = VocabMap(*exact_ids(s_bytes, t_bytes), vocab_hash(s_bytes), vocab_hash(t_bytes), student_bytes=s_bytes,
+                     teacher_bytes=t_bytes).complete()
     return found.ids, found.exact
 
 
@@ -227,12 +227,12 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("KDVIZ_CACHE") or Path.home() / ".cache" / "kdviz")
 
 
-def _cache_path(cache_dir: Path, teacher_hash: str, student_hash: str) -> Path:
-    key = hashlib.sha256(f"{FORMAT}|{teacher_hash}|{student_hash}".encode()).hexdigest()
+def _cache_path(cache_dir: Path, student_hash: str, teacher_hash: str) -> Path:
+    key = hashlib.sha256(f"{FORMAT}|{teacher_hash}|{student_hash}".encode()).hexdigest()  # the files' names since v3
     return cache_dir / "vocab_maps" / f"vocab_map-{key[:32]}.npz"
 
 
-def _load(path: Path, teacher_hash: str, student_hash: str, exact: np.ndarray) -> np.ndarray | None:
+def _load(path: Path, student_hash: str, teacher_hash: str, exact: np.ndarray) -> np.ndarray | None:
     """The cached ids (``UNRESOLVED`` where not yet resolved), or None when the file is missing, stale or
     unreadable (a corrupt file gets a warning). ``exact`` is the dictionary step's, to check the file with."""
     if not path.exists():
@@ -251,7 +251,7 @@ def _load(path: Path, teacher_hash: str, student_hash: str, exact: np.ndarray) -
     return ids
 
 
-def _save(path: Path, ids: np.ndarray, exact: np.ndarray, teacher_hash: str, student_hash: str) -> None:
+def _save(path: Path, ids: np.ndarray, exact: np.ndarray, student_hash: str, teacher_hash: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
     try:
@@ -279,15 +279,16 @@ def token_bytes(vocab, markers: Sequence[str] = MARKERS) -> list[bytes]:
 
 
 def vocab_map(
-    teacher,
     student,
+    teacher,
     *,
     complete: bool = True,
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = True,
     markers: Sequence[str] = MARKERS,
 ) -> VocabMap:
-    """The teacher -> student :class:`VocabMap` of two tokenizers (or two vocabularies: lists of strings by id).
+    """The teacher -> student :class:`VocabMap` of a student and a teacher tokenizer (or two vocabularies: lists of
+    strings by id), student first as everywhere in kdviz.
 
     ``complete=True`` resolves every teacher id before returning (tens of seconds for the largest vocabularies the
     first time); ``complete=False`` returns at once with the exact entries, the others resolved by
@@ -297,15 +298,15 @@ def vocab_map(
     neither reads nor writes). A corrupt cache file is rebuilt with a warning. ``markers``: the word markers
     that stand for a space in a list of strings. The search runs on every core (``NUMBA_NUM_THREADS`` sets how many).
     """
-    t_bytes, s_bytes = token_bytes(teacher, markers), token_bytes(student, markers)
-    t_hash, s_hash = vocab_hash(t_bytes), vocab_hash(s_bytes)
-    ids, exact = exact_ids(t_bytes, s_bytes)
+    s_bytes, t_bytes = token_bytes(student, markers), token_bytes(teacher, markers)
+    s_hash, t_hash = vocab_hash(s_bytes), vocab_hash(t_bytes)
+    ids, exact = exact_ids(s_bytes, t_bytes)
     path = cached = None
     if use_cache:
-        path = _cache_path(Path(cache_dir) if cache_dir is not None else default_cache_dir(), t_hash, s_hash)
-        cached = _load(path, t_hash, s_hash, exact)
-    found = VocabMap(ids if cached is None else cached, exact, t_hash, s_hash, from_cache=cached is not None,
-                     path=path, teacher_bytes=t_bytes, student_bytes=s_bytes)
+        path = _cache_path(Path(cache_dir) if cache_dir is not None else default_cache_dir(), s_hash, t_hash)
+        cached = _load(path, s_hash, t_hash, exact)
+    found = VocabMap(ids if cached is None else cached, exact, s_hash, t_hash, from_cache=cached is not None,
+                     path=path, student_bytes=s_bytes, teacher_bytes=t_bytes)
     if complete:
         found.complete()
     elif cached is None:

@@ -148,7 +148,7 @@ class MinED(nn.Module):
         if vocab_map is None:
             if student_tokenizer is None or teacher_tokenizer is None:
                 raise ValueError("MinED needs vocab_map=... or both student_tokenizer and teacher_tokenizer")
-            vocab_map = compute_vocab_map(teacher_tokenizer, student_tokenizer, cache_dir=cache_dir, complete=False)
+            vocab_map = compute_vocab_map(student_tokenizer, teacher_tokenizer, cache_dir=cache_dir, complete=False)
         if mode == "reference":  # the student -> teacher inverse below needs every entry
             vocab_map.complete()
         self.map = vocab_map
