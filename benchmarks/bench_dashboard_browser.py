@@ -1,6 +1,6 @@
 """What a person waits for in JupyterLab: the dashboard's first render, and the bytes sent to the browser.
 
-A CMA run is recorded as in notebook 02 (:func:`kdviz.train.cma_example.record_cma_example`: the embedded
+A CMA run is recorded as in notebook 02 (:func:`kdviz.demo.cma_example.record_cma_example`: the embedded
 default, 24 steps, every 3, 2 samples). A notebook in
 a real JupyterLab (Chromium, driven by Playwright) then opens it, and two cells are timed separately, each
 from the moment it is sent to the kernel until every plot it shows is drawn with its traces:
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the shared brows
 
 from playwright.sync_api import sync_playwright  # noqa: E402
 
-from kdviz.train.cma_example import record_cma_example  # noqa: E402
+from kdviz.demo.cma_example import record_cma_example  # noqa: E402
 from tests.browser import ARGS, CHROMIUM, jupyterlab, new_page, open_notebook, run_all  # noqa: E402
 
 SETUP = """import plotly.graph_objects as go, ipywidgets as widgets

@@ -13,14 +13,20 @@ tokenizers and an instruction -> response dataset, all loaded from disk, never f
 Everything is rebuilt deterministically by ``python scripts/build_assets.py``; ``data/ASSETS.json``
 records sizes, parameter counts, the teacher's scores and the build time. The data directory is the
 repository's ``data/`` unless ``KDVIZ_DATA`` or the ``root`` argument points elsewhere.
+
+:func:`load_model` and :func:`load_tokenizer` are kdviz's one loader, for the embedded assets and for any local
+directory or Hugging Face id (:func:`from_pretrained`: the network only for a hub id missing from the local cache).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 REBUILD_HINT = "rebuild the embedded assets with `python scripts/build_assets.py` from the repository root"
 
@@ -90,23 +96,79 @@ def load_split(path: str | os.PathLike) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def load_tokenizer(path: str | os.PathLike):
-    """A fast Hugging Face tokenizer from a local directory (never the network)."""
+def from_pretrained(loader: Callable, name: str | os.PathLike, what: str):
+    """``loader.from_pretrained`` of a local directory or a Hugging Face id, failing fast without network.
+
+    A directory is read with ``local_files_only=True``. A hub id is looked up in the local Hugging Face cache
+    first; when it is not there and the hub is offline (``HF_HUB_OFFLINE``) or cannot be reached within
+    seconds, the error says what to do. ``what`` names the object in errors ("model", "tokenizer").
+    """
+    name = str(name)
+    path = Path(name).expanduser()
+    if path.exists():
+        try:
+            return loader.from_pretrained(str(path), local_files_only=True)
+        except OSError as err:
+            raise FileNotFoundError(f"cannot load the {what} from the directory {path}: {err}") from err
+    if name.startswith(("/", "./", "../", "~")) or path.is_absolute():
+        raise FileNotFoundError(f"cannot load the {what} {name!r}: the directory {path} does not exist")
+    try:
+        return loader.from_pretrained(name, local_files_only=True)  # the local cache: no network
+    except OSError:
+        pass
+    todo = (f"download it where there is network (`hf download {name}`) and copy the Hugging Face cache, "
+            "or pass a local directory")
+    if _hub_offline():
+        raise FileNotFoundError(f"cannot load the {what} {name!r}: it is neither a local directory nor in the "
+                                f"Hugging Face cache, and HF_HUB_OFFLINE is set; {todo}")
+    host = _unreachable_hub()
+    if host:
+        raise FileNotFoundError(f"cannot load the {what} {name!r}: it is neither a local directory nor in the "
+                                f"Hugging Face cache, and {host} cannot be reached; {todo}")
+    try:
+        return loader.from_pretrained(name)
+    except OSError as err:
+        raise FileNotFoundError(f"cannot load the {what} {name!r} (a Hugging Face id or a local path): {err}") from err
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    legacy = os.environ.get("TRANSFORMERS_OFFLINE", "0").upper() in ("1", "ON", "YES", "TRUE")
+    return bool(constants.HF_HUB_OFFLINE) or legacy
+
+
+def _unreachable_hub(timeout: float = 3.0) -> str | None:
+    """The hub's host name when a connection to it fails within ``timeout`` seconds, else None."""
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return None
+    except OSError:
+        return url.hostname
+
+
+def load_tokenizer(name: str | os.PathLike):
+    """A fast Hugging Face tokenizer from a local directory or a Hugging Face id (:func:`from_pretrained`), its
+    pad token set to EOS when it has none."""
     from transformers import AutoTokenizer
 
-    path = _require(Path(path), "tokenizer", "tokenizer.json")
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    tokenizer = from_pretrained(AutoTokenizer, name, "tokenizer")
     if not tokenizer.is_fast:
-        raise TypeError(f"kdviz.assets: the tokenizer at {path} is not a fast tokenizer (offsets are needed).")
+        raise TypeError(f"the tokenizer of {str(name)!r} is not a fast tokenizer; kdviz needs character offsets")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_model(path: str | os.PathLike):
-    """A causal language model from a local directory (never the network), in eval mode."""
+def load_model(name: str | os.PathLike):
+    """A causal language model from a local directory or a Hugging Face id (:func:`from_pretrained`), in eval
+    mode."""
     from transformers import AutoModelForCausalLM
 
-    path = _require(Path(path), "model", "config.json")
-    return AutoModelForCausalLM.from_pretrained(path, local_files_only=True).eval()
+    return from_pretrained(AutoModelForCausalLM, name, "model").eval()
 
 
 def load_default(root: str | os.PathLike | None = None) -> Assets:
@@ -115,11 +177,11 @@ def load_default(root: str | os.PathLike | None = None) -> Assets:
     manifest = json.loads(_require(paths.manifest, "asset manifest").read_text())
     return Assets(
         paths=paths,
-        teacher=load_model(paths.teacher),
-        student_same=load_model(paths.student_same),
-        student_cross=load_model(paths.student_cross),
-        teacher_tokenizer=load_tokenizer(paths.teacher_tokenizer),
-        student_tokenizer=load_tokenizer(paths.student_tokenizer),
+        teacher=load_model(_require(paths.teacher, "model", "config.json")),
+        student_same=load_model(_require(paths.student_same, "model", "config.json")),
+        student_cross=load_model(_require(paths.student_cross, "model", "config.json")),
+        teacher_tokenizer=load_tokenizer(_require(paths.teacher_tokenizer, "tokenizer", "tokenizer.json")),
+        student_tokenizer=load_tokenizer(_require(paths.student_tokenizer, "tokenizer", "tokenizer.json")),
         train=load_split(paths.train),
         dev=load_split(paths.dev),
         test=load_split(paths.test),

@@ -9,61 +9,9 @@ import math
 import sys
 
 import pandas as pd
-import torch
 
-from kdviz.divergences import DIVERGENCES, divergence
-from kdviz.headtail import head_tail
-
-HEAD_TAIL_COLUMNS = ["head_size", "p_head", "q_head", "g_head", "g_tail", "d_head", "w_head"]
-
-
-def toy_teacher(vocab: int = 80, sigma: float = 16.0, seed: int = 0) -> torch.Tensor:
-    """The AKL paper's toy teacher: a discretised half-Gaussian over ``vocab`` classes, a little noise."""
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.arange(vocab, dtype=torch.float64)
-    density = torch.exp(-0.5 * (x / sigma) ** 2) * (1 + 0.05 * torch.rand(vocab, generator=gen, dtype=torch.float64))
-    return (density / density.sum()).log()
-
-
-def toy_students(teacher: torch.Tensor, mu: float = 0.5, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Student logits that each get one part of the teacher right (names say which)."""
-    gen = torch.Generator().manual_seed(seed)
-    vocab = teacher.shape[-1]
-    p = teacher.exp()
-    in_head = torch.cumsum(p, 0) <= mu
-    in_head[0] = True
-    flat = torch.full_like(p, 1.0 / vocab)
-
-    def mix(inside: torch.Tensor, outside: torch.Tensor) -> torch.Tensor:
-        """Take ``inside`` on the teacher's head and ``outside`` on its tail, renormalised."""
-        q = torch.where(in_head, inside, outside)
-        return (q / q.sum()).log()
-
-    return {
-        "uniform (free logits at init)": torch.rand(vocab, generator=gen, dtype=torch.float64),
-        "head right, tail flat": mix(p, flat * p[~in_head].sum()),
-        "tail right, head flat": mix(flat * 4, p),
-        "too confident (teacher / 0.5)": teacher / 0.5,
-        "too flat (teacher / 2)": teacher / 2.0,
-        "peak shifted by 8 classes": teacher.roll(8),
-        "equal to the teacher": teacher.clone(),
-    }
-
-
-def divergence_table(mu: float = 0.5) -> pd.DataFrame:
-    """Every registered divergence and the head/tail statistics for each toy student vs the toy teacher."""
-    teacher = toy_teacher()
-    students = toy_students(teacher, mu)
-    s = torch.stack(list(students.values()))
-    t = teacher.expand_as(s)
-    table = pd.DataFrame(
-        {name: divergence(name, s, t, reduction="none").numpy() for name in DIVERGENCES}, index=list(students)
-    )
-    ht = head_tail(s, t, mu=mu)
-    for column in HEAD_TAIL_COLUMNS:
-        table[column] = getattr(ht, column).numpy()
-    table.index.name = "student"
-    return table
+from kdviz.demo.toy import HEAD_TAIL_COLUMNS, divergence_table
+from kdviz.divergences import DIVERGENCES
 
 
 def toy(args: argparse.Namespace) -> None:
@@ -89,7 +37,7 @@ class UserError(Exception):
 
 def demo(args: argparse.Namespace) -> None:
     """Distil the teacher into the students with every method (once per seed); print the results table."""
-    from kdviz.train.demo import DEMO_METHODS, check_methods, default_setup, run_demo
+    from kdviz.demo.run import DEMO_METHODS, check_methods, default_setup, run_demo
     from kdviz.train.loop import TrainConfig
 
     names = args.methods or list(DEMO_METHODS)
@@ -156,12 +104,11 @@ def inspect(args: argparse.Namespace) -> None:
     """Compare how the student's and the teacher's tokenizers split texts (``kdviz.compare_tokenizers``)."""
     from kdviz.align import compare_tokenizers
     from kdviz.assets import default_paths, load_split, load_tokenizer
-    from kdviz.train.demo import load_tokenizer_from
     from kdviz.train.evaluate import format_prompt
 
     paths = default_paths()
-    student = load_tokenizer_from(args.student) if args.student else load_tokenizer(paths.student_tokenizer)
-    teacher = load_tokenizer_from(args.teacher) if args.teacher else load_tokenizer(paths.teacher_tokenizer)
+    student = load_tokenizer(args.student) if args.student else load_tokenizer(paths.student_tokenizer)
+    teacher = load_tokenizer(args.teacher) if args.teacher else load_tokenizer(paths.teacher_tokenizer)
     if args.texts:
         texts = read_texts(args.texts)
     else:

@@ -1,7 +1,7 @@
 """Score variants of ``kdviz demo``'s settings on the dev split, one seed: the exploration behind the README's
 "Does distillation help on the embedded default?" (the test split stays for the final table).
 
-Variants are demo methods (``kdviz.train.demo.DEMO_METHODS``), the same with the KD temperature of the DSKD
+Variants are demo methods (``kdviz.demo.run.DEMO_METHODS``), the same with the KD temperature of the DSKD
 repository's scripts (``fkl-tau2``, ``dskd-tau2``, ``cma-tau2``: tau 2, CE and KD at 0.5 each), and sequence-level
 KD (``seqkd``, ``seqkd-cross``: SFT on the teacher's greedy answers). ``--extra N`` gives every method but SFT the
 next N prompts of the training split answered by the teacher's greedy generation instead of the gold response.
@@ -24,7 +24,7 @@ from make_data import MIX, TASKS, WORLD_TASKS
 
 from kdviz import methods
 from kdviz.assets import default_paths, load_split
-from kdviz.train.demo import DEMO_METHODS, DemoMethod, _train_one, default_setup
+from kdviz.demo.run import DEMO_METHODS, DemoMethod, _train_one, default_setup
 from kdviz.train.evaluate import format_prompt, generate
 from kdviz.train.loop import TrainConfig
 

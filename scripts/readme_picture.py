@@ -13,7 +13,7 @@ from playwright.sync_api import sync_playwright
 
 import kdviz
 import kdviz.viz
-from kdviz.train.cma_example import record_cma_example
+from kdviz.demo.cma_example import record_cma_example
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "alignment.png"
 

@@ -7,9 +7,10 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from kdviz import cli, open_run
+from kdviz import assets, cli, open_run
 from kdviz.assets import default_paths
-from kdviz.train.demo import DEMO_METHODS, default_setup, run_demo
+from kdviz.demo.run import DEMO_METHODS, default_setup, run_demo
+from kdviz.demo.toy import divergence_table
 from kdviz.train.loop import TrainConfig
 
 
@@ -120,7 +121,7 @@ def test_toy_comparison_prints_every_divergence(capsys):
     printed = capsys.readouterr().out
     for name in ("fkl", "rkl", "akl", "abkd", "w_head", "tail right, head flat"):
         assert name in printed
-    table = cli.divergence_table()
+    table = divergence_table()
     assert (table.loc["equal to the teacher"].abs() < 1e-6).iloc[:10].all()
     # FKL punishes a wrong head harder than RKL does; the tail-right student is close under both
     assert table.loc["peak shifted by 8 classes", "fkl"] > table.loc["peak shifted by 8 classes", "rkl"]
@@ -172,21 +173,19 @@ def test_an_uncached_hub_id_fails_fast_offline(capsys, monkeypatch):
 
     from huggingface_hub import constants
 
-    from kdviz.train import demo
-
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     start = time.perf_counter()
     err = _user_error(capsys, ["inspect", "--student", "nobody/kdviz-no-such-model"])
     assert "HF_HUB_OFFLINE is set" in err and "hf download nobody/kdviz-no-such-model" in err
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(demo, "_unreachable_hub", lambda: "huggingface.co")
+    monkeypatch.setattr(assets, "_unreachable_hub", lambda: "huggingface.co")
     err = _user_error(capsys, ["demo", "--teacher", "nobody/kdviz-no-such-model"])
     assert "huggingface.co cannot be reached" in err and "or pass a local directory" in err
     assert time.perf_counter() - start < 10
 
 
 def test_demo_steps_are_taken_as_given(monkeypatch, capsys):
-    from kdviz.train import demo
+    from kdviz.demo import run as demo
 
     configs = []
 

@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from kdviz.demo.toy import half_gaussian_teacher  # noqa: F401 (the teacher of the figures and notebooks)
 from kdviz.divergences import DIVERGENCES, divergence
 from kdviz.headtail import head_mask, head_tail
 from kdviz.viz.figures import SIDE_COLOURS
@@ -38,15 +39,6 @@ def teacher_logits(
 def _bump(x: torch.Tensor, centre: int, spread: float) -> torch.Tensor:
     b = torch.exp(-0.5 * ((x - centre) / spread) ** 2)
     return b / b.sum()
-
-
-def half_gaussian_teacher(vocab: int = 80, sigma: float = 16.0, noise: float = 0.05, seed: int = 0) -> torch.Tensor:
-    """The AKL paper's toy teacher: logits of a discretised half-Gaussian over ``vocab`` classes (mode at
-    class 0, standard deviation ``sigma`` classes) with multiplicative noise of relative size ``noise``."""
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.arange(vocab, dtype=torch.float64)
-    density = torch.exp(-0.5 * (x / sigma) ** 2) * (1 + noise * torch.rand(vocab, generator=gen, dtype=torch.float64))
-    return (density / density.sum()).log()
 
 
 def _params(name: str, mu: float) -> dict:

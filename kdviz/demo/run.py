@@ -11,13 +11,10 @@ SFT of the same student on the same seed.
 from __future__ import annotations
 
 import copy
-import os
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pandas as pd
 import torch
@@ -234,20 +231,20 @@ def default_setup(teacher: str | None = None, student: str | None = None,
     from kdviz import assets
 
     check_train_examples(train_examples, len(assets.load_split(assets.default_paths().train)))
-    tokenizers = {name: load_tokenizer_from(name) for name in (teacher, student) if name}  # fail before loading
+    tokenizers = {name: assets.load_tokenizer(name) for name in (teacher, student) if name}  # fail before loading
     default = assets.load_default()
     names = {"teacher": "embedded GPT-2 teacher", "same": "embedded Llama student (teacher tokenizer)",
              "cross": "embedded Llama student (own tokenizer)"}
     teacher_model, teacher_tok = default.teacher, default.teacher_tokenizer
     if teacher:
-        teacher_model, teacher_tok = _load(teacher), tokenizers[teacher]
+        teacher_model, teacher_tok = assets.load_model(teacher), tokenizers[teacher]
         names["teacher"] = teacher
     students = {"same": (default.student_same, default.teacher_tokenizer),
                 "cross": (default.student_cross, default.student_tokenizer)}
     if student:
         tok = tokenizers[student]
         pair = "same" if tok.get_vocab() == teacher_tok.get_vocab() else "cross"
-        students[pair] = (_load(student), tok)
+        students[pair] = (assets.load_model(student), tok)
         names[pair] = student
     train = default.train if train_examples is None else default.train[:train_examples]
     return DemoSetup(teacher_model, teacher_tok, students, train, default.test, names)
@@ -262,73 +259,3 @@ def check_train_examples(train_examples: int | None, available: int) -> None:
     if train_examples > available:
         raise ValueError(f"train_examples must be at most {available} (the size of the training split), "
                          f"got {train_examples}")
-
-
-def _pretrained(loader: Callable, name: str, what: str):
-    """``loader.from_pretrained`` of a local directory or a Hugging Face id, failing fast without network.
-
-    A hub id is looked up in the local Hugging Face cache first; when it is not there and the hub is
-    offline (``HF_HUB_OFFLINE``) or cannot be reached within seconds, the error says what to do.
-    """
-    path = Path(name).expanduser()
-    if path.exists():
-        try:
-            return loader.from_pretrained(str(path), local_files_only=True)
-        except OSError as err:
-            raise FileNotFoundError(f"cannot load the {what} from the directory {path}: {err}") from err
-    if name.startswith(("/", "./", "../", "~")):
-        raise FileNotFoundError(f"cannot load the {what} {name!r}: the directory {path} does not exist")
-    try:
-        return loader.from_pretrained(name, local_files_only=True)  # the local cache: no network
-    except OSError:
-        pass
-    todo = (f"download it where there is network (`hf download {name}`) and copy the Hugging Face cache, "
-            "or pass a local directory")
-    if _hub_offline():
-        raise FileNotFoundError(f"cannot load the {what} {name!r}: it is neither a local directory nor in the "
-                                f"Hugging Face cache, and HF_HUB_OFFLINE is set; {todo}")
-    host = _unreachable_hub()
-    if host:
-        raise FileNotFoundError(f"cannot load the {what} {name!r}: it is neither a local directory nor in the "
-                                f"Hugging Face cache, and {host} cannot be reached; {todo}")
-    try:
-        return loader.from_pretrained(name)
-    except OSError as err:
-        raise FileNotFoundError(f"cannot load the {what} {name!r} (a Hugging Face id or a local path): {err}") from err
-
-
-def _hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    legacy = os.environ.get("TRANSFORMERS_OFFLINE", "0").upper() in ("1", "ON", "YES", "TRUE")
-    return bool(constants.HF_HUB_OFFLINE) or legacy
-
-
-def _unreachable_hub(timeout: float = 3.0) -> str | None:
-    """The hub's host name when a connection to it fails within ``timeout`` seconds, else None."""
-    from huggingface_hub import constants
-
-    url = urlparse(constants.ENDPOINT)
-    try:
-        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
-            return None
-    except OSError:
-        return url.hostname
-
-
-def _load(name: str) -> nn.Module:
-    from transformers import AutoModelForCausalLM
-
-    return _pretrained(AutoModelForCausalLM, name, "model").eval()
-
-
-def load_tokenizer_from(name: str):
-    """A fast tokenizer from a Hugging Face id or a local directory (pad token set to EOS when missing)."""
-    from transformers import AutoTokenizer
-
-    tokenizer = _pretrained(AutoTokenizer, name, "tokenizer")
-    if not tokenizer.is_fast:
-        raise TypeError(f"the tokenizer of {name!r} is not a fast tokenizer; kdviz needs character offsets")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
