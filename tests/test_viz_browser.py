@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 
 from kdviz.record import open_run
-from kdviz.viz import figures as F
-from kdviz.viz import report
+from kdviz.viz import figures, report
 from tests.browser import (
     ARGS,
     CHROMIUM,
@@ -341,9 +340,9 @@ def test_static_report_shows_every_step_whole(browser, tmp_path):
                 state = root.evaluate(_STEPPED_STATE)
                 step = int(state["label"].removeprefix("step "))
                 assert state["traces"] >= 1, (run_label, name, step)
-                if name in F.ALIGNMENT_NAMES or name == "transport_plan":
+                if name in figures.ALIGNMENT_NAMES or name == "transport_plan":
                     matrix = run.matrix(name, step, 0)
-                    rows, cols = F.transported_positions(matrix) if name == "transport_plan" else (None, None)
+                    rows, cols = figures.transported_positions(matrix) if name == "transport_plan" else (None, None)
                     shape = matrix.values.shape if rows is None else (int(rows.sum()), int(cols.sum()))
                     heatmap = state["heatmaps"][0]
                     assert (heatmap["rows"], heatmap["columns"]) == shape, (run_label, name, step, heatmap)

@@ -8,8 +8,7 @@ import torch
 
 from kdviz.align import encode_text, token_strings
 from kdviz.record import Matrix, open_run
-from kdviz.viz import figures as F
-from kdviz.viz import toy
+from kdviz.viz import figures, toy
 from tests.kd_helpers import bpe_tokenizer, unigram_tokenizer
 from tests.viz_runs import INJECTED, cma_run, fake_run, ot_run, vanilla_run
 
@@ -35,21 +34,21 @@ def fake():
 
 
 def test_token_label_escapes_and_shows_whitespace():
-    assert F.token_label(INJECTED[0]) == "&lt;img src=x onerror=alert(1)&gt;"
-    assert F.token_label("a\nb\t") == "a↵b⇥" and F.token_label("") == "∅"
-    assert F.position_labels(["x", "x"], [3, 4]) == ["3 x", "4 x"]  # unique even for equal tokens
+    assert figures.token_label(INJECTED[0]) == "&lt;img src=x onerror=alert(1)&gt;"
+    assert figures.token_label("a\nb\t") == "a↵b⇥" and figures.token_label("") == "∅"
+    assert figures.position_labels(["x", "x"], [3, 4]) == ["3 x", "4 x"]  # unique even for equal tokens
 
 
 def test_smooth_is_debiased_and_skips_nan():
-    np.testing.assert_allclose(F.smooth([5.0, 5.0, 5.0], 0.9), [5.0, 5.0, 5.0])
-    out = F.smooth([1.0, float("nan"), 3.0], 0.5)
+    np.testing.assert_allclose(figures.smooth([5.0, 5.0, 5.0], 0.9), [5.0, 5.0, 5.0])
+    out = figures.smooth([1.0, float("nan"), 3.0], 0.5)
     assert np.isnan(out[1]) and out[0] == 1.0 and out[2] == pytest.approx((0.5 * 0.5 + 0.5 * 3) / 0.75)
     with pytest.raises(ValueError, match="smoothing"):
-        F.smooth([1.0], 1.0)
+        figures.smooth([1.0], 1.0)
 
 
 def test_loss_terms_raw_and_smoothed_runs_overlaid(cma, vanilla):
-    fig = F.loss_terms([cma, vanilla], log_y=True, clip_outliers=True)
+    fig = figures.loss_terms([cma, vanilla], log_y=True, clip_outliers=True)
     names = [t.name for t in fig.data]
     assert len(fig.data) == 12  # 2 runs x (loss, kd, ce) x (raw, smoothed)
     assert any(n.startswith("CMA") and n.endswith("loss") for n in names)
@@ -59,18 +58,18 @@ def test_loss_terms_raw_and_smoothed_runs_overlaid(cma, vanilla):
     assert fig.layout.yaxis.type == "log" and fig.layout.xaxis.title.text == "step"
     assert fig.layout.yaxis.range is not None
     assert {b.label for b in fig.layout.updatemenus[0].buttons} == {"linear", "log"}
-    by_tokens = F.loss_terms(cma, ["kd"], x="tokens")
+    by_tokens = figures.loss_terms(cma, ["kd"], x="tokens")
     seen = cma.scalars.query("name == 'tokens_seen'")["value"].tolist()
     assert list(by_tokens.data[0].x) == seen and by_tokens.layout.xaxis.title.text == "tokens seen"
-    wall = F.loss_terms(cma, ["kd"], x="wall_time")
+    wall = figures.loss_terms(cma, ["kd"], x="wall_time")
     assert wall.data[0].x[0] == pytest.approx(0.0, abs=1e-6) and wall.layout.xaxis.title.text == "wall time (s)"
     assert "hovertemplate" in wall.data[1].to_plotly_json()
     with pytest.raises(ValueError, match="x must be one of"):
-        F.loss_terms(cma, x="epoch")
+        figures.loss_terms(cma, x="epoch")
 
 
 def test_head_tail_over_steps(cma, vanilla):
-    fig = F.head_tail_steps(vanilla)
+    fig = figures.head_tail_steps(vanilla)
     names = {t.name for t in fig.data}
     assert {"teacher head p(H)", "student on head q(H)", "g_head", "g_tail", "d_head (signed)"} <= names
     assert {"w_head q05-q95", "w_head q25-q75", "w_head median"} <= names
@@ -78,28 +77,28 @@ def test_head_tail_over_steps(cma, vanilla):
     assert [fig.layout[f"yaxis{k}"].title.text for k in ("", 2, 3)] == ["mass", "gap", "w_head"]
     median = next(t for t in fig.data if t.name == "w_head median")
     assert list(median.x) == [0, 2, 4]
-    assert "s2t" in F.head_tail_steps(cma, space="s2t").layout.title.text
+    assert "s2t" in figures.head_tail_steps(cma, space="s2t").layout.title.text
     with pytest.raises(KeyError, match="recorded spaces"):
-        F.head_tail_steps(cma, space="shared")
+        figures.head_tail_steps(cma, space="shared")
 
 
 def test_head_tail_per_token(vanilla):
-    fig = F.head_tail_tokens(vanilla, step=2, sample=1)
+    fig = figures.head_tail_tokens(vanilla, step=2, sample=1)
     rows = vanilla.head_tail(per_token=True).query("step == 2 and sample == 1")
-    labels = F.position_labels(rows["token"].tolist(), rows["position"].tolist())
+    labels = figures.position_labels(rows["token"].tolist(), rows["position"].tolist())
     assert list(fig.data[0].x) == labels and fig.layout.barmode == "stack"
     assert [t.name for t in fig.data] == ["p(H) teacher", "q(H) student", "g_head", "g_tail", "w_head"]
     np.testing.assert_allclose(fig.data[2].y, rows["g_head"])
-    assert "no per-token" in F.head_tail_tokens(vanilla, step=99).layout.annotations[0].text
+    assert "no per-token" in figures.head_tail_tokens(vanilla, step=99).layout.annotations[0].text
 
 
 def test_alignment_heatmap_labels_hover_reference_scores(cma):
     m = cma.matrix("t2s_weight", step=4, sample=1)
-    fig = F.alignment_heatmap(m)
+    fig = figures.alignment_heatmap(m)
     heat, ref = fig.data
     np.testing.assert_allclose(heat.z, m.values)
-    assert list(heat.y) == F.position_labels(m.row_tokens, m.info["rows"])  # predicted student tokens
-    assert list(heat.x) == F.position_labels(m.col_tokens, m.info["cols"])
+    assert list(heat.y) == figures.position_labels(m.row_tokens, m.info["rows"])  # predicted student tokens
+    assert list(heat.x) == figures.position_labels(m.col_tokens, m.info["cols"])
     assert any("▁" in y for y in heat.y) and any("Ġ" in x for x in heat.x)
     assert "student %{y}" in heat.hovertemplate and "teacher %{x}" in heat.hovertemplate
     assert "weight %{z" in heat.hovertemplate
@@ -116,12 +115,12 @@ def test_large_matrices_are_binned():
     reference = np.zeros((700, 650), dtype=bool)
     reference[0, 0] = True
     m = Matrix(values, [f"s{i}" for i in range(700)], [f"t{j}" for j in range(650)], reference, "t2s_weight")
-    view = F.matrix_view(m)
-    assert view.z.shape == (F.MAX_AXIS, F.MAX_AXIS) and view.binned
+    view = figures.matrix_view(m)
+    assert view.z.shape == (figures.MAX_AXIS, figures.MAX_AXIS) and view.binned
     assert view.z.mean() == pytest.approx(values.mean(), rel=1e-3)
     assert view.y[0] == "0 s0 … 1 s1" and view.ref_x == [view.x[0]]
-    assert "binned from 700x650" in F.alignment_heatmap(m).layout.title.text
-    small = F.matrix_view(Matrix(values[:5, :4], list("abcde"), list("wxyz"), None))
+    assert "binned from 700x650" in figures.alignment_heatmap(m).layout.title.text
+    small = figures.matrix_view(Matrix(values[:5, :4], list("abcde"), list("wxyz"), None))
     assert small.z.shape == (5, 4) and not small.binned and small.ref_x == []
 
 
@@ -136,7 +135,7 @@ def test_transport_plan_shows_only_transported_positions_with_uniform_marginals(
         info={**plan.info, "cols": [*(plan.info.get("cols") or range(values.shape[1])), 97, 98, 99]},
     )
     for matrix in (plan, padded):
-        fig = F.transport_figure(matrix, matrix)
+        fig = figures.transport_figure(matrix, matrix)
         drawn = np.asarray(fig.data[0].z, dtype=np.float64)
         assert drawn.shape == values[values.sum(1) > 0][:, values.sum(0) > 0].shape
         columns, rows = drawn.sum(0), drawn.sum(1)
@@ -150,12 +149,12 @@ def test_transport_plan_shows_only_transported_positions_with_uniform_marginals(
 def test_transport_plan_cost_and_vocab_map(ot):
     plan, cost = ot.matrix("transport_plan", 2, 0), ot.matrix("transport_cost", 2, 0)
     assert plan.values.shape == cost.values.shape and len(plan.row_tokens) == plan.values.shape[0]
-    fig = F.transport_figure(plan, cost)
+    fig = figures.transport_figure(plan, cost)
     assert [t.type for t in fig.data] == ["heatmap", "scatter", "heatmap"]
     rows, cols = plan.values.sum(1) > 0, plan.values.sum(0) > 0  # the transported positions
     np.testing.assert_allclose(fig.data[0].z, plan.values[rows][:, cols], rtol=1e-6)
     np.testing.assert_allclose(fig.data[2].z, cost.values[rows][:, cols], rtol=1e-6)
-    teacher_labels = F.position_labels(plan.row_tokens, plan.info["rows"])
+    teacher_labels = figures.position_labels(plan.row_tokens, plan.info["rows"])
     assert list(fig.data[0].y) == [label for label, keep in zip(teacher_labels, rows, strict=True) if keep]
     assert any("Ġ" in y for y in fig.data[0].y) and any("▁" in x for x in fig.data[0].x)
     assert "cost %{z" in fig.data[2].hovertemplate and fig.layout.xaxis2.title.text == "student token"
@@ -163,18 +162,18 @@ def test_transport_plan_cost_and_vocab_map(ot):
     assert len(fig.data[1].x) == int(plan.reference[rows][:, cols].sum())
     teacher_vocab = bpe_tokenizer().convert_ids_to_tokens(list(range(len(bpe_tokenizer()))))
     student_vocab = {i: t for t, i in unigram_tokenizer().get_vocab().items()}
-    table = F.vocab_map_table(ot, 2, 0, teacher_tokens=teacher_vocab, student_tokens=student_vocab)
+    table = figures.vocab_map_table(ot, 2, 0, teacher_tokens=teacher_vocab, student_tokens=student_vocab)
     rows = ot.table("vocab_map").query("step == 2 and sample == 0")
     cells = table.data[0].cells.values
     assert len(rows) == 20 and list(cells[0]) == list(range(20))
     nbsp = "\u00a0"  # no plain spaces: they rendered blank in the dashboard's FigureWidget
-    assert list(cells[1]) == [f"{F.token_label(teacher_vocab[i])}{nbsp}({i})" for i in rows["teacher_id"]]
-    assert list(cells[2]) == [f"{F.token_label(student_vocab[i])}{nbsp}({i})" for i in rows["student_id"]]
+    assert list(cells[1]) == [f"{figures.token_label(teacher_vocab[i])}{nbsp}({i})" for i in rows["teacher_id"]]
+    assert list(cells[2]) == [f"{figures.token_label(student_vocab[i])}{nbsp}({i})" for i in rows["student_id"]]
     assert list(table.data[0].header.values) == ["rank", f"teacher{nbsp}token", f"student{nbsp}token"]
 
 
 def test_vocab_map_absent_explains(cma):
-    fig = F.vocab_map_table(cma)
+    fig = figures.vocab_map_table(cma)
     assert not fig.data and "no top-k vocabulary map" in fig.layout.annotations[0].text
 
 
@@ -182,27 +181,27 @@ def test_token_losses_text_colour_and_top5_hover(vanilla):
     rows = vanilla.tokens().query("step == 4 and sample == 0").sort_values("position")
     logits = torch.randn(len(rows), 30)
     top = {
-        int(p): (F.top_tokens(logits[k : k + 1], lambda ids: [f"t{i}" for i in ids])[0], [("s", 0.5)])
+        int(p): (figures.top_tokens(logits[k : k + 1], lambda ids: [f"t{i}" for i in ids])[0], [("s", 0.5)])
         for k, p in enumerate(rows["position"])
     }
-    fig = F.token_losses(vanilla, 4, 0, top=top, per_line=8)
+    fig = figures.token_losses(vanilla, 4, 0, top=top, per_line=8)
     heat = fig.data[0]
     flat_text = [t for line in heat.text for t in line if t]
-    assert flat_text == [F.token_label(t) for t in rows["token"]]
+    assert flat_text == [figures.token_label(t) for t in rows["token"]]
     flat_z = np.asarray(heat.z, dtype=float).ravel()[: len(rows)]
     np.testing.assert_allclose(flat_z, rows["token_kd"])
     hover = heat.customdata[0][0]
     assert "KD loss" in hover and "teacher top-5" in hover and "student top-1" in hover and "s 0.500" in hover
     assert heat.texttemplate == "%{text}" and "KD loss per token" in fig.layout.title.text
-    share = F.token_losses(vanilla, 4, 0, value="rkl_share")
+    share = figures.token_losses(vanilla, 4, 0, value="rkl_share")
     assert share.data[0].zmid == 0.5 and "RKL share" in share.layout.title.text
-    missing = F.token_losses(vanilla, 4, 0, value="nope")
+    missing = figures.token_losses(vanilla, 4, 0, value="nope")
     assert "no per-token 'nope'" in missing.layout.annotations[0].text.replace("&#x27;", "'")
 
 
 def test_top_tokens_probabilities():
     logits = torch.tensor([[0.0, 1.0, 2.0]])
-    ((first, p),) = F.top_tokens(logits, lambda ids: [str(i) for i in ids], k=1)[0]
+    ((first, p),) = figures.top_tokens(logits, lambda ids: [str(i) for i in ids], k=1)[0]
     assert first == "2" and p == pytest.approx(float(logits.softmax(-1)[0, 2]))
 
 
@@ -211,38 +210,38 @@ def test_tokenizer_comparison_regions():
     ids_a, off_a = encode_text(unigram_tokenizer(), text)
     ids_b, off_b = encode_text(bpe_tokenizer(), text)
     tok_a, tok_b = token_strings(unigram_tokenizer(), ids_a), token_strings(bpe_tokenizer(), ids_b)
-    fig = F.tokenizer_comparison(text, off_a, off_b, tok_a, tok_b)
+    fig = figures.tokenizer_comparison(text, off_a, off_b, tok_a, tok_b)
     bars = [t for t in fig.data if t.type == "bar"]
     kinds = {t.name for t in bars}
-    assert "one-to-one" in kinds and kinds <= set(F.KIND_COLOURS)
+    assert "one-to-one" in kinds and kinds <= set(figures.KIND_COLOURS)
     student = [x for t in bars if t.y[0] == "student" for x in t.text]
-    assert sorted(student) == sorted(F.token_label(t) for t, (s, e) in zip(tok_a, off_a, strict=True) if e > s)
-    assert all(t.marker.color == F.KIND_COLOURS[t.name] for t in bars)
+    assert sorted(student) == sorted(figures.token_label(t) for t, (s, e) in zip(tok_a, off_a, strict=True) if e > s)
+    assert all(t.marker.color == figures.KIND_COLOURS[t.name] for t in bars)
     assert "characters %{customdata[1]}" in bars[0].hovertemplate and fig.layout.xaxis.title.text == "character"
     assert fig.data[-1].mode == "text" and len(fig.data[-1].text) == len(text)
     assert not fig.layout.xaxis.rangeslider.visible and tuple(fig.layout.xaxis.range) == (0, len(text))
     # a long text opens on a readable window (~14 px a character) with a range slider over the whole text
-    long = F.tokenizer_comparison(text * 4, off_a, off_b, tok_a, tok_b, window=40)
+    long = figures.tokenizer_comparison(text * 4, off_a, off_b, tok_a, tok_b, window=40)
     assert tuple(long.layout.xaxis.range) == (0, 40) and long.layout.xaxis.rangeslider.visible
     assert tuple(long.layout.xaxis.rangeslider.range) == (0, 4 * len(text))
 
 
 def test_numerics_and_results(cma, vanilla):
-    fig = F.numerics(cma)
+    fig = figures.numerics(cma)
     names = {t.name for t in fig.data}
     assert "grad_norm/group0" in names and "lr" in names and "numerics/empty_masks/student" in names
-    table = F.results_table({"a": cma, "b": vanilla})
+    table = figures.results_table({"a": cma, "b": vanilla})
     assert table["run"].tolist() == ["a", "b"] and table["steps"].tolist() == [6, 6]
     assert "align argmax_overlap" in table.columns and table["top1_agreement"].isna().tolist() == [True, False]
 
 
 def test_injected_tokens_never_reach_figures_raw(fake):
-    figures = [
-        F.alignment_heatmap(fake.matrix("t2s_weight", 3, 0)),
-        F.token_losses(fake, 3, 0),
-        F.loss_terms(fake),
+    built = [
+        figures.alignment_heatmap(fake.matrix("t2s_weight", 3, 0)),
+        figures.token_losses(fake, 3, 0),
+        figures.loss_terms(fake),
     ]
-    for fig in figures:
+    for fig in built:
         text = fig.to_json()
         assert "<img" not in text and "<script" not in text and "&lt;" in text
 
@@ -281,6 +280,6 @@ def test_a_one_step_run_draws_its_points(tmp_path):
     with Recorder(tmp_path / "one", every=1, samples=1) as rec:
         rec.log(0, make_batch(), make_output(0), grad_norms={"student": 1.5})
     run = open_run(tmp_path / "one")
-    for fig in (F.loss_terms(run), F.numerics(run)):
+    for fig in (figures.loss_terms(run), figures.numerics(run)):
         shown = [t for t in fig.data if t.showlegend is not False]
         assert shown and all("markers" in t.mode for t in shown), [t.mode for t in fig.data]

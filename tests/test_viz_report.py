@@ -7,8 +7,7 @@ import json
 import pytest
 
 from kdviz.record import open_run
-from kdviz.viz import figures as F
-from kdviz.viz import report
+from kdviz.viz import figures, report
 from kdviz.viz.report import pick_steps
 from tests.viz_runs import INJECTED, cma_run, fake_run, ot_run, uld_run, vanilla_run
 
@@ -40,9 +39,9 @@ def test_report_is_self_contained_with_step_sliders(tmp_path):
     assert names.count("t2s_weight") == 1 and names.count("s2t_weight") == 1 and names.count("pairing") == 1
     assert "transport_plan" in names and "token_had" in names and names.count("head_tail") >= 2
     assert "alignment: not recorded" not in html
-    for name, figures in views:
-        assert [f["step"] for f in figures] == sorted(f["step"] for f in figures)
-        for entry in figures:
+    for name, frames in views:
+        assert [f["step"] for f in frames] == sorted(f["step"] for f in frames)
+        for entry in frames:
             assert entry["figure"]["data"], (name, entry["step"])  # every step has traces
 
 
@@ -54,7 +53,7 @@ def test_every_step_of_a_stepped_view_carries_its_own_matrix(tmp_path):
     shapes = set()
     for entry in views["t2s_weight"]:
         heatmap = entry["figure"]["data"][0]
-        shape = F.matrix_view(run.matrix("t2s_weight", entry["step"], 0)).shape
+        shape = figures.matrix_view(run.matrix("t2s_weight", entry["step"], 0)).shape
         assert (len(heatmap["y"]), len(heatmap["x"])) == shape
         shapes.add(shape)
     assert len(shapes) > 1  # the fixture's steps really differ in shape

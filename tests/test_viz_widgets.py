@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from kdviz.record import Recorder, open_run
-from kdviz.viz import compare, dashboard, inspect_tokenizers, playground
-from kdviz.viz import figures as F
+from kdviz.viz import compare, dashboard, figures, inspect_tokenizers, playground
 from kdviz.viz.widgets import PLOTLY_MIME, FigureView
 from tests.kd_helpers import bpe_tokenizer, unigram_tokenizer
 from tests.record_fakes import make_batch, make_output
@@ -59,9 +58,9 @@ def test_choosing_a_token_shows_its_alignment_row_and_both_top_k():
     assert [c == "#00a5bd" for c in bars.marker.color] == list(reference)  # the overlapping teacher tokens
     label = d.alignment_row.label
     assert f"row {label}" in d.row_view.layout.title.text and "step 2" in d.row_view.layout.title.text
-    recorded = F.recorded_top(F.sample_rows(run.tokens(), 2, 0))[int(matrix.info["rows"][3])]
-    assert list(table.cells.values[1]) == [F.token_label(t) for t, _ in recorded[0]]  # teacher top-k
-    assert list(table.cells.values[3]) == [F.token_label(t) for t, _ in recorded[1]]  # student top-k
+    recorded = figures.recorded_top(figures.sample_rows(run.tokens(), 2, 0))[int(matrix.info["rows"][3])]
+    assert list(table.cells.values[1]) == [figures.token_label(t) for t, _ in recorded[0]]  # teacher top-k
+    assert list(table.cells.values[3]) == [figures.token_label(t) for t, _ in recorded[1]]  # student top-k
     d.controls.slider.value = 4  # another matrix: the menu follows it, the chosen row is kept when it exists
     assert len(d.alignment_row.options) == len(run.matrix("t2s_weight", 4, 0).row_tokens)
     assert d.alignment_row.value == 3 and "step 4" in d.row_view.layout.title.text

@@ -24,7 +24,7 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
 from kdviz.record.reader import Run
-from kdviz.viz import figures as F
+from kdviz.viz import figures
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1300px; color: #222; }
@@ -108,47 +108,47 @@ def _run_sections(run: Run, label: str, max_steps: int, view_ids: Iterator[int])
     if notes:
         items = "".join(f"<li>{html.escape(str(k))}: {html.escape(str(v))}</li>" for k, v in notes.items())
         out.append(f"<details><summary>recorder notes</summary><ul>{items}</ul></details>")
-    out.append(_figure_html(F.head_tail_steps(run)))
+    out.append(_figure_html(figures.head_tail_steps(run)))
     names = run.matrix_names()
     views: list[tuple[str, Callable[[int], go.Figure], list[int]]] = []
-    for name in F.ALIGNMENT_NAMES:
+    for name in figures.ALIGNMENT_NAMES:
         if name in names:
-            heatmap = lambda s, name=name: F.alignment_heatmap(run.matrix(name, s, 0))  # noqa: E731
+            heatmap = lambda s, name=name: figures.alignment_heatmap(run.matrix(name, s, 0))  # noqa: E731
             views.append((name, heatmap, run.matrix_steps(name)))
     if "transport_plan" in names:
         cost = "transport_cost" in names
         views.append(
             (
                 "transport_plan",
-                lambda s: F.transport_figure(
+                lambda s: figures.transport_figure(
                     run.matrix("transport_plan", s, 0), run.matrix("transport_cost", s, 0) if cost else None
                 ),
                 run.matrix_steps("transport_plan"),
             )
         )
     tokens = run.tokens()
-    token_value = next((v for v in F.TOKEN_VALUES if v in tokens.columns), None)
+    token_value = next((v for v in figures.TOKEN_VALUES if v in tokens.columns), None)
     if token_value is not None:
         steps = sorted(int(s) for s in tokens.loc[tokens[token_value].notna(), "step"].unique())
-        views.append((token_value, lambda s: F.token_losses(run, s, 0, value=token_value), steps))
+        views.append((token_value, lambda s: figures.token_losses(run, s, 0, value=token_value), steps))
     per_token = run.head_tail(per_token=True)
     if "g_head" in per_token.columns:
         steps = sorted(int(s) for s in per_token.loc[per_token["sample"] == 0, "step"].unique())
-        views.append(("head_tail", lambda s: F.head_tail_tokens(run, s, 0), steps))
+        views.append(("head_tail", lambda s: figures.head_tail_tokens(run, s, 0), steps))
     for name, build, steps in views:
         view = stepped_view(build, pick_steps(steps, max_steps), f"view-{next(view_ids)}", name)
         if view is not None:
             out.append(view)
     if not run.table("vocab_map").empty:
-        out.append(_figure_html(F.vocab_map_table(run)))
+        out.append(_figure_html(figures.vocab_map_table(run)))
     for probe, present in (
-        ("alignment", any(name in names for name in F.ALIGNMENT_NAMES)),
+        ("alignment", any(name in names for name in figures.ALIGNMENT_NAMES)),
         ("transport", "transport_plan" in names),
         ("token_loss", token_value is not None),
     ):
         if not present:
             out.append(f"<p class='note'>{html.escape(probe)}: {html.escape(notes.get(probe, 'not recorded'))}</p>")
-    out.append(_figure_html(F.numerics(run)))
+    out.append(_figure_html(figures.numerics(run)))
     return out
 
 
@@ -166,17 +166,17 @@ def report(
     client-side step slider (at most ``max_steps`` steps each), the last top-k vocabulary map (ids), and
     the numerics.
     """
-    named = F._as_runs(runs)
+    named = figures._as_runs(runs)
     if not named:
         raise ValueError("report() needs at least one run")
     raw = {html.unescape(label): run for label, run in named.items()}  # the figures escape labels themselves
-    results = F.results_table(raw).to_html(index=False, escape=False, classes="results", border=0, na_rep="")
+    results = figures.results_table(raw).to_html(index=False, escape=False, classes="results", border=0, na_rep="")
     parts = [
         f"<h1>{html.escape(title)}</h1>",
         f"<p class='note'>generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} by kdviz</p>",
         "<h2>results</h2>",
         results,
-        _figure_html(F.loss_terms(raw)),
+        _figure_html(figures.loss_terms(raw)),
     ]
     view_ids = itertools.count()
     for label, run in named.items():

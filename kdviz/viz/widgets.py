@@ -27,8 +27,7 @@ import torch
 from kdviz.align.tokens import encode_text, token_strings
 from kdviz.divergences import DIVERGENCES
 from kdviz.record.reader import Run
-from kdviz.viz import figures as F
-from kdviz.viz import toy
+from kdviz.viz import figures, toy
 
 WHY = {
     "alignment": "No alignment matrices in this run. Only cross-tokenizer methods produce them: CMA's "
@@ -92,7 +91,9 @@ def _at(steps: Sequence[int], step: int | None) -> int | None:
 
 def explain(text: str) -> widgets.HTML:
     """A short notice in place of a view whose data is absent."""
-    return widgets.HTML(f"<div style='padding:1em;color:#555'><b>Nothing to show here.</b> {F.token_label(text)}</div>")
+    return widgets.HTML(
+        f"<div style='padding:1em;color:#555'><b>Nothing to show here.</b> {figures.token_label(text)}</div>"
+    )
 
 
 def table_html(df: pd.DataFrame, escape: bool = True) -> widgets.HTML:
@@ -204,7 +205,7 @@ class _Views(widgets.VBox):
                 return build(step, sample)
             except Exception:
                 self.errors.append_stderr(traceback.format_exc())
-                return F.message_figure("this view failed to draw; the error is printed below")
+                return figures.message_figure("this view failed to draw; the error is printed below")
 
         panel = Panel(safe, steps, self.step, self.sample, len(self._tab_names))
         self.panels.append(panel)
@@ -277,14 +278,14 @@ class Dashboard(_Views):
     def _build_tabs(self) -> None:
         run = self.run
         # Overview
-        self.x_axis = widgets.Dropdown(options=list(F.X_AXES), value="step", description="x axis")
+        self.x_axis = widgets.Dropdown(options=list(figures.X_AXES), value="step", description="x axis")
         self.log_y = widgets.Checkbox(value=False, description="log scale")
         self.clip = widgets.Checkbox(value=False, description="clip outliers")
         self.smoothing = widgets.FloatSlider(
             value=0.9, min=0.0, max=0.99, step=0.01, description="EMA", continuous_update=False
         )
         loss = self.panel(
-            lambda s, k: F.loss_terms(
+            lambda s, k: figures.loss_terms(
                 run,
                 x=self.x_axis.value,
                 smoothing=self.smoothing.value,
@@ -294,7 +295,7 @@ class Dashboard(_Views):
         )
         for w in (self.x_axis, self.log_y, self.clip, self.smoothing):
             w.observe(lambda _, p=loss: self.update(force=True, panels=[p]), names="value")
-        self.results = table_html(F.results_table(run), escape=False)
+        self.results = table_html(figures.results_table(run), escape=False)
         self.add_tab(
             "Overview",
             widgets.VBox(
@@ -303,10 +304,12 @@ class Dashboard(_Views):
         )
         # Head/Tail
         if not run.head_tail().empty:
-            ht_steps = self.panel(lambda s, k: F.head_tail_steps(run))
+            ht_steps = self.panel(lambda s, k: figures.head_tail_steps(run))
             ht_tokens = self.panel(
                 lambda s, k: (
-                    F.head_tail_tokens(run, s, k) if s is not None else F.message_figure("no per-token statistics")
+                    figures.head_tail_tokens(run, s, k)
+                    if s is not None
+                    else figures.message_figure("no per-token statistics")
                 ),
                 lambda: _token_steps(run),
             )
@@ -314,11 +317,11 @@ class Dashboard(_Views):
         else:
             self.add_tab("Head/Tail", explain(_note(run, "head_tail")))
         # Alignment
-        names = [n for n in F.ALIGNMENT_NAMES if n in run.matrix_names()]
+        names = [n for n in figures.ALIGNMENT_NAMES if n in run.matrix_names()]
         if names:
             self.alignment_name = widgets.Dropdown(options=names, value=names[0], description="matrix")
             heat = self.panel(
-                lambda s, k: F.alignment_heatmap(run.matrix(self.alignment_name.value, s, k)),
+                lambda s, k: figures.alignment_heatmap(run.matrix(self.alignment_name.value, s, k)),
                 lambda: run.matrix_steps(self.alignment_name.value),
             )
             self.alignment_row = widgets.Dropdown(description="token", layout=widgets.Layout(width="320px"))
@@ -339,22 +342,24 @@ class Dashboard(_Views):
         if "transport_plan" in run.matrix_names():
             has_cost = "transport_cost" in run.matrix_names()
             plan = self.panel(
-                lambda s, k: F.transport_figure(
+                lambda s, k: figures.transport_figure(
                     run.matrix("transport_plan", s, k), run.matrix("transport_cost", s, k) if has_cost else None
                 ),
                 lambda: run.matrix_steps("transport_plan"),
             )
-            vocab = self.panel(lambda s, k: F.vocab_map_table(run, s, k), lambda: _table_steps(run, "vocab_map"))
+            vocab = self.panel(lambda s, k: figures.vocab_map_table(run, s, k), lambda: _table_steps(run, "vocab_map"))
             self.add_tab("Transport", widgets.VBox([plan.widget, vocab.widget]))
         else:
             self.add_tab("Transport", explain(_note(run, "transport")))
         # Tokens
         if not run.tokens().empty:
             recorded = set(run.tokens().columns)
-            columns = [c for c in F.TOKEN_VALUES if c in recorded or (c == "rkl_share" and {"fkl", "rkl"} <= recorded)]
+            columns = [
+                c for c in figures.TOKEN_VALUES if c in recorded or (c == "rkl_share" and {"fkl", "rkl"} <= recorded)
+            ]
             self.token_value = widgets.Dropdown(options=columns, value=columns[0], description="colour by")
             tokens = self.panel(
-                lambda s, k: F.token_losses(run, s, k, value=self.token_value.value),
+                lambda s, k: figures.token_losses(run, s, k, value=self.token_value.value),
                 lambda: _token_steps(run),
             )
             self.token_value.observe(lambda _: self.update(force=True, panels=[tokens]), names="value")
@@ -362,7 +367,7 @@ class Dashboard(_Views):
         else:
             self.add_tab("Tokens", explain(_note(run, "token_loss")))
         # Numerics
-        nums = self.panel(lambda s, k: F.numerics(run))
+        nums = self.panel(lambda s, k: figures.numerics(run))
         events = run.table("events")
         self.events = table_html(events) if not events.empty else widgets.HTML("<i>no numerical events</i>")
         self.add_tab("Numerics", widgets.VBox([nums.widget, self.events]))
@@ -372,8 +377,9 @@ class Dashboard(_Views):
         steps = run.scalars["step"]
         last = int(steps.max()) if len(steps) else None
         self.header.value = (
-            f"<b>{F.run_label(run)}</b> · {F.token_label(str(run.path))} · last step {last} · "
-            f"recorded steps {len(self.controls.slider.options)} · created {F.token_label(meta.get('created', ''))}"
+            f"<b>{figures.run_label(run)}</b> · {figures.token_label(str(run.path))} · last step {last} · "
+            f"recorded steps {len(self.controls.slider.options)} · "
+            f"created {figures.token_label(meta.get('created', ''))}"
         )
 
     # live ---------------------------------------------------------------------------------------------
@@ -381,10 +387,10 @@ class Dashboard(_Views):
         """The chosen token's row of the shown alignment matrix, with both sides' recorded top-k there. The
         token menu follows the matrix of the current step and sample (keeping the chosen row when it exists)."""
         if step is None:
-            return F.message_figure("no alignment matrix recorded", "alignment row")
+            return figures.message_figure("no alignment matrix recorded", "alignment row")
         matrix = run.matrix(self.alignment_name.value, step, sample)
         positions = list(matrix.info.get("rows") or range(len(matrix.row_tokens)))
-        options = list(zip(F.position_labels(matrix.row_tokens, positions), range(len(positions)), strict=True))
+        options = list(zip(figures.position_labels(matrix.row_tokens, positions), range(len(positions)), strict=True))
         if list(self.alignment_row.options) != options:
             kept = self.alignment_row.value if isinstance(self.alignment_row.value, int) else 0
             self._syncing_rows = True
@@ -394,12 +400,12 @@ class Dashboard(_Views):
             finally:
                 self._syncing_rows = False
         if not options:
-            return F.message_figure("this matrix has no rows", "alignment row")
+            return figures.message_figure("this matrix has no rows", "alignment row")
         row = self.alignment_row.value
         top = None
         if matrix.info.get("row_side", "student") == "student":  # the top-k is recorded at student positions
-            top = F.recorded_top(F.sample_rows(run.tokens(), step, sample)).get(int(positions[row]))
-        return F.alignment_row(matrix, row, top)
+            top = figures.recorded_top(figures.sample_rows(run.tokens(), step, sample)).get(int(positions[row]))
+        return figures.alignment_row(matrix, row, top)
 
     def poll(self) -> bool:
         """Read what the run appended since the last poll and redraw; True when something was new."""
@@ -468,10 +474,10 @@ class Comparison(_Views):
             options=list(raw), value=list(raw), description="runs", rows=min(len(raw), 6)
         )
         self._run_boxes: list[tuple[str, widgets.Widget]] = []
-        loss = self.panel(lambda s, k: F.loss_terms({label: raw[label] for label in self.shown_runs.value}))
-        self.results = table_html(F.results_table(raw), escape=False)
+        loss = self.panel(lambda s, k: figures.loss_terms({label: raw[label] for label in self.shown_runs.value}))
+        self.results = table_html(figures.results_table(raw), escape=False)
         self.add_tab("Overview", widgets.VBox([self.results, loss.widget]))
-        self.add_tab("Head/Tail", self._side_by_side(lambda run: lambda s, k: F.head_tail_steps(run), None))
+        self.add_tab("Head/Tail", self._side_by_side(lambda run: lambda s, k: figures.head_tail_steps(run), None))
         self.add_tab("Alignment", self._side_by_side(self._alignment, lambda run: run.matrix_steps("t2s_weight")))
         self.add_tab("Tokens", self._side_by_side(self._tokens, _token_steps))
         self.shown_runs.observe(lambda _: self._show_runs(loss), names="value")
@@ -490,8 +496,8 @@ class Comparison(_Views):
 
         def build(step, sample):
             if step is None:
-                return F.message_figure(_note(run, "token_loss"), F.run_label(run))
-            return F.token_losses(run, step, sample, zmax=zmax)
+                return figures.message_figure(_note(run, "token_loss"), figures.run_label(run))
+            return figures.token_losses(run, step, sample, zmax=zmax)
 
         return build
 
@@ -499,8 +505,8 @@ class Comparison(_Views):
     def _alignment(run: Run):
         def build(step, sample):
             if step is None:
-                return F.message_figure(_note(run, "alignment"), F.run_label(run))
-            return F.alignment_heatmap(run.matrix("t2s_weight", step, sample))
+                return figures.message_figure(_note(run, "alignment"), figures.run_label(run))
+            return figures.alignment_heatmap(run.matrix("t2s_weight", step, sample))
 
         return build
 
@@ -519,7 +525,7 @@ class Comparison(_Views):
 def compare(runs: Mapping[str, Run] | Sequence[Run]) -> Comparison:
     """Several runs (e.g. different methods on the same data) side by side: overlaid loss terms and a
     results table, then head/tail, alignment and per-token views per run under one step slider."""
-    named = F._as_runs(runs)
+    named = figures._as_runs(runs)
     if not named:
         raise ValueError("compare() needs at least one run")
     return Comparison(named)
@@ -579,7 +585,7 @@ class Playground(widgets.VBox):
                 toy.distribution_figure(teacher, self.student, mu=self.mu.value, gradients=self._gradients())
             )
             values = toy.divergence_values(self.student, teacher, self.mu.value)
-            rows = "".join(f"<tr><td>{F.token_label(k)}</td><td>{v:.4f}</td></tr>" for k, v in values.items())
+            rows = "".join(f"<tr><td>{figures.token_label(k)}</td><td>{v:.4f}</td></tr>" for k, v in values.items())
             self.values.value = f"<table><tr><th>divergence</th><th>D(p, q)</th></tr>{rows}</table>"
         except Exception:
             self.errors.append_stderr(traceback.format_exc())
@@ -641,7 +647,7 @@ class TokenizerInspector(widgets.VBox):
             ids, offsets = encode_text(tok, text)
             sides.append((offsets, token_strings(tok, ids)))
         (off_a, tok_a), (off_b, tok_b) = sides
-        return F.tokenizer_comparison(text, off_a, off_b, tok_a, tok_b, names=self.names)
+        return figures.tokenizer_comparison(text, off_a, off_b, tok_a, tok_b, names=self.names)
 
     def redraw(self) -> None:
         try:
