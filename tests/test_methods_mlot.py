@@ -4,9 +4,11 @@ float32, ``mode="reference"`` against a restatement of the published code, empty
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -275,6 +277,11 @@ def test_bad_arguments(batch):
         MultiLevelOT(mode="code")
     with pytest.raises(ValueError, match="reg must be a positive number"):
         MultiLevelOT(reg=0)
+    # the same check as tau's everywhere: finite, not a bool, NumPy and one-element tensors accepted
+    for bad in (math.inf, math.nan, True, -1.0):
+        with pytest.raises(ValueError, match="tau_sd must be a positive number"):
+            MultiLevelOT(tau_sd=bad)
+    assert MultiLevelOT(tau_sd=np.float32(1.5), reg=torch.tensor(0.2)).tau_sd == 1.5
     s_out, t_out = outputs(batch)
     v_s = s_out.logits.shape[-1]
     with pytest.raises(ValueError, match=rf"top_k=500 is larger than a vocabulary \(V_s={v_s}"):

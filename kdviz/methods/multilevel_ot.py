@@ -65,7 +65,7 @@ from kdviz.methods._common import (
     run_models,
 )
 from kdviz.methods.base import KDBatch, KDOutput
-from kdviz.ops import column_mass, cross_entropy, log_softmax_at, row_logsumexp
+from kdviz.ops import column_mass, cross_entropy, log_softmax_at, positive_number, row_logsumexp
 
 MODES = ("paper", "reference")
 REFERENCE_STD_EPS = 1e-4
@@ -183,9 +183,7 @@ class MultiLevelOT(nn.Module):
         for name, value in (("beta", beta), ("gamma", gamma), ("sinkhorn_tol", sinkhorn_tol)):
             if not (isinstance(value, (int, float)) and value >= 0):
                 raise ValueError(f"{name} must be a non-negative number, got {value!r}")
-        for name, value in (("tau_sd", tau_sd), ("reg", reg)):
-            if not (isinstance(value, (int, float)) and value > 0):
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        tau_sd, reg = positive_number("tau_sd", tau_sd), positive_number("reg", reg)
         for name, value in (("top_k", top_k), ("n_iter", n_iter)):
             if not (isinstance(value, int) and value > 0):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
