@@ -11,7 +11,7 @@ The two give the same iterates; the log domain never underflows, the plain one i
 vector-matrix products per round. The log domain is POT's ``ot.solve_batch(method="log_sinkhorn")``.
 The plain domain runs the same rounds as ``ot.solve_batch(method="sinkhorn")`` (tested equal) but as
 ``torch.bmm`` row-vector products: POT's batch solver forms ``K * g`` and sums it, which moves three times
-the bytes and is 2.5x slower on a CPU (``benchmarks/bench_ot.py``). ``domain="auto"`` takes the plain
+the bytes (timings: ``benchmarks/README.md``). ``domain="auto"`` takes the plain
 one when it is exact in the dtype -- the cost of each sequence, shifted by its minimum (the plan does not
 change), spans at most ``50 reg`` (float32) or ``500 reg`` (float64), so that no kernel entry underflows
 (always true for MultiLevelOT's SD: its costs lie in ``[0, 2]``) -- and the log domain otherwise.
@@ -22,7 +22,7 @@ it would get alone and its plan is 0 off the real block. In the log domain, POT'
 ``v = 0`` on every column, so the padding is block-diagonal instead: one extra row and column are
 appended, padded rows and columns form a separate block (cost 0, marginals summing to 1 on each side),
 and the entries between real and padded positions cost ``+inf`` (kernel exactly 0; a large finite cost
-would be as exact, but sends the solver's ``exp`` down its slow underflow path: 2.4x slower). Sequences
+would be as exact, but sends the solver's ``exp`` down its slow underflow path). Sequences
 with an empty side get an all-zero plan. ``cost`` must be finite at every position (padded ones too); a
 non-finite plan raises instead of returning NaN.
 
@@ -165,7 +165,7 @@ def _plain_sinkhorn(cost, shift, a, w, padded: bool, reg: float, n_iter: int, to
     ``f = 0``, ``g = 0``, so each sequence gets exactly the iterates it would get alone. Every
     ``CHECK_EVERY`` rounds (after rounds 1, 11, 21, ...), stops when ``max_b |f * (K g) - a|_2 < tol``, as
     ``ot.solve_batch``. Returns the plan ``diag(f) K diag(g)`` and the number of rounds run."""
-    scale = 1.0 / (reg * math.log(2.0))  # exp2 is 3.5x faster than exp on a CPU
+    scale = 1.0 / (reg * math.log(2.0))  # the kernel as exp2, cheaper than exp on a CPU (benchmarks/README.md)
     exponent = torch.add(shift[:, None, None] * scale, cost, alpha=-scale)
     a_row, w_row = a[:, None, :], w[:, None, :]
     if padded:

@@ -27,11 +27,10 @@ class ChunkBudget:
 # operation costs a synchronisation of the threads, which on a loaded machine takes longer than the arithmetic of
 # a few rows, so thousands of one-row chunks (V = 151936 at 512 KiB) are slow: hence a floor of rows. A GPU wants
 # few large chunks (each kernel filling the device, one launch per operation) at a bounded transient memory.
-# The floor stops at 4 MiB: at V = 151936 (1 thread, 512 rows) FKL forward + backward took 2.38 s in chunks of 32
-# rows (19 MiB) and 0.94 s in chunks of 6 (4 MiB), 1.60 s and 0.54 s at 2 threads; head_tail at V = 262208, 192
-# rows, 7.6 s at 32 rows and 2.6 s at 4 (it gets 3). Measurements: benchmarks/bench_divergences.py. The CPU's
-# 512 KiB and floor of at most 32 rows keep the rows the demo's vocabularies (V <= 4096) always had,
-# 512 KiB // (4 V): its results stay bit-identical (pinned by a test).
+# The floor stops at 4 MiB per intermediate: beyond it, large chunks are faulted afresh and cost more than the
+# synchronisations they save (the timings: benchmarks/README.md). The CPU's 512 KiB and floor of at most 32 rows
+# keep the rows the demo's vocabularies (V <= 4096) always had, 512 KiB // (4 V): its results stay bit-identical
+# (pinned by a test).
 CHUNK_BUDGETS = {
     "cpu": ChunkBudget(bytes=512 * 2**10, min_rows=32, max_bytes=4 * 2**20),
     "cuda": ChunkBudget(bytes=128 * 2**20, min_rows=64, max_bytes=2**30),
