@@ -48,7 +48,7 @@ def demo(args: argparse.Namespace) -> None:
         check_methods(names)
         method_lr = args.lr if args.method_lr is None else args.method_lr
         config = TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr, method_lr=method_lr, seed=args.seed)
-        setup = default_setup(args.teacher, args.student, train_examples=args.train_examples)
+        setup = default_setup(args.student, args.teacher, train_examples=args.train_examples)
     except (ValueError, TypeError) as error:
         raise UserError(str(error)) from error
     print(f"kdviz demo: {len(names)} methods x {steps} steps, batch {args.batch_size}, {len(setup.train)} "

@@ -254,7 +254,7 @@ def _mix(w1, a: Out, w2, b: Out) -> Out:
     return value, grad
 
 
-def _infinite_where(r: Rows, out: Out, *, teacher_zero: bool = False, student_zero: bool = False) -> Out:
+def _infinite_where(r: Rows, out: Out, *, student_zero: bool = False, teacher_zero: bool = False) -> Out:
     """``+inf`` on the rows where the divergence is infinite because it takes ``log p`` where only the
     teacher's logit is ``-inf`` (``teacher_zero``), or ``log q`` where only the student's is
     (``student_zero``); only under ``support="full"``, and the engine turns it into a clear error."""

@@ -220,9 +220,9 @@ def _train_one(setup: DemoSetup, name: str, config: TrainConfig, run_dir: Path, 
     return _score(student, tokenizer, test, 64), result.seconds
 
 
-def default_setup(teacher: str | None = None, student: str | None = None,
+def default_setup(student: str | None = None, teacher: str | None = None,
                   train_examples: int | None = None) -> DemoSetup:
-    """The embedded default, with the teacher and/or the student replaced by any HF id or local path.
+    """The embedded default, with the student and/or the teacher replaced by any HF id or local path.
 
     A replacement student goes to the "same" pair when its tokenizer's vocabulary equals the teacher's,
     to the "cross" pair otherwise. ``train_examples`` keeps the first ``train_examples`` examples of the
@@ -231,7 +231,7 @@ def default_setup(teacher: str | None = None, student: str | None = None,
     from kdviz import assets
 
     check_train_examples(train_examples, len(assets.load_split(assets.default_paths().train)))
-    tokenizers = {name: assets.load_tokenizer(name) for name in (teacher, student) if name}  # fail before loading
+    tokenizers = {name: assets.load_tokenizer(name) for name in (student, teacher) if name}  # fail before loading
     default = assets.load_default()
     names = {"teacher": "embedded GPT-2 teacher", "same": "embedded Llama student (teacher tokenizer)",
              "cross": "embedded Llama student (own tokenizer)"}
