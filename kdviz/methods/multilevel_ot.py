@@ -108,7 +108,7 @@ def ranked_log_probs(
     ``logits`` ``[B, T, V]``, positions ``pos`` ``[B, N]`` (``valid`` marks the real ones). The ``k`` columns
     with the largest ``sum_t p(t)`` at ``taus[0]`` over the valid positions, descending (``reference``: summed
     over the whole batch, one ranking for every sequence, on std-normalised logits), and the log-softmax
-    at each tau at those columns. Computed in chunks of rows (:mod:`kdviz._chunked`): no
+    at each tau at those columns. Computed in chunks of rows (:mod:`kdviz.ops.reductions`): no
     ``[B, N, V]`` tensor, except the std-normalised logits of ``reference``.
     """
     b, n = pos.shape

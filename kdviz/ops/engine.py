@@ -48,7 +48,7 @@ def chunk_value_and_grad(
     ``out``, if given, receives the gradient (any float dtype; written once). A non-finite value
     triggers the input check on this chunk only (``positions`` name the rows), so a NaN or ``+inf``
     logit is reported with its index without a separate pass over every input; an infinite divergence
-    is reported as such (:func:`kdviz._rows.check_values`).
+    is reported as such (:func:`kdviz.ops.check_values`).
     """
     if grad == "autograd":
         with torch.enable_grad():
