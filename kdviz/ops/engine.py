@@ -19,6 +19,7 @@ then differentiates each chunk with autograd.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -30,10 +31,20 @@ from kdviz.ops.rows import make_rows
 
 def has_closed_form(formula: Callable, params: dict) -> bool:
     """Whether ``formula`` returns a gradient next to its value (rather than None) under ``params``: asked
-    on one two-entry row, so a formula only has to return None to be differentiated with autograd."""
+    once per formula and parameters, on one two-entry row, so a formula only has to return None to be
+    differentiated with autograd."""
+    key = tuple(sorted(params.items()))
+    try:
+        return _probe(formula, key)
+    except TypeError:  # a parameter that cannot be hashed: ask again
+        return _probe.__wrapped__(formula, key)
+
+
+@functools.lru_cache(maxsize=256)
+def _probe(formula: Callable, params: tuple) -> bool:
     probe = torch.zeros(1, 2, dtype=torch.float64)
     with torch.no_grad():
-        _, grad = formula(make_rows(probe, probe, 1.0, want_grad=True), {}, **params)
+        _, grad = formula(make_rows(probe, probe, 1.0, want_grad=True), {}, **dict(params))
     return grad is not None
 
 
