@@ -58,7 +58,7 @@ class _FusedLoss(torch.autograd.Function):
                 positions[start : start + rows_per_chunk], grad_mode if (need_h or need_w) else None,
                 support=cfg["support"],
             )
-            ce, _, dz = chunk_cross_entropy(z, labels[rows], need_h or need_w)
+            ce, dz = chunk_cross_entropy(z, labels[rows], need_h or need_w)
             kd_total += kd.sum()
             ce_total += ce.sum()
             if dz is not None:  # dCE/dz = softmax(z) - onehot(label), then the KD gradient added in place

@@ -78,20 +78,20 @@ def column_mass(
 
 def chunk_cross_entropy(
     rows: torch.Tensor, targets: torch.Tensor, want_grad: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One chunk of rows ``[c, V]`` (in the compute dtype) and their target ids ``[c]``:
-    ``CE = LSE(rows) - rows[target]`` ``[c]``, ``LSE`` ``[c]`` and, when ``want_grad``, the gradient
-    ``dCE/drows = softmax(rows) - onehot(target)`` ``[c, V]``, built from the same ``exp`` pass."""
+    ``CE = LSE(rows) - rows[target]`` ``[c]`` and, when ``want_grad``, the gradient
+    ``dCE/drows = softmax(rows) - onehot(target)`` ``[c, V]``, built in place from the same ``exp`` pass (one
+    ``[c, V]`` buffer besides ``rows``)."""
     top = rows.amax(-1, keepdim=True)
-    e = torch.exp(rows - top)
+    e = torch.sub(rows, top).exp_()
     total = e.sum(-1, keepdim=True)
-    lse = (top + total.log()).squeeze(-1)
-    ce = lse - rows.gather(-1, targets[:, None]).squeeze(-1)
+    ce = (top + total.log()).squeeze(-1) - rows.gather(-1, targets[:, None]).squeeze(-1)
     if not want_grad:
-        return ce, lse, None
+        return ce, None
     softmax = e.div_(total)
     softmax[torch.arange(softmax.shape[0], device=softmax.device), targets] -= 1.0
-    return ce, lse, softmax
+    return ce, softmax
 
 
 class _RowCrossEntropy(torch.autograd.Function):
@@ -103,36 +103,35 @@ class _RowCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, index, targets):
         out = torch.empty(index.shape[0], dtype=compute_dtype(z.dtype), device=z.device)
-        lse = torch.empty_like(out)
         ctx.grad = torch.zeros_like(z) if ctx.needs_input_grad[0] else None
         step = rows_per_chunk(z.device, z.shape[-1], z.dtype)
         for start in range(0, index.shape[0], step):
             chunk = slice(start, start + step)
-            out[chunk], lse[chunk], grad = chunk_cross_entropy(
+            out[chunk], grad = chunk_cross_entropy(
                 z[index[chunk]].to(out.dtype), targets[chunk], ctx.grad is not None
             )
             if grad is not None:
                 ctx.grad.index_copy_(0, index[chunk], grad.to(z.dtype))
-        ctx.save_for_backward(z, index, targets, lse)
+        ctx.save_for_backward(z, index, targets)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        z, index, targets, lse = ctx.saved_tensors
+        z, index, targets = ctx.saved_tensors
         grad, ctx.grad = ctx.grad, None
         if grad is None or torch.is_grad_enabled():  # a second backward, or create_graph=True: recompute
             grad = torch.zeros_like(z)
             step = rows_per_chunk(z.device, z.shape[-1], z.dtype)
             for start in range(0, index.shape[0], step):
                 chunk = slice(start, start + step)
-                p = torch.softmax(z[index[chunk]].to(lse.dtype), -1)  # differentiable: exact second derivatives
+                # differentiable operations: exact second derivatives
+                p = torch.softmax(z[index[chunk]].to(compute_dtype(z.dtype)), -1)
                 onehot = torch.zeros_like(p).scatter_(-1, targets[chunk, None], 1.0)
                 grad.index_copy_(0, index[chunk], (p - onehot).to(z.dtype))
         row_scale = grad_out.new_zeros(z.shape[0]).index_copy(0, index, grad_out)
         if torch.is_grad_enabled():
             return grad * row_scale[:, None], None, None
         return grad.mul_(row_scale[:, None]), None, None  # float32 scale: one rounding for bf16
-
 
 
 def row_cross_entropy(z: torch.Tensor, index: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
