@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from kdviz.methods._common import attach_models, check_devices, cross_entropy, masked_mean
+from kdviz.methods._common import attach_models, check_devices, cross_entropy, kd_output, masked_mean
 from kdviz.methods.base import KDBatch, KDOutput
+from kdviz.methods.diagnostics import Logits, TokenValues
 from kdviz.ops import IGNORE
 
 
@@ -34,16 +35,12 @@ class SFT(nn.Module):
         targets = batch.student_targets
         mask = targets != IGNORE
         ce, token_ce = cross_entropy(z_s, targets)
-        terms = {
-            "loss": ce.detach(),
-            "ce": ce.detach(),
-            "student_acc": masked_mean(z_s.detach().argmax(-1) == targets, mask),
-        }
         diagnostics = {
-            "token_ce": token_ce.detach(),
+            "token_ce": TokenValues(token_ce.detach(), "student"),
             "student_mask": mask,
             "student_input_ids": batch.student_input_ids,
             "student_target_ids": targets,
-            "student_logits": z_s.detach(),
+            "student_logits": Logits(z_s.detach(), "student", "student"),
         }
-        return KDOutput(ce, terms, diagnostics, {"ce": ce})
+        metrics = {"student_acc": masked_mean(z_s.detach().argmax(-1) == targets, mask)}
+        return kd_output(ce, {"ce": ce}, metrics, diagnostics)

@@ -32,7 +32,16 @@ from safetensors import safe_open
 
 from kdviz.headtail import HeadTail
 from kdviz.record.frames import Frame, scan
-from kdviz.record.store import MATRICES, META_FILE, REPLAY_DIR, SCHEMAS, SUFFIX, read_meta
+from kdviz.record.store import (
+    MATRICES,
+    META_FILE,
+    REPLAY_DIR,
+    SCHEMAS,
+    SUFFIX,
+    MalformedRecord,
+    read_meta,
+    table_columns,
+)
 
 
 class TornRecordWarning(UserWarning):
@@ -97,26 +106,9 @@ class _StreamFile:
         return item
 
 
-class _Malformed(ValueError):
-    """A verified frame whose content is not a table or matrix record."""
-
-
 def _table(frame: Frame) -> pd.DataFrame:
-    """The rows of a table frame, with the ``session`` that wrote them (0 for files written before)."""
-    a = frame.attrs
-    names, text, session = a.get("columns"), a.get("text", {}), a.get("session", 0)
-    if not isinstance(names, list) or not isinstance(text, dict) or type(session) is not int:
-        raise _Malformed("not a table record")
-    columns: dict[str, Any] = {}
-    for name in names:
-        values = frame.arrays.get(name) if isinstance(name, str) else None
-        if values is None and isinstance(name, str) and isinstance(text.get(name), list):
-            values = text[name]
-        if values is None or (isinstance(values, np.ndarray) and values.ndim != 1):
-            raise _Malformed(f"table column {name!r} is missing or not one-dimensional")
-        columns[name] = values
-    if len({len(v) for v in columns.values()}) > 1:
-        raise _Malformed("table columns have different lengths")
+    """The rows of a table frame, with the ``session`` that wrote them."""
+    columns, session = table_columns(frame)
     df = pd.DataFrame(columns)
     df["session"] = session
     return df
@@ -127,16 +119,16 @@ def _matrix_key(frame: Frame) -> tuple[str, int, int]:
     a, values = frame.attrs, frame.arrays.get("values")
     key = (a.get("name"), a.get("step"), a.get("sample"))
     if not isinstance(key[0], str) or type(key[1]) is not int or type(key[2]) is not int:
-        raise _Malformed("not a matrix record")
+        raise MalformedRecord("not a matrix record")
     rows, cols = a.get("row_tokens"), a.get("col_tokens")
     labelled = isinstance(rows, list) and isinstance(cols, list)
     if values is None or not labelled or values.shape != (len(rows), len(cols)):
-        raise _Malformed(f"matrix {key[0]!r} does not match its row and column labels")
+        raise MalformedRecord(f"matrix {key[0]!r} does not match its row and column labels")
     reference = frame.arrays.get("reference")
     if reference is not None and reference.shape != values.shape:
-        raise _Malformed(f"matrix {key[0]!r} has a reference of another shape")
+        raise MalformedRecord(f"matrix {key[0]!r} has a reference of another shape")
     if not isinstance(a.get("info", {}), dict):
-        raise _Malformed(f"matrix {key[0]!r} has invalid info")
+        raise MalformedRecord(f"matrix {key[0]!r} has invalid info")
     return key
 
 
@@ -173,7 +165,7 @@ class Run:
                     else:
                         self._parts.setdefault(file.stem, []).append(_table(frame))
                         self._tables.pop(file.stem, None)
-                except _Malformed as error:
+                except MalformedRecord as error:
                     stream.warn(frame.offset, "malformed", str(error))
         return self
 

@@ -26,8 +26,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from kdviz.align.overlap import KINDS, overlap_matrix, regions
-from kdviz.record.probes import ALIGNMENTS, TOP_K
 from kdviz.record.reader import Matrix, Run
+from kdviz.record.store import ALIGNMENT_MATRICES, TOP_K
 
 MAX_AXIS = 300
 TOKENS_PER_LINE = 16
@@ -509,21 +509,26 @@ def _reference_trace(view: MatrixView) -> go.Scatter:
 
 
 def alignment_heatmap(matrix: Matrix, *, limit: int = MAX_AXIS, colorscale: str = "Viridis") -> go.Figure:
-    """An alignment matrix (CMA's ``t2s_weight``, ``s2t_weight``) as a heatmap.
+    """An alignment matrix (CMA's ``t2s_weight``, ``s2t_weight``) as a heatmap: student tokens as rows,
+    teacher tokens as columns, as every matrix is stored.
 
     Rows and columns are labelled ``"<position> <predicted token>"``; hover shows both tokens with their
     positions and the weight; the character-overlap ground truth is outlined with open squares; the
-    alignment scores are in the title. Axes longer than ``limit`` are binned (:func:`matrix_view`).
+    alignment scores are in the title, which also says when the columns are the distributions (each
+    teacher token's weights over the student tokens, ``info["over"] == "student"``: CMA's ``s2t_weight``).
+    Axes longer than ``limit`` are binned (:func:`matrix_view`).
     """
     view = matrix_view(matrix, limit)
-    row_side, col_side = matrix.info.get("row_side", "student"), matrix.info.get("col_side", "teacher")
-    fig = go.Figure(_heatmap_trace(view, row_side, col_side, colorscale, colorbar={"title": "weight"}))
+    fig = go.Figure(_heatmap_trace(view, "student", "teacher", colorscale, colorbar={"title": "weight"}))
     fig.add_trace(_reference_trace(view))
     x_range, y_range = _full_ranges(view)
+    title = matrix_title(matrix, view)
+    if matrix.info.get("over") == "student":
+        title += " · columns sum to 1"
     fig.update_layout(
-        title=matrix_title(matrix, view),
-        xaxis={"title": AXIS_NAMES.get(col_side, col_side), "type": "category", "tickangle": -60, "range": x_range},
-        yaxis={"title": AXIS_NAMES.get(row_side, row_side), "type": "category", "range": y_range},
+        title=title,
+        xaxis={"title": AXIS_NAMES["teacher"], "type": "category", "tickangle": -60, "range": x_range},
+        yaxis={"title": AXIS_NAMES["student"], "type": "category", "range": y_range},
         height=max(420, min(900, 14 * len(view.y) + 200)),
         showlegend=True,  # plotly hides a legend of one entry: the outlines' meaning must always be shown
         legend={"orientation": "h", "y": -0.25},
@@ -538,9 +543,10 @@ def alignment_row(
     top: tuple[Sequence[tuple[str, float]], Sequence[tuple[str, float]]] | None = None,
 ) -> go.Figure:
     """One row of an alignment matrix: where student token ``row`` (an index into the matrix's rows) puts
-    its weight over the teacher tokens, the ground-truth overlapping tokens in colour, and beside it the
-    recorded top-k next tokens of both sides at that position (``top``: ``(teacher, student)`` lists of
-    ``(token, probability)``, e.g. from :func:`recorded_top`)."""
+    its weight over the teacher tokens (for a matrix whose columns are the distributions, CMA's
+    ``s2t_weight``: the weight each teacher token gives it), the ground-truth overlapping tokens in colour,
+    and beside it the recorded top-k next tokens of both sides at that position (``top``: ``(teacher,
+    student)`` lists of ``(token, probability)``, e.g. from :func:`recorded_top`)."""
     values = np.asarray(matrix.values, dtype=np.float64)
     if not 0 <= row < values.shape[0]:
         raise ValueError(f"row must be in [0, {values.shape[0]}) for this {values.shape[0]}-row matrix, got {row}")
@@ -626,15 +632,15 @@ def transported_positions(plan: Matrix) -> tuple[np.ndarray, np.ndarray]:
 
 
 def transport_figure(plan: Matrix, cost: Matrix | None = None, *, limit: int = MAX_AXIS) -> go.Figure:
-    """A transport plan ``P [T_t, T_s]`` (teacher rows, student columns) with both token sequences, the
-    ground-truth overlap outlined, and the cost matrix ``C`` beside it when given.
+    """A transport plan ``P [T_s, T_t]`` (student rows, teacher columns, as every matrix is stored) with
+    both token sequences, the ground-truth overlap outlined, and the cost matrix ``C`` beside it when given.
 
     Only the transported positions are drawn: MultiLevelOT pairs the two answers by index over the shorter
     one, so the longer side's last positions carry no mass; they are left out and counted in the title
     (drawn, they looked like a solver that broke its uniform marginals).
     """
     rows, cols = transported_positions(plan)
-    dropped = {"teacher": int((~rows).sum()), "student": int((~cols).sum())}
+    dropped = {"student": int((~rows).sum()), "teacher": int((~cols).sum())}
     if not rows.all() or not cols.all():
         cost = None if cost is None or cost.values.shape != plan.values.shape else _submatrix(cost, rows, cols)
         plan = _submatrix(plan, rows, cols)
@@ -644,26 +650,26 @@ def transport_figure(plan: Matrix, cost: Matrix | None = None, *, limit: int = M
         rows=1,
         cols=len(views),
         horizontal_spacing=0.1,
-        shared_yaxes=True,  # the same teacher positions: the cost panel needs no labels where P's colour bar sits
+        shared_yaxes=True,  # the same student positions: the cost panel needs no labels where P's colour bar sits
         subplot_titles=[f"plan P · {scores}" if scores else "plan P"] + (["cost C"] if cost is not None else []),
     )
     fig.add_trace(
         _heatmap_trace(
-            views[0], "teacher", "student", "Blues", colorbar={"title": "P", "x": 0.46 if cost is not None else 1.02}
+            views[0], "student", "teacher", "Blues", colorbar={"title": "P", "x": 0.46 if cost is not None else 1.02}
         ),
         row=1,
         col=1,
     )
     fig.add_trace(_reference_trace(views[0]), row=1, col=1)
     if cost is not None:
-        trace = _heatmap_trace(views[1], "teacher", "student", "Reds", colorbar={"title": "C"})
+        trace = _heatmap_trace(views[1], "student", "teacher", "Reds", colorbar={"title": "C"})
         trace.hovertemplate = trace.hovertemplate.replace("weight", "cost")
         fig.add_trace(trace, row=1, col=2)
     for col, view in enumerate(views, start=1):
         x_range, y_range = _full_ranges(view)
-        fig.update_xaxes(title_text="student token", type="category", tickangle=-60, range=x_range, row=1, col=col)
+        fig.update_xaxes(title_text="teacher token", type="category", tickangle=-60, range=x_range, row=1, col=col)
         fig.update_yaxes(
-            title_text="teacher token" if col == 1 else None, type="category", range=y_range, row=1, col=col
+            title_text="student token" if col == 1 else None, type="category", range=y_range, row=1, col=col
         )
     title = matrix_title(plan, views[0]).replace(token_label(plan.name), "transport plan", 1)
     untransported = [f"{n} {side}" for side, n in dropped.items() if n]
@@ -765,7 +771,7 @@ TOKEN_VALUES = {
     "rkl_share": "RKL share",
 }
 # matrices recorded by the alignment probe: CMA's two attentions, ULD's pairing, MinED's DTW path
-ALIGNMENT_NAMES = tuple(name for name, _, _ in ALIGNMENTS)
+ALIGNMENT_NAMES = ALIGNMENT_MATRICES
 
 
 def token_losses(

@@ -396,9 +396,8 @@ class Dashboard(_Views):
         if not options:
             return F.message_figure("this matrix has no rows", "alignment row")
         row = self.alignment_row.value
-        top = None
-        if matrix.info.get("row_side", "student") == "student":  # the top-k is recorded at student positions
-            top = F.recorded_top(F.sample_rows(run.tokens(), step, sample)).get(int(positions[row]))
+        # rows are student positions, where the top-k is recorded
+        top = F.recorded_top(F.sample_rows(run.tokens(), step, sample)).get(int(positions[row]))
         return F.alignment_row(matrix, row, top)
 
     def poll(self) -> bool:
