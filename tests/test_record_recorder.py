@@ -180,6 +180,7 @@ def test_numerics_replay_saved_once(tmp_path):
     torch.testing.assert_close(tensors["student_input_ids"], make_batch().student_input_ids[[1]])
     assert tensors["out.token_kd"].isnan().any() and info["texts"] == ["text of example b"]
     assert run.meta["replays"] == {"kd": replay.name}
+    assert set(df.loc[df["name"] == "numerics/akl_fallbacks", "step"]) == {0, 2, 4}  # the TokenEvents, counted
 
 
 def test_missing_data_is_noted_once_in_metadata(tmp_path):

@@ -78,10 +78,12 @@ class DSKD(nn.Module):
     teacher's label: the published code's ``s2t_acc``), ``student_acc`` (the student's token accuracy,
     the published code's ``accuracy``), ``max_t2s_prob`` (mean max probability of
     ``softmax(t2s_logits)``), ``kept_fraction`` (share of response tokens in ``t2s_kd``: 1 without CMA's
-    accuracy filter). Diagnostics: ``token_kd`` ``[B, T_s]`` (per-token ``t2s_kd``), ``token_s2t_kd``
-    ``[B, T_t]``, ``token_ce``, the masks (``student_mask``, ``teacher_mask``, ``t2s_kept``), token ids
-    (``*_input_ids``, ``*_target_ids``) and logits (``student_logits``, ``teacher_logits``, ``t2s_logits``
-    ``[B, T_s, V_s]``, ``s2t_logits`` ``[B, T_t, V_t]``).
+    accuracy filter). Diagnostics (:mod:`kdviz.methods.diagnostics`): ``token_kd``
+    (:class:`~kdviz.methods.diagnostics.TokenValues` ``[B, T_s]``, per-token ``t2s_kd``), ``token_s2t_kd``
+    (teacher side, ``[B, T_t]``), ``token_ce``, the masks (``student_mask``, ``teacher_mask``, ``t2s_kept``),
+    token ids (``*_input_ids``, ``*_target_ids``) and :class:`~kdviz.methods.diagnostics.Logits`
+    (``student_logits``, ``teacher_logits``, ``t2s_logits`` ``[B, T_s, V_s]``: the teacher in the student
+    space, ``s2t_logits`` ``[B, T_t, V_t]``: the student in the teacher space).
     """
 
     acc_filter = False

@@ -15,8 +15,8 @@ class SFT(nn.Module):
 
     ``SFT(student=None, teacher=None)`` (a teacher is accepted and ignored, so that every method is built
     alike). ``method(batch, student_outputs=None)``. Terms: ``loss``, ``ce``, ``student_acc``.
-    Diagnostics: ``token_ce`` ``[B, T]``, ``student_mask``, ``student_input_ids``, ``student_target_ids``,
-    ``student_logits``.
+    Diagnostics (:mod:`kdviz.methods.diagnostics`): ``token_ce`` (``TokenValues`` ``[B, T]``),
+    ``student_mask``, ``student_input_ids``, ``student_target_ids``, ``student_logits`` (``Logits``).
     """
 
     def __init__(self, student: nn.Module | None = None, teacher: nn.Module | None = None) -> None:

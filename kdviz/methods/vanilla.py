@@ -44,9 +44,10 @@ class VanillaKD(nn.Module):
     It has no parameters of its own.
 
     Terms: ``loss``, ``ce``, ``kd`` (also in ``parts``, attached), ``student_acc`` (argmax equals the
-    label), ``top1_agreement`` (student and teacher argmax agree). Diagnostics: ``token_kd`` and
-    ``token_ce`` ``[B, T]``, ``student_mask``, ``student_input_ids``, ``student_target_ids``,
-    ``student_logits``, ``teacher_logits``.
+    label), ``top1_agreement`` (student and teacher argmax agree). Diagnostics
+    (:mod:`kdviz.methods.diagnostics`): ``token_kd`` and ``token_ce`` (``TokenValues`` ``[B, T]``),
+    ``student_mask``, ``student_input_ids``, ``student_target_ids``, ``student_logits`` and
+    ``teacher_logits`` (``Logits``).
     """
 
     def __init__(
