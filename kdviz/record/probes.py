@@ -318,9 +318,10 @@ def _side_mask(view: BatchView, side: str, shape: tuple[int, int], device: torch
 
 
 def _ground_truth(view: BatchView, kind: str, weights: torch.Tensor) -> torch.Tensor | None:
-    """The ``[B, T_s, T_t]`` ground truth of ``kind`` for ``weights``, when the batch has one of that shape."""
+    """The ``[B, T_s, T_t]`` ground truth of ``kind`` for ``weights``, when the batch has one of that shape
+    and the weights are finite (the numerics probe reports non-finite ones; scores would be meaningless)."""
     reference = view.reference(kind)
-    if reference is None or reference.shape != weights.shape:
+    if reference is None or reference.shape != weights.shape or not bool(torch.isfinite(weights).all()):
         return None
     return reference.to(weights.device)
 
@@ -330,8 +331,8 @@ def _score(view: BatchView, rec: StepRecord, name: str, weights: torch.Tensor, r
     """``alignment/<name>/<score>`` of ``weights [B, T_s, T_t]`` along its distributions (student rows for
     ``over="teacher"``, teacher columns for ``"student"``) against ``reference`` restricted to the other
     side's response; a score with no row to judge (NaN) is left out, ``scored_rows`` (0) says why."""
-    if reference is None or not bool(torch.isfinite(weights).all()):
-        return  # the numerics probe reports non-finite values; scores would be meaningless
+    if reference is None:
+        return
     b, t_s, t_t = weights.shape
     mask_s = _side_mask(view, "student", (b, t_s), weights.device)
     mask_t = _side_mask(view, "teacher", (b, t_t), weights.device)
@@ -359,8 +360,6 @@ def probe_alignment(view: BatchView, rec: StepRecord) -> str | None:
         weights = alignment.weights.detach().float()  # hard alignments (MinED's path) are boolean
         reference = _ground_truth(view, alignment.reference, weights)
         _score(view, rec, name, weights, reference, alignment.over)
-        if reference is not None and not bool(torch.isfinite(weights).all()):
-            reference = None
         for sample in rec.samples:
             rows, cols, values = _crop(view, sample.row, weights)
             cropped = None if reference is None else reference[sample.row][rows][:, cols]

@@ -33,11 +33,15 @@ from safetensors import safe_open
 from kdviz.headtail import HeadTail
 from kdviz.record.frames import Frame, scan
 from kdviz.record.store import (
+    HEAD_TAIL,
     MATRICES,
     META_FILE,
     REPLAY_DIR,
+    SCALARS,
     SCHEMAS,
     SUFFIX,
+    TEXTS,
+    TOKENS,
     MalformedRecord,
     read_meta,
     table_columns,
@@ -203,7 +207,7 @@ class Run:
     @property
     def scalars(self) -> pd.DataFrame:
         """Tidy scalars: ``step, name, value, wall_time`` (loss terms, lr, grad norms, counts...)."""
-        return self.table("scalars")
+        return self.table(SCALARS)
 
     def head_tail(self, per_token: bool = False) -> pd.DataFrame:
         """Head/tail statistics (docs/methods.md#akl).
@@ -213,20 +217,20 @@ class Run:
         ``step, sample, example_id, position, token`` and one column per statistic.
         """
         if not per_token:
-            return self.table("head_tail")
+            return self.table(HEAD_TAIL)
         tokens = self.tokens()
-        keep = [c for c in tokens.columns if c in SCHEMAS["tokens"][0] or c in HeadTail.statistics()]
+        keep = [c for c in tokens.columns if c in SCHEMAS[TOKENS][0] or c in HeadTail.statistics()]
         stats = [c for c in keep if c in HeadTail.statistics()]
         return tokens[keep].dropna(subset=stats, how="all").reset_index(drop=True) if stats else tokens[keep]
 
     def tokens(self) -> pd.DataFrame:
         """Per-token rows of the sampled sequences: ``step, sample, example_id, position, token`` plus
         every per-token quantity recorded (``token_kd``, ``token_ce``, head/tail statistics, ...)."""
-        return self.table("tokens")
+        return self.table(TOKENS)
 
     def texts(self) -> pd.DataFrame:
         """The raw text of each sampled example: ``example_id, side, text``."""
-        return self.table("texts")
+        return self.table(TEXTS)
 
     # matrices -------------------------------------------------------------------------------------
     def matrix_names(self) -> list[str]:
