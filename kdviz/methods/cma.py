@@ -15,6 +15,8 @@ with ``E_s, E_t`` the detached input embeddings and ``N(z) = z / std(z)`` (one s
 
 then the dual-space losses of :mod:`kdviz.methods.dskd`, with ``t2s_kd`` restricted to the positions where
 ``argmax(t2s_logits) == y`` (the accuracy filter) and divided by the number of student response tokens.
+Both attentions are returned as diagnostics with student rows and teacher columns (``s2t_weight``
+transposed, its columns the distributions).
 """
 
 from __future__ import annotations
