@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from kdviz.methods import KDOutput
+from kdviz.methods import Alignment, KDOutput, Logits, TokenValues
 from kdviz.record import RecordBatch, Recorder, open_run
 
 
@@ -75,11 +75,11 @@ def kd_step(student, teacher, opt, batch: RecordBatch) -> KDOutput:
         loss=loss,
         terms={"kd": kd, "ce": ce, "acc": (s_out.logits.argmax(-1) == targets)[mask].float().mean()},
         diagnostics={
-            "student_logits": s_out.logits.detach(),
-            "teacher_logits": t_out.logits,
-            "token_kd": token_kd.detach(),
-            "token_ce": token_ce.detach(),
-            "t2s_weight": t2s_weight,
+            "student_logits": Logits(s_out.logits.detach(), "student", "student"),
+            "teacher_logits": Logits(t_out.logits, "teacher", "teacher"),
+            "token_kd": TokenValues(token_kd.detach(), "student"),
+            "token_ce": TokenValues(token_ce.detach(), "student"),
+            "t2s_weight": Alignment(t2s_weight, "soft"),
         },
     )
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from kdviz.methods import KDOutput
+from kdviz.methods import Alignment, KDOutput, Logits, TokenValues
 from kdviz.record import RecordBatch, Recorder, open_run
 from kdviz.viz import dashboard, report
 
@@ -48,15 +48,16 @@ def make_batch() -> RecordBatch:
 
 def make_output(step: int, recorded: bool, gen: torch.Generator) -> KDOutput:
     kd = torch.tensor(2.0 / (1 + step / 500) + 0.05 * torch.rand(1, generator=gen).item())
-    diagnostics: dict[str, torch.Tensor] = {}
+    diagnostics: dict[str, object] = {}
     if recorded:
         n = SIZE + 1
         sharp = 1 + step / 500
+        weights = (torch.randn(1, n, n, generator=gen) + sharp * torch.eye(n)).mul(sharp).softmax(-1)
         diagnostics = {
-            "t2s_weight": (torch.randn(1, n, n, generator=gen) + sharp * torch.eye(n)).mul(sharp).softmax(-1),
-            "token_kd": torch.rand(1, n, generator=gen),
-            "student_logits": torch.randn(1, n, VOCAB, generator=gen),
-            "teacher_logits": torch.randn(1, n, VOCAB, generator=gen),
+            "t2s_weight": Alignment(weights, "soft"),
+            "token_kd": TokenValues(torch.rand(1, n, generator=gen), "student"),
+            "student_logits": Logits(torch.randn(1, n, VOCAB, generator=gen), "student", "student"),
+            "teacher_logits": Logits(torch.randn(1, n, VOCAB, generator=gen), "teacher", "teacher"),
         }
     return KDOutput(kd + 1.0, {"kd": kd, "ce": torch.tensor(1.0)}, diagnostics)
 

@@ -106,3 +106,27 @@ def end_distributed() -> None:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
+
+
+def recorded_scores(batch, out, name: str) -> dict[str, float]:
+    """The alignment scores a :class:`kdviz.Recorder` writes for the diagnostic matrix ``name`` of one step
+    (``alignment/<name>/<score>``): the methods leave scoring to the recorder."""
+    import tempfile
+    from pathlib import Path
+
+    from kdviz.record import Recorder, open_run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        with Recorder(Path(tmp) / "run", every=1, samples=0, probes=["alignment", "transport"]) as rec:
+            rec.log(0, batch, out)
+        scalars = open_run(Path(tmp) / "run").scalars
+    prefix = f"alignment/{name}/"
+    return {n[len(prefix) :]: float(v) for n, v in zip(scalars["name"], scalars["value"], strict=True) if
+            n.startswith(prefix)}
+
+
+def all_tensors(diagnostics: dict) -> list[torch.Tensor]:
+    """Every tensor of a method's diagnostics, plain or inside a typed record."""
+    from kdviz.methods.diagnostics import diagnostic_tensors
+
+    return [t for name, value in diagnostics.items() for t in diagnostic_tensors(name, value).values()]

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kdviz.methods.diagnostics import Alignment, Logits, RankPairs, TokenEvents, TokenValues, Transport
 from kdviz.record import RecordBatch
 
 B, T_S, T_T, V_S, V_T, PROMPT = 3, 7, 6, 11, 13, 2
@@ -15,7 +16,7 @@ B, T_S, T_T, V_S, V_T, PROMPT = 3, 7, 6, 11, 13, 2
 class FakeOutput:
     loss: torch.Tensor
     terms: dict[str, torch.Tensor]
-    diagnostics: dict[str, torch.Tensor]
+    diagnostics: dict[str, object]
 
 
 def _labels(ids: torch.Tensor) -> torch.Tensor:
@@ -48,21 +49,24 @@ def make_output(step: int = 0, nan_term: bool = False) -> FakeOutput:
     token_kd = torch.rand(B, T_S, generator=g)
     if nan_term:
         token_kd[1, 3] = float("nan")
+    plan = torch.zeros(B, T_S, T_T)
+    plan[:, PROMPT - 1 : PROMPT + 3, PROMPT - 1 : PROMPT + 4] = torch.rand(B, 4, 5, generator=g)  # 4 x 5 paired
     return FakeOutput(
         loss=kd + 0.5,
         terms={"kd": kd, "ce": torch.tensor(0.5), "t2s_acc": torch.tensor(0.25)},
         diagnostics={
-            "student_logits": torch.randn(B, T_S, V_S, generator=g),
-            "teacher_logits": torch.randn(B, T_T, V_T, generator=g),
-            "t2s_logits": torch.randn(B, T_S, V_S, generator=g),
-            "t2s_weight": scores.softmax(-1),
-            "s2t_weight": scores.transpose(1, 2).softmax(-1),
-            "transport_plan": torch.rand(B, 4, 5, generator=g),
-            "transport_cost": torch.rand(B, 4, 5, generator=g),
-            "teacher_topk_ids": torch.randint(0, V_T, (B, 5), generator=g),
-            "student_topk_ids": torch.randint(0, V_S, (B, 5), generator=g),
-            "token_kd": token_kd,
-            "weight_fallback": torch.zeros(B, T_S),
+            "student_logits": Logits(torch.randn(B, T_S, V_S, generator=g), "student", "student"),
+            "teacher_logits": Logits(torch.randn(B, T_T, V_T, generator=g), "teacher", "teacher"),
+            "t2s_logits": Logits(torch.randn(B, T_S, V_S, generator=g), "teacher", "student"),
+            "t2s_weight": Alignment(scores.softmax(-1), "soft"),
+            "s2t_weight": Alignment(scores.softmax(1), "soft", over="student"),
+            "transport": Transport(plan, plan * 2 + torch.rand(B, T_S, T_T, generator=g), plan.sum((1, 2))),
+            "topk_ids": RankPairs(
+                student_ids=torch.randint(0, V_S, (B, 5), generator=g),
+                teacher_ids=torch.randint(0, V_T, (B, 5), generator=g),
+            ),
+            "token_kd": TokenValues(token_kd, "student"),
+            "weight_fallback": TokenEvents(torch.zeros(B, T_S), "student", "akl_fallbacks"),
             "sinkhorn_iterations": torch.tensor(20.0),
         },
     )

@@ -12,7 +12,15 @@ import torch
 import torch.nn.functional as F
 
 from kdviz.methods import CMA, DSKD, IGNORE, KDCollator, KDOutput, Method, VanillaKD
-from tests.kd_helpers import bpe_tokenizer, pairs, student_model, teacher_model, unigram_tokenizer
+from tests.kd_helpers import (
+    all_tensors,
+    bpe_tokenizer,
+    pairs,
+    recorded_scores,
+    student_model,
+    teacher_model,
+    unigram_tokenizer,
+)
 
 
 def make(**switches) -> CMA:
@@ -40,24 +48,29 @@ def test_shapes_rows_and_diagnostics(batch):
     t_t = batch.teacher_input_ids.shape[1]
     assert t_s != t_t
     d = out.diagnostics
-    assert d["t2s_weight"].shape == (b, t_s, t_t) and d["s2t_weight"].shape == (b, t_t, t_s)
-    assert d["t2s_reference"].shape == (b, t_s, t_t) and d["token_kd"].shape == (b, t_s)
-    assert d["token_s2t_kd"].shape == (b, t_t) and d["t2s_kept"].shape == (b, t_s)
+    t2s, s2t = d["t2s_weight"].weights, d["s2t_weight"].weights
+    assert t2s.shape == (b, t_s, t_t) and s2t.shape == (b, t_s, t_t)  # one orientation: student rows
+    assert (d["t2s_weight"].over, d["s2t_weight"].over) == ("teacher", "student")
+    assert d["t2s_reference"].shape == (b, t_s, t_t) and d["token_kd"].values.shape == (b, t_s)
+    assert d["token_s2t_kd"].values.shape == (b, t_t) and d["t2s_kept"].shape == (b, t_s)
     mask_s, mask_t = d["student_mask"], d["teacher_mask"]
     assert torch.equal(mask_s, batch.student_mask) and torch.equal(mask_t, batch.teacher_mask)
-    rows = d["t2s_weight"][mask_s]
+    rows = t2s[mask_s]
     assert torch.allclose(rows.sum(-1), torch.ones(len(rows)), atol=1e-6)
-    assert float(d["t2s_weight"].masked_fill(mask_t[:, None, :], 0)[mask_s].abs().max()) == 0.0
-    s2t_rows = d["s2t_weight"][mask_t]
-    assert torch.allclose(s2t_rows.sum(-1), torch.ones(len(s2t_rows)), atol=1e-6)
-    assert not torch.allclose(d["s2t_weight"], d["t2s_weight"].transpose(1, 2))
+    assert float(t2s.masked_fill(mask_t[:, None, :], 0)[mask_s].abs().max()) == 0.0
+    s2t_columns = s2t.transpose(1, 2)[mask_t]  # each teacher token's distribution over the student tokens
+    assert torch.allclose(s2t_columns.sum(-1), torch.ones(len(s2t_columns)), atol=1e-6)
+    assert not torch.allclose(s2t, t2s)
     assert torch.equal(d["student_target_ids"], batch.student_targets)
     for name in ("loss", "ce", "kd", "t2s_ce", "t2s_kd", "s2t_kd", "t2s_acc", "s2t_acc", "max_t2s_prob",
-                 "kept_fraction", "align_argmax_overlap", "align_overlap_mass", "align_row_entropy"):
+                 "kept_fraction"):
         assert out.terms[name].dim() == 0 and torch.isfinite(out.terms[name]), name
+    assert not any(name.startswith("align") for name in out.terms)  # the recorder scores, once
+    scores = recorded_scores(batch, out, "t2s_weight")
+    assert all(math.isfinite(scores[k]) for k in ("argmax_overlap", "overlap_mass", "row_entropy"))
     assert out.terms["loss"].dtype == torch.float32
-    assert out.terms["align_scored_rows"] > 0
-    assert all(not v.requires_grad for v in d.values())
+    assert scores["scored_rows"] > 0
+    assert all(not v.requires_grad for v in all_tensors(d))
     assert {n for n, _ in m.named_parameters()} == {
         "t2s.weight", "t2s.bias", "s2t.weight", "s2t.bias", "query.weight", "query.bias"
     }
@@ -182,7 +195,7 @@ def test_switches(batch):
     t = base.terms
     # the accuracy filter: kept = response & (argmax t2s_logits == label)
     d = base.diagnostics
-    kept = d["student_mask"] & (d["t2s_logits"].argmax(-1) == d["student_target_ids"])
+    kept = d["student_mask"] & (d["t2s_logits"].logits.argmax(-1) == d["student_target_ids"])
     assert torch.equal(d["t2s_kept"], kept)
     assert float(t["kept_fraction"]) == pytest.approx(float(kept.sum() / d["student_mask"].sum()))
     unfiltered = make(acc_filter=False)(batch)
@@ -211,8 +224,8 @@ def test_switches(batch):
     assert float(t["kd"]) == pytest.approx(float(t["t2s_ce"] + t["t2s_kd"] + t["s2t_kd"]), rel=1e-6)
     # value_target: same attention, different values
     arg = make(value_target="teacher_argmax")(batch).diagnostics
-    assert torch.allclose(arg["t2s_weight"], d["t2s_weight"])
-    assert not torch.allclose(arg["t2s_logits"], d["t2s_logits"])
+    assert torch.allclose(arg["t2s_weight"].weights, d["t2s_weight"].weights)
+    assert not torch.allclose(arg["t2s_logits"].logits, d["t2s_logits"].logits)
     for bad in ({"key_norm": "std"}, {"value_target": "label"}, {"mask_value": float("-inf")}, {"divergence": "kl"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             make(**bad)
@@ -241,7 +254,7 @@ def test_key_norm_valid_ignores_padding_global_does_not(batch):
     t_t = batch.teacher_input_ids.shape[1]
     for key_norm, invariant in (("valid", True), ("global", False)):
         m = make(key_norm=key_norm)
-        w0, w1 = m(batch).diagnostics["t2s_weight"], m(padded).diagnostics["t2s_weight"][..., :t_t]
+        w0, w1 = m(batch).diagnostics["t2s_weight"].weights, m(padded).diagnostics["t2s_weight"].weights[..., :t_t]
         mask = batch.student_mask
         assert torch.allclose(w0[mask], w1[mask], atol=1e-5) == invariant, key_norm
 
@@ -255,10 +268,11 @@ def test_all_masked_batch_and_batch_of_one(collate):
     for p in [*m.parameters(), *m.student.parameters()]:
         assert p.grad is None or (torch.isfinite(p.grad).all() and float(p.grad.abs().max()) == 0.0)
     # nothing to score is no numerical fault: the scores are absent (not NaN), scored_rows says why
-    assert out.terms["align_scored_rows"] == 0 and "align_argmax_overlap" not in out.terms
+    scores = recorded_scores(empty, out, "t2s_weight")
+    assert scores["scored_rows"] == 0 and "argmax_overlap" not in scores
     assert all(torch.isfinite(v) for v in out.terms.values())
     one = m(collate(pairs(1)))
-    assert torch.isfinite(one.loss) and one.diagnostics["t2s_weight"].shape[0] == 1
+    assert torch.isfinite(one.loss) and one.diagnostics["t2s_weight"].weights.shape[0] == 1
     one.loss.backward()
 
 
@@ -305,8 +319,8 @@ def test_training_improves_alignment(collate, record_property):
 
     def scores():
         with torch.no_grad():
-            terms = m(held).terms
-        return {k: float(terms[f"align_{k}"]) for k in ("argmax_overlap", "overlap_mass", "row_entropy")}
+            scores = recorded_scores(held, m(held), "t2s_weight")
+        return {k: scores[k] for k in ("argmax_overlap", "overlap_mass", "row_entropy")}
 
     before = scores()
     opt = torch.optim.AdamW(m.parameters(), lr=0.1)

@@ -52,8 +52,11 @@ def test_loss_equals_independent_recomputation(batch):
         assert float(out.terms[name]) == pytest.approx(float(value), rel=1e-4, abs=1e-7), name
     assert float(out.terms["kept_fraction"]) == 1.0
     d = out.diagnostics
-    assert d["token_kd"].shape == batch.student_input_ids.shape and not d["token_kd"][~ok].any()
-    assert d["t2s_logits"].shape == s.logits.shape and torch.allclose(d["s2t_logits"], s2t, atol=1e-5)
+    assert d["token_kd"].values.shape == batch.student_input_ids.shape and not d["token_kd"].values[~ok].any()
+    assert d["t2s_logits"].logits.shape == s.logits.shape and torch.allclose(d["s2t_logits"].logits, s2t, atol=1e-5)
+    assert (d["t2s_logits"].model, d["t2s_logits"].space) == ("teacher", "student")  # the teacher, projected
+    assert (d["s2t_logits"].model, d["s2t_logits"].space) == ("student", "teacher")
+    assert d["token_s2t_kd"].side == "teacher"
 
 
 def nonzero_grads(term, params) -> bool:
@@ -86,7 +89,7 @@ def test_switches_and_padded_teacher_vocabulary(batch):
     # a teacher whose LM head has padded rows: the teacher-space term lives in the teacher's vocabulary
     padded = make(teacher_vocab=len(unigram_tokenizer()) + 11)(batch)
     assert torch.isfinite(padded.loss)
-    assert padded.diagnostics["teacher_logits"].shape[-1] == len(unigram_tokenizer()) + 11
+    assert padded.diagnostics["teacher_logits"].logits.shape[-1] == len(unigram_tokenizer()) + 11
 
 
 def test_edge_cases_and_errors(batch):

@@ -14,7 +14,15 @@ from rapidfuzz.distance import Levenshtein
 
 from kdviz.align.vocab_map import VocabMap, vocab_map
 from kdviz.methods import IGNORE, KDBatch, KDCollator, MinED
-from tests.kd_helpers import bpe_tokenizer, pairs, student_model, teacher_model, unigram_tokenizer
+from tests.kd_helpers import (
+    all_tensors,
+    bpe_tokenizer,
+    pairs,
+    recorded_scores,
+    student_model,
+    teacher_model,
+    unigram_tokenizer,
+)
 
 STUDENT_VOCAB = ["<pad>", "<s>", "</s>", "▁Q", "▁The", "▁ca", "t", "▁sleeps"]
 TEACHER_VOCAB = ["<eos>", "Q", "ĠThe", "Ġcat", "Ġsleeps", "Ġthe"]
@@ -51,7 +59,7 @@ def test_hand_made_alignment_and_target():
     method = MinED(vocab_map=hand_map(), top_k=3)
     out = method(batch, SimpleNamespace(logits=z_s), SimpleNamespace(logits=z_t))
     # predicted tokens: student ▁The ▁ca t ▁sleeps </s> (positions 1..5); teacher ĠThe Ġcat Ġsleeps <eos> (0..3)
-    path = out.diagnostics["dtw_path"][0].nonzero().tolist()
+    path = out.diagnostics["dtw_path"].weights[0].nonzero().tolist()
     assert path == [[1, 0], [2, 1], [3, 1], [4, 2], [5, 3]]
     assert out.diagnostics["aligned_teacher_position"][0].tolist() == [-1, 0, -1, -1, 2, 3, -1]
     assert float(out.terms["one_to_one_share"]) == pytest.approx(3 / 5)
@@ -103,8 +111,9 @@ def test_real_tokenizers_and_the_cache(batch, tmp_path):
     out = method(batch, s_out, t_out)
     d = out.diagnostics
     mask_s, mask_t = batch.student_mask, batch.teacher_mask
-    assert d["dtw_path"].shape == (*mask_s.shape, mask_t.shape[1])
-    assert not d["dtw_path"][~mask_s].any() and not d["dtw_path"].transpose(1, 2)[~mask_t].any()
+    path = d["dtw_path"]
+    assert path.weights.shape == (*mask_s.shape, mask_t.shape[1]) and (path.kind, path.reference) == ("hard", "target")
+    assert not path.weights[~mask_s].any() and not path.weights.transpose(1, 2)[~mask_t].any()
     aligned = d["one_to_one"]
     assert torch.equal(aligned, d["aligned_teacher_position"] >= 0) and not aligned[~mask_s].any()
     assert float(out.terms["one_to_one_share"]) == pytest.approx(float(aligned.sum() / mask_s.sum()))
@@ -116,9 +125,11 @@ def test_real_tokenizers_and_the_cache(batch, tmp_path):
     gold = batch.student_targets
     rest = mask_s & ~aligned
     assert (kept[rest] == 1).all() and (target[rest].argmax(-1) == gold[rest]).all()
-    for name in ("loss", "ce", "kd", "align_argmax_overlap", "align_overlap_mass"):
+    for name in ("loss", "ce", "kd"):
         assert torch.isfinite(out.terms[name]), name
-    assert all(not v.requires_grad for v in d.values())
+    scores = recorded_scores(batch, out, "dtw_path")
+    assert all(np.isfinite(scores[k]) for k in ("argmax_overlap", "overlap_mass"))
+    assert all(not v.requires_grad for v in all_tensors(d))
     out.loss.backward()
     assert torch.isfinite(s_out.logits.grad).all()
 
@@ -135,7 +146,7 @@ def test_empty_response_on_one_side_gives_zero_kd(batch, tmp_path):
     one = replace(batch, teacher_labels=batch.teacher_labels.clone())
     one.teacher_labels[0] = IGNORE  # only the first example loses its teacher response
     out = method(one, *random_outputs(one))
-    assert float(out.terms["kd"]) > 0 and float(out.diagnostics["token_kd"][0].abs().sum()) == 0.0
+    assert float(out.terms["kd"]) > 0 and float(out.diagnostics["token_kd"].values[0].abs().sum()) == 0.0
 
 
 def test_bad_arguments(batch, tmp_path):
@@ -243,6 +254,15 @@ def test_reference_mode_is_the_dskd_repository_mined(batch, tmp_path):
         want = official_mined_kd(case, z_s, z_t, torch.as_tensor(vmap.ids), 2.0)
         assert float(out.terms["kd"]) == pytest.approx(want, rel=1e-5)
         assert torch.isfinite(out.loss)
+    # the published DTW aligns the tokens read at the response positions: scored against their ground truth
+    path = out.diagnostics["dtw_path"]
+    assert path.reference == "input"
+    from kdviz.align import alignment_scores
+
+    reference = batch.alignment & batch.teacher_mask[:, None, :]
+    want = alignment_scores(path.weights.float(), reference, batch.student_mask)
+    got = recorded_scores(batch, out, "dtw_path")
+    assert got["overlap_mass"] == pytest.approx(float(want["overlap_mass"]), rel=1e-6)
     with pytest.raises(ValueError, match="mode must be one of"):
         MinED(vocab_map=hand_map(), mode="official")
 
@@ -261,7 +281,7 @@ def test_the_dtw_path_is_recorded_as_an_alignment(batch, tmp_path):
     run = open_run(tmp_path / "run")
     path = run.matrix("dtw_path", step=0, sample=0)
     rows, cols = path.info["rows"], path.info["cols"]
-    expected = out.diagnostics["dtw_path"][0][rows][:, cols].float().numpy()
+    expected = out.diagnostics["dtw_path"].weights[0][rows][:, cols].float().numpy()
     np.testing.assert_array_equal(path.values, expected)
     assert path.reference is not None and path.values.sum() >= len(rows)  # every student row is on the path
     d = dashboard(run)

@@ -13,7 +13,15 @@ import pytest
 import torch
 
 from kdviz.methods import IGNORE, KDCollator, MultiLevelOT
-from tests.kd_helpers import bpe_tokenizer, pairs, student_model, teacher_model, unigram_tokenizer
+from tests.kd_helpers import (
+    all_tensors,
+    bpe_tokenizer,
+    pairs,
+    recorded_scores,
+    student_model,
+    teacher_model,
+    unigram_tokenizer,
+)
 from tests.test_align_transport import pot_plan
 
 
@@ -55,7 +63,9 @@ def levels(z_s, z_t, batch, k=50):
 
 
 def window_matrix(full, b, s_pos, t_pos):
-    return full[b][t_pos][:, s_pos]
+    """The teacher x student window of a stored ``[B, T_s, T_t]`` matrix (student rows, teacher columns),
+    transposed to the teacher rows the formulas are written in."""
+    return full[b][s_pos][:, t_pos].T
 
 
 def test_every_level_recomputed(batch):
@@ -66,25 +76,25 @@ def test_every_level_recomputed(batch):
     for b, ((s_pos, t_pos), (t_k, s_k, ids_t, ids_s, logq_k, zs, zt)) in enumerate(
         zip(windows(batch), levels(s_out.logits, t_out.logits, batch), strict=True)
     ):
-        assert torch.equal(d["teacher_topk_ids"][b], ids_t) and torch.equal(d["student_topk_ids"][b], ids_s)
+        assert torch.equal(d["topk_ids"].teacher_ids[b], ids_t) and torch.equal(d["topk_ids"].student_ids[b], ids_s)
         token_had = (t_k - s_k).abs().sum(-1)
-        torch.testing.assert_close(d["token_had"][b, s_pos], token_had, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(d["token_had"].values[b, s_pos], token_had, rtol=1e-5, atol=1e-6)
         had += float(token_had.sum())
         sl += float(-(t_k * logq_k).sum())
         x, y = (zt / 2).softmax(-1)[:, ids_t], (zs / 2).softmax(-1)[:, ids_s]
         cost = (x[:, None, :] - y[None, :, :]).abs().sum(-1)
-        torch.testing.assert_close(window_matrix(d["cost_matrix"], b, s_pos, t_pos), cost, rtol=1e-5, atol=1e-6)
-        plan = window_matrix(d["transport_plan"], b, s_pos, t_pos)
+        torch.testing.assert_close(window_matrix(d["transport"].cost, b, s_pos, t_pos), cost, rtol=1e-5, atol=1e-6)
+        plan = window_matrix(d["transport"].plan, b, s_pos, t_pos)
         sd += float((plan * cost).sum())
-        assert float(d["transport_cost"][b]) == pytest.approx(float((plan * cost).sum()), rel=1e-5)
+        assert float(d["transport"].sequence_cost[b]) == pytest.approx(float((plan * cost).sum()), rel=1e-5)
     for name, value in (("had", had), ("sl", sl), ("sd", sd)):
         assert float(out.terms[name]) == pytest.approx(value / count, rel=1e-5), name
     t = {k: float(v) for k, v in out.terms.items()}
     assert t["kd"] == pytest.approx(t["had"] + 0.1 * t["sl"] + 0.1 * t["sd"], rel=1e-6)
     assert t["loss"] == pytest.approx(t["ce"] + 0.15 * t["kd"], rel=1e-6)
     assert t["sinkhorn_iterations"] == 20 and batch.student_input_ids.shape[1] != batch.teacher_input_ids.shape[1]
-    assert d["transport_plan"].shape == (batch.batch_size, *batch.teacher_mask.shape[1:], batch.student_mask.shape[1])
-    assert all(not v.requires_grad for v in d.values())
+    assert d["transport"].plan.shape == (batch.batch_size, batch.student_mask.shape[1], batch.teacher_mask.shape[1])
+    assert all(not v.requires_grad for v in all_tensors(d))
 
 
 def test_sd_plan_equals_pot_sinkhorn_and_marginals_hold(batch):
@@ -93,13 +103,13 @@ def test_sd_plan_equals_pot_sinkhorn_and_marginals_hold(batch):
     d, error = out.diagnostics, float(out.terms["sinkhorn_marginal_error"])
     for b, (s_pos, t_pos) in enumerate(windows(batch)):
         n = len(s_pos)
-        cost = window_matrix(d["cost_matrix"], b, s_pos, t_pos).double()
-        plan = window_matrix(d["transport_plan"], b, s_pos, t_pos).double()
+        cost = window_matrix(d["transport"].cost, b, s_pos, t_pos).double()
+        plan = window_matrix(d["transport"].plan, b, s_pos, t_pos).double()
         want = torch.from_numpy(pot_plan(cost.numpy(), 0.1, 20)) * n  # uniform marginals, scaled to unit
         torch.testing.assert_close(plan, want, rtol=0, atol=1e-5)  # float32 solve vs float64 POT
         assert (plan.sum(0) - 1).abs().max() <= error + 1e-5  # unit marginals, as recorded
         assert (plan.sum(1) - 1).abs().max() <= error + 1e-5
-        assert float(d["transport_plan"][b].sum()) == pytest.approx(n, rel=1e-5)  # nothing off the window
+        assert float(d["transport"].plan[b].sum()) == pytest.approx(n, rel=1e-5)  # nothing off the window
     assert 0 <= error < 0.5
 
 
@@ -110,7 +120,7 @@ def test_had_is_at_least_the_per_token_sorted_l1(batch):
         zip(windows(batch), levels(s_out.logits, t_out.logits, batch), strict=True)
     ):
         sorted_l1 = (t_k.sort(-1).values - s_k.sort(-1).values).abs().sum(-1)
-        assert (out.diagnostics["token_had"][b, s_pos] >= sorted_l1 - 1e-6).all()
+        assert (out.diagnostics["token_had"].values[b, s_pos] >= sorted_l1 - 1e-6).all()
 
 
 def test_student_gradient_equals_whole_vocabulary_autograd(batch):
@@ -122,14 +132,14 @@ def test_student_gradient_equals_whole_vocabulary_autograd(batch):
     d, count = out.diagnostics, sum(len(s) for s, _ in windows(batch))
     want = 0.0
     for b, (s_pos, t_pos) in enumerate(windows(batch)):
-        ids_s, ids_t = d["student_topk_ids"][b], d["teacher_topk_ids"][b]
+        ids_s, ids_t = d["topk_ids"].student_ids[b], d["topk_ids"].teacher_ids[b]
         zs, zt = z_s[b, s_pos], z_t[b, t_pos]
         s_k, t_k = zs.softmax(-1)[:, ids_s], zt.softmax(-1)[:, ids_t]
         x, y = (zt / 2).softmax(-1)[:, ids_t], (zs / 2).softmax(-1)[:, ids_s]
         cost = (x[:, None, :] - y[None, :, :]).abs().sum(-1)
         had = (t_k - s_k).abs().sum()
         sl = -(t_k * zs.log_softmax(-1)[:, ids_s]).sum()
-        sd = (window_matrix(d["transport_plan"], b, s_pos, t_pos) * cost).sum()
+        sd = (window_matrix(d["transport"].plan, b, s_pos, t_pos) * cost).sum()
         want = want + had + 0.1 * sl + 0.1 * sd
     (found,) = torch.autograd.grad(out.parts["kd"], z_s)
     (expected,) = torch.autograd.grad(want / count, z_s)
@@ -263,13 +273,13 @@ def test_empty_response_on_one_side_gives_zero_kd(batch):
         s_out, t_out = outputs(empty)
         out = MultiLevelOT(mode=mode)(empty, s_out, t_out)
         assert float(out.terms["kd"]) == 0.0 and torch.isfinite(out.loss)
-        assert float(out.diagnostics["transport_plan"].abs().sum()) == 0.0
+        assert float(out.diagnostics["transport"].plan.abs().sum()) == 0.0
         out.loss.backward()
         assert torch.isfinite(s_out.logits.grad).all()
     one = replace(batch, teacher_labels=batch.teacher_labels.clone())
     one.teacher_labels[1] = IGNORE
     out = MultiLevelOT()(one, *outputs(one))
-    assert float(out.terms["kd"]) > 0 and float(out.diagnostics["transport_plan"][1].abs().sum()) == 0.0
+    assert float(out.terms["kd"]) > 0 and float(out.diagnostics["transport"].plan[1].abs().sum()) == 0.0
 
 
 def test_bad_arguments(batch):
@@ -294,3 +304,17 @@ def test_runs_the_models(batch):
     out.loss.backward()
     assert all(p.grad is None for p in teacher.parameters())
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in student.parameters())
+
+
+def test_the_recorder_scores_the_plans_rows_once(batch):
+    """The plan's student rows are scored against the predicted tokens' ground truth by the recorder (the
+    method's terms hold no score)."""
+    from kdviz.align import alignment_scores
+
+    out = MultiLevelOT()(batch, *outputs(batch, seed=10))
+    assert not any(name.startswith("align") for name in out.terms)
+    reference = batch.target_alignment() & batch.teacher_mask[:, None, :]
+    want = alignment_scores(out.diagnostics["transport"].plan, reference, batch.student_mask)
+    got = recorded_scores(batch, out, "transport_plan")
+    for score in ("argmax_overlap", "overlap_mass", "row_entropy", "scored_rows"):
+        assert got[score] == pytest.approx(float(want[score]), rel=1e-6), score

@@ -14,7 +14,15 @@ import torch
 
 from kdviz.methods import IGNORE, ULD, KDCollator, KDOutput, Method
 from kdviz.methods.uld import sorted_w1
-from tests.kd_helpers import bpe_tokenizer, pairs, student_model, teacher_model, unigram_tokenizer
+from tests.kd_helpers import (
+    all_tensors,
+    bpe_tokenizer,
+    pairs,
+    recorded_scores,
+    student_model,
+    teacher_model,
+    unigram_tokenizer,
+)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +103,7 @@ def test_index_positions_loss_terms_and_rank_matching(batch):
     rows = (pair >= 0).nonzero(as_tuple=True)
     per_pair = pot_w1(s_out.logits[rows].detach().double(), t_out.logits[rows[0], pair[rows]].double(), 1.0)
     assert float(out.terms["kd"]) == pytest.approx(float(per_pair.mean()), rel=1e-5)
-    torch.testing.assert_close(out.diagnostics["token_kd"][rows].double(), per_pair, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.diagnostics["token_kd"].values[rows].double(), per_pair, rtol=1e-5, atol=1e-6)
     assert float(out.terms["loss"]) == pytest.approx(float(out.terms["ce"] + 1.5 * out.terms["kd"]), rel=1e-6)
     assert float(out.terms["paired_fraction"]) == pytest.approx(len(rows[0]) / int(batch.student_mask.sum()))
     ids_s, ids_t = out.diagnostics["rank_ids_student"], out.diagnostics["rank_ids_teacher"]
@@ -103,7 +111,7 @@ def test_index_positions_loss_terms_and_rank_matching(batch):
     assert torch.equal(ids_s[rows], s_out.logits[rows].detach().topk(10, -1).indices)
     assert torch.equal(ids_t[rows], t_out.logits[rows[0], pair[rows]].topk(10, -1).indices)
     assert (ids_s[pair < 0] == -1).all() and (out.diagnostics["rank_probs_teacher"][pair < 0] == 0).all()
-    assert all(not v.requires_grad for v in out.diagnostics.values())
+    assert all(not v.requires_grad for v in all_tensors(out.diagnostics))
     assert all(v.dim() == 0 and not v.requires_grad for v in out.terms.values())
     out.loss.backward()
     assert torch.isfinite(s_out.logits.grad).all()
@@ -122,9 +130,9 @@ def test_offset_positions_follow_the_characters(batch):
             assert batch.teacher_targets[b, j] == bpe_tokenizer().eos_token_id  # EOS with EOS
         else:
             assert reference[b, i, j]
-    assert float(out.terms["align_argmax_overlap"]) == 1.0
+    assert recorded_scores(batch, out, "pairing")["argmax_overlap"] == 1.0
     index = ULD()(batch, s_out, t_out)
-    assert float(index.terms["align_argmax_overlap"]) < 1.0  # index pairing drifts off the characters
+    assert recorded_scores(batch, index, "pairing")["argmax_overlap"] < 1.0  # index pairing drifts off characters
 
 
 def test_empty_response_on_one_side_gives_zero_kd(batch):
@@ -158,7 +166,7 @@ def test_runs_the_models_and_reaches_only_the_student(batch):
     grads = [p.grad for p in student.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
     assert all(p.grad is None for p in teacher.parameters())
-    assert out.diagnostics["teacher_logits"].shape[-1] == len(bpe_tokenizer())
+    assert out.diagnostics["teacher_logits"].logits.shape[-1] == len(bpe_tokenizer())
 
 
 def test_the_recorder_keeps_the_pairing_as_an_alignment_matrix(batch, tmp_path):
@@ -222,7 +230,7 @@ def test_float64_logits_and_plus_inf_input(batch):
     s_out, t_out = outputs(batch)
     s64 = SimpleNamespace(logits=s_out.logits.detach().double().requires_grad_())
     out = ULD()(batch, s64, SimpleNamespace(logits=t_out.logits.double()))
-    assert out.loss.dtype == torch.float64 and out.diagnostics["token_kd"].dtype == torch.float64
+    assert out.loss.dtype == torch.float64 and out.diagnostics["token_kd"].values.dtype == torch.float64
     out.loss.backward()
     ref = ULD()(batch, s_out, t_out)
     assert float(out.terms["kd"]) == pytest.approx(float(ref.terms["kd"]), rel=1e-5)

@@ -41,7 +41,8 @@ def test_loss_equals_independent_recomputation(batch, models):
     assert float(out.terms["kd"]) == pytest.approx(float(kd), rel=1e-5)
     assert float(out.terms["ce"]) == pytest.approx(float(ce), rel=1e-5)
     assert out.loss.item() == pytest.approx(float(0.5 * ce + 0.5 * kd), rel=1e-5)
-    assert out.diagnostics["token_kd"].shape == y.shape and not out.diagnostics["token_kd"][~ok].any()
+    token_kd = out.diagnostics["token_kd"]
+    assert token_kd.side == "student" and token_kd.values.shape == y.shape and not token_kd.values[~ok].any()
 
 
 def test_divergence_by_name_and_precomputed_outputs(batch, models):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from kdviz.headtail import HeadTail, head_tail
+from kdviz.methods.diagnostics import Alignment, Logits, Transport
 from kdviz.record import Recorder, load_replay, open_run
 from kdviz.record.probes import _strided
 from tests.record_fakes import PROMPT, T_S, T_T, FakeOutput, make_batch, make_output
@@ -48,7 +49,7 @@ def test_head_tail_aggregates_and_per_token(tmp_path):
     out, batch = make_output(2), make_batch()
     mask = torch.zeros(3, T_S, dtype=torch.bool)
     mask[:, PROMPT - 1 : -1] = True
-    expected = head_tail(out.diagnostics["student_logits"], out.diagnostics["t2s_logits"], mask)
+    expected = head_tail(out.diagnostics["student_logits"].logits, out.diagnostics["t2s_logits"].logits, mask)
     row = agg[(agg["step"] == 2) & (agg["statistic"] == "fkl")].iloc[0]
     assert row["count"] == int(mask.sum())
     np.testing.assert_allclose(row["mean"], float(expected.fkl[mask].mean()), rtol=1e-5)
@@ -67,14 +68,15 @@ def test_alignment_matrices_with_tokens_and_reference(tmp_path):
     m = run.matrix("t2s_weight", step=4, sample=1)
     out, batch = make_output(4), make_batch()
     rows, cols = list(range(PROMPT - 1, T_S - 1)), list(range(PROMPT - 1, T_T - 1))
-    np.testing.assert_allclose(m.values, out.diagnostics["t2s_weight"][1][rows][:, cols].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(m.values, out.diagnostics["t2s_weight"].weights[1][rows][:, cols].numpy(), rtol=1e-6)
     assert m.row_tokens == batch.student_tokens[1][PROMPT:] and m.col_tokens == batch.teacher_tokens[1][PROMPT:]
     shifted = batch.alignment[1, 1:, 1:]
     np.testing.assert_array_equal(m.reference, shifted[[r for r in rows]][:, cols].numpy())
     assert m.info["example_id"] == "b" and 0 <= m.info["overlap_mass"] <= 1
-    s2t = run.matrix("s2t_weight", step=4, sample=1)
-    assert s2t.values.shape == (len(cols), len(rows))
-    np.testing.assert_array_equal(s2t.reference, m.reference.T)
+    s2t = run.matrix("s2t_weight", step=4, sample=1)  # stored like every matrix: student rows, teacher columns
+    np.testing.assert_allclose(s2t.values, out.diagnostics["s2t_weight"].weights[1][rows][:, cols].numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(s2t.reference, m.reference)
+    assert s2t.info["over"] == "student" and m.info["over"] == "teacher"
     names = set(run.scalars["name"])
     assert {"alignment/t2s_weight/argmax_overlap", "alignment/s2t_weight/overlap_mass"} <= names
 
@@ -83,14 +85,16 @@ def test_transport_plans_and_vocab_map(tmp_path):
     _record(tmp_path / "run")
     run = open_run(tmp_path / "run")
     out = make_output(2)
-    for name in ("transport_plan", "transport_cost"):
-        m = run.matrix(name, step=2, sample=0)
-        np.testing.assert_allclose(m.values, out.diagnostics[name][0].numpy(), rtol=1e-6)
-        assert len(m.row_tokens) == 4 and len(m.col_tokens) == 5 and m.reference.shape == (4, 5)
+    rows, cols = list(range(PROMPT - 1, T_S - 1)), list(range(PROMPT - 1, T_T - 1))  # both responses
+    transport = out.diagnostics["transport"]
+    for name, full in (("transport_plan", transport.plan), ("transport_cost", transport.cost)):
+        m = run.matrix(name, step=2, sample=0)  # student rows, teacher columns
+        np.testing.assert_allclose(m.values, full[0][rows][:, cols].numpy(), rtol=1e-6)
+        assert m.row_tokens == make_batch().student_tokens[0][PROMPT:] and m.reference.shape == (len(rows), len(cols))
     vm = run.table("vocab_map")
     sel = vm[(vm["step"] == 2) & (vm["sample"] == 0)]
-    assert sel["teacher_id"].tolist() == out.diagnostics["teacher_topk_ids"][0].tolist()
-    assert sel["student_id"].tolist() == out.diagnostics["student_topk_ids"][0].tolist()
+    assert sel["teacher_id"].tolist() == out.diagnostics["topk_ids"].teacher_ids[0].tolist()
+    assert sel["student_id"].tolist() == out.diagnostics["topk_ids"].student_ids[0].tolist()
 
 
 def test_token_losses_and_texts(tmp_path):
@@ -100,9 +104,9 @@ def test_token_losses_and_texts(tmp_path):
     out, batch = make_output(0), make_batch()
     s0 = tokens[(tokens["step"] == 0) & (tokens["sample"] == 0)]
     where = list(range(PROMPT - 1, T_S - 1))
-    np.testing.assert_allclose(s0["token_kd"], out.diagnostics["token_kd"][0][where].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(s0["token_kd"], out.diagnostics["token_kd"].values[0][where].numpy(), rtol=1e-6)
     ce = torch.nn.functional.cross_entropy(
-        out.diagnostics["student_logits"][0], batch.student_input_ids[0].roll(-1), reduction="none"
+        out.diagnostics["student_logits"].logits[0], batch.student_input_ids[0].roll(-1), reduction="none"
     )
     np.testing.assert_allclose(s0["token_ce"], ce[where].numpy(), rtol=1e-5)
     assert s0["input_token"].tolist() == batch.student_tokens[0][PROMPT - 1 : -1]
@@ -131,7 +135,7 @@ def test_top5_next_tokens_of_both_sides(tmp_path):
     where = list(range(PROMPT - 1, T_S - 1))
     for column, logits in (("student_top5", "student_logits"), ("teacher_top5", "t2s_logits")):
         # the fake teacher_logits have the teacher's length and vocabulary: the hover uses t2s_logits
-        probs, ids = out.diagnostics[logits][0].softmax(-1).topk(5, -1)
+        probs, ids = out.diagnostics[logits].logits[0].softmax(-1).topk(5, -1)
         for k, cell in zip(where, s0[column], strict=True):
             entries = json.loads(cell)
             assert [t for t, _ in entries] == [f"s{i}" for i in ids[k].tolist()]  # both in the student vocabulary
@@ -141,8 +145,8 @@ def test_top5_next_tokens_of_both_sides(tmp_path):
     # the top-k vocabulary map keeps the strings too, and its table shows them
     vm = open_run(tmp_path / "run").table("vocab_map")
     sel = vm[(vm["step"] == 2) & (vm["sample"] == 0)]
-    assert sel["teacher_token"].tolist() == [f"t{i}" for i in out.diagnostics["teacher_topk_ids"][0].tolist()]
-    assert sel["student_token"].tolist() == [f"s{i}" for i in out.diagnostics["student_topk_ids"][0].tolist()]
+    assert sel["teacher_token"].tolist() == [f"t{i}" for i in out.diagnostics["topk_ids"].teacher_ids[0].tolist()]
+    assert sel["student_token"].tolist() == [f"s{i}" for i in out.diagnostics["topk_ids"].student_ids[0].tolist()]
     cells = vocab_map_table(open_run(tmp_path / "run"), 2, 0).data[0].cells.values
     assert cells[1][0] == f"t{int(sel['teacher_id'].iloc[0])}\u00a0({int(sel['teacher_id'].iloc[0])})"
 
@@ -176,6 +180,7 @@ def test_numerics_replay_saved_once(tmp_path):
     torch.testing.assert_close(tensors["student_input_ids"], make_batch().student_input_ids[[1]])
     assert tensors["out.token_kd"].isnan().any() and info["texts"] == ["text of example b"]
     assert run.meta["replays"] == {"kd": replay.name}
+    assert set(df.loc[df["name"] == "numerics/akl_fallbacks", "step"]) == {0, 2, 4}  # the TokenEvents, counted
 
 
 def test_missing_data_is_noted_once_in_metadata(tmp_path):
@@ -186,7 +191,7 @@ def test_missing_data_is_noted_once_in_metadata(tmp_path):
     run = open_run(tmp_path / "run")
     notes = run.meta["notes"]
     assert set(notes) == {"head_tail", "alignment", "transport", "token_loss"}
-    assert "t2s_weight" in notes["alignment"]
+    assert "no Alignment diagnostics" in notes["alignment"]
     assert run.scalars["name"].unique().tolist() == ["loss", "kd"]
     assert run.matrix_names() == [] and run.tokens().empty
 
@@ -207,7 +212,7 @@ def test_probe_subset_and_optimizer(tmp_path):
 
 def test_probe_failure_warns_and_training_continues(tmp_path):
     broken = make_output(0)
-    broken.diagnostics["t2s_weight"] = torch.ones(1, 2, 2)  # batch of 1, not 3: sample row 1 fails
+    broken.diagnostics["t2s_weight"] = Alignment(torch.ones(1, 2, 2), "soft")  # batch of 1, not 3: row 1 fails
     with pytest.warns(RuntimeWarning, match="probe 'alignment' failed"), Recorder(tmp_path / "run", every=1) as rec:
         rec.log(0, make_batch(), broken)
         rec.log(1, make_batch(), broken)
@@ -250,26 +255,68 @@ def test_head_tail_aggregates_are_capped_to_strided_tokens():
 
 def test_head_tail_uses_the_shared_vocabulary_alone_when_present(tmp_path):
     out = make_output(0)
-    logits = out.diagnostics["student_logits"]
-    out.diagnostics["teacher_logits"] = logits.flip(-1)  # same vocabulary and length as the student
-    out.diagnostics["s2t_logits"] = logits
+    logits = out.diagnostics["student_logits"].logits
+    out.diagnostics["teacher_logits"] = Logits(logits.flip(-1), "teacher", "teacher")  # the student's shape
+    out.diagnostics["s2t_logits"] = Logits(logits, "student", "teacher")
     with Recorder(tmp_path / "run", every=1) as rec:
         rec.log(0, make_batch(), out)
     run = open_run(tmp_path / "run")
     assert set(run.head_tail()["space"]) == {"shared"} and run.meta["notes"]["head_tail_token_space"] == "shared"
 
 
-def test_full_size_plans_are_cropped_to_both_responses(tmp_path):
-    out = make_output(0)  # MultiLevelOT's layout: plan and cost matrix [B, T_t, T_s], sequence cost [B]
-    full = torch.rand(3, T_T, T_S)
-    out.diagnostics.update(transport_plan=full, cost_matrix=full * 2, transport_cost=torch.tensor([1.0, 2.0, 3.0]))
+def test_plans_are_cropped_to_both_responses_student_rows(tmp_path):
+    out = make_output(0)  # MultiLevelOT's layout: plan and cost matrix [B, T_s, T_t], sequence cost [B]
+    full = torch.rand(3, T_S, T_T)
+    out.diagnostics["transport"] = Transport(full, full * 2, torch.tensor([1.0, 2.0, 3.0]))
     with Recorder(tmp_path / "run", every=1) as rec:
         rec.log(0, make_batch(), out)
     run = open_run(tmp_path / "run")
-    rows, cols = list(range(PROMPT - 1, T_T - 1)), list(range(PROMPT - 1, T_S - 1))
+    rows, cols = list(range(PROMPT - 1, T_S - 1)), list(range(PROMPT - 1, T_T - 1))
     plan, cost = run.matrix("transport_plan", 0, 1), run.matrix("transport_cost", 0, 1)
     np.testing.assert_allclose(plan.values, full[1][rows][:, cols].numpy())
     np.testing.assert_allclose(cost.values, 2 * plan.values)
-    np.testing.assert_array_equal(plan.reference, make_batch().alignment[1, 1:, 1:].T[rows][:, cols].numpy())
-    assert plan.row_tokens == make_batch().teacher_tokens[1][PROMPT:] and plan.info["sequence_cost"] == 2.0
+    np.testing.assert_array_equal(plan.reference, make_batch().alignment[1, 1:, 1:][rows][:, cols].numpy())
+    assert plan.row_tokens == make_batch().student_tokens[1][PROMPT:] and plan.info["sequence_cost"] == 2.0
     assert run.scalars.set_index("name").loc["diag/transport_cost", "value"] == 2.0
+    assert "alignment/transport_plan/overlap_mass" in set(run.scalars["name"])
+
+
+def test_a_plan_of_another_shape_is_refused_with_a_note(tmp_path):
+    out = make_output(0)
+    out.diagnostics["transport"] = Transport(torch.rand(3, T_T, T_S), torch.rand(3, T_T, T_S))  # teacher rows
+    with Recorder(tmp_path / "run", every=1) as rec:
+        rec.log(0, make_batch(), out)
+    run = open_run(tmp_path / "run")
+    assert "expected [B, T_s, T_t]" in run.meta["notes"]["transport"] and "transport_plan" not in run.matrix_names()
+
+
+def test_alignment_scores_every_step_once_left_out_when_nothing_to_score(tmp_path):
+    """The recorder, not the method, scores alignments: at every step (matrices only at recorded ones),
+    against the ground truth of the other side's response; a score with no row to judge is left out."""
+    from kdviz.align.scores import alignment_scores
+
+    with Recorder(tmp_path / "run", every=2, samples=1) as rec:
+        for step in range(3):
+            rec.log(step, make_batch(), make_output(step))
+    run = open_run(tmp_path / "run")
+    assert run.steps("alignment/t2s_weight/argmax_overlap") == [0, 1, 2] and run.matrix_steps("t2s_weight") == [0, 2]
+    batch, out = make_batch(), make_output(1)
+    mask_s, mask_t = torch.zeros(3, T_S, dtype=torch.bool), torch.zeros(3, T_T, dtype=torch.bool)
+    mask_s[:, PROMPT - 1 : -1], mask_t[:, PROMPT - 1 : -1] = True, True
+    reference = batch.alignment[:, 1:, 1:]
+    reference = torch.nn.functional.pad(reference, (0, 1, 0, 1)) & mask_t[:, None, :]
+    want = alignment_scores(out.diagnostics["t2s_weight"].weights, reference, mask_s)
+    s2t = alignment_scores(
+        out.diagnostics["s2t_weight"].weights.transpose(1, 2), reference.transpose(1, 2) & mask_s[:, None, :], mask_t
+    )
+    got = run.scalars.query("step == 1").set_index("name")["value"]
+    for score in ("argmax_overlap", "overlap_mass", "row_entropy", "scored_rows"):
+        assert got[f"alignment/t2s_weight/{score}"] == pytest.approx(float(want[score]), rel=1e-6)
+        assert got[f"alignment/s2t_weight/{score}"] == pytest.approx(float(s2t[score]), rel=1e-6)
+    empty = make_batch()
+    empty.student_labels[:] = -100  # no response: nothing to score
+    with Recorder(tmp_path / "empty", every=1) as rec:
+        rec.log(0, empty, make_output(0))
+    names = set(open_run(tmp_path / "empty").scalars["name"])
+    assert "alignment/t2s_weight/scored_rows" in names and "alignment/t2s_weight/argmax_overlap" not in names
+    assert open_run(tmp_path / "empty").scalars.set_index("name").loc["alignment/t2s_weight/scored_rows", "value"] == 0

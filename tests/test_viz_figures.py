@@ -127,12 +127,12 @@ def test_large_matrices_are_binned():
 def test_transport_plan_shows_only_transported_positions_with_uniform_marginals(ot):
     """MultiLevelOT pairs the answers by index over the shorter one: the longer side's last positions carry
     no mass. Drawn, they looked like a solver breaking its uniform marginals; they are left out and counted."""
-    plan = ot.matrix("transport_plan", 2, 0)
+    plan = ot.matrix("transport_plan", 2, 0)  # student rows, teacher columns
     values = np.asarray(plan.values, dtype=np.float64)
     padded = Matrix(
-        np.pad(values, ((0, 0), (0, 3))), plan.row_tokens, [*plan.col_tokens, "a", "b", "c"],
-        None if plan.reference is None else np.pad(plan.reference, ((0, 0), (0, 3))), name="transport_plan",
-        info={**plan.info, "cols": [*(plan.info.get("cols") or range(values.shape[1])), 97, 98, 99]},
+        np.pad(values, ((0, 3), (0, 0))), [*plan.row_tokens, "a", "b", "c"], plan.col_tokens,
+        None if plan.reference is None else np.pad(plan.reference, ((0, 3), (0, 0))), name="transport_plan",
+        info={**plan.info, "rows": [*(plan.info.get("rows") or range(values.shape[0])), 97, 98, 99]},
     )
     for matrix in (plan, padded):
         fig = figures.transport_figure(matrix, matrix)
@@ -142,7 +142,7 @@ def test_transport_plan_shows_only_transported_positions_with_uniform_marginals(
         np.testing.assert_allclose(columns, columns.mean(), rtol=1e-3)  # uniform marginals, every column
         np.testing.assert_allclose(rows, rows.mean(), rtol=1e-3)
         assert fig.layout.yaxis2.title.text is None and "no ground truth" not in str(fig.layout.annotations)
-    untransported = int((values.sum(0) == 0).sum()) + 3
+    untransported = int((values.sum(1) == 0).sum()) + 3
     assert f"not transported (beyond the paired span): {untransported} student positions" in fig.layout.title.text
 
 
@@ -154,11 +154,12 @@ def test_transport_plan_cost_and_vocab_map(ot):
     rows, cols = plan.values.sum(1) > 0, plan.values.sum(0) > 0  # the transported positions
     np.testing.assert_allclose(fig.data[0].z, plan.values[rows][:, cols], rtol=1e-6)
     np.testing.assert_allclose(fig.data[2].z, cost.values[rows][:, cols], rtol=1e-6)
-    teacher_labels = figures.position_labels(plan.row_tokens, plan.info["rows"])
-    assert list(fig.data[0].y) == [label for label, keep in zip(teacher_labels, rows, strict=True) if keep]
-    assert any("Ġ" in y for y in fig.data[0].y) and any("▁" in x for x in fig.data[0].x)
-    assert "cost %{z" in fig.data[2].hovertemplate and fig.layout.xaxis2.title.text == "student token"
-    assert fig.layout.yaxis.title.text == "teacher token" and "transport plan" in fig.layout.title.text
+    student_labels = figures.position_labels(plan.row_tokens, plan.info["rows"])  # student rows, teacher columns
+    assert list(fig.data[0].y) == [label for label, keep in zip(student_labels, rows, strict=True) if keep]
+    assert any("▁" in y for y in fig.data[0].y) and any("Ġ" in x for x in fig.data[0].x)
+    assert "cost %{z" in fig.data[2].hovertemplate and fig.layout.xaxis2.title.text == "teacher token"
+    assert fig.layout.yaxis.title.text == "student token" and "transport plan" in fig.layout.title.text
+    assert fig.data[0].hovertemplate.startswith("student %{y}<br>teacher %{x}")
     assert len(fig.data[1].x) == int(plan.reference[rows][:, cols].sum())
     teacher_vocab = bpe_tokenizer().convert_ids_to_tokens(list(range(len(bpe_tokenizer()))))
     student_vocab = {i: t for t, i in unigram_tokenizer().get_vocab().items()}

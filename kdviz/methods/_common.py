@@ -11,9 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdviz.align.scores import alignment_scores
 from kdviz.divergences import canonical_name
-from kdviz.methods.base import KDBatch
+from kdviz.methods.base import KDBatch, KDOutput
 from kdviz.ops import check_tau, real_number
 
 
@@ -154,12 +153,16 @@ def project(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return linear(x.to(linear.weight.dtype)).float()
 
 
-def alignment_terms(weights: torch.Tensor, reference: torch.Tensor, row_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The ``align_*`` terms of :func:`kdviz.align.alignment_scores`; a score with no row to score (an
-    empty response: NaN by construction) is left out rather than logged as a non-finite value, and
-    ``align_scored_rows`` (then 0) says why."""
-    scores = alignment_scores(weights, reference, row_mask)
-    return {f"align_{name}": value for name, value in scores.items() if bool(torch.isfinite(value))}
+def kd_output(
+    loss: torch.Tensor,
+    parts: dict[str, torch.Tensor],
+    metrics: dict[str, torch.Tensor],
+    diagnostics: dict[str, object],
+) -> KDOutput:
+    """A method's :class:`KDOutput`: ``terms`` holds ``loss``, every loss part (``parts``, kept attached
+    in ``out.parts``) and every metric, all detached."""
+    terms = {"loss": loss, **parts, **metrics}
+    return KDOutput(loss, {name: value.detach() for name, value in terms.items()}, diagnostics, parts)
 
 
 def check_ids(name: str, ids: torch.Tensor, mask: torch.Tensor, size: int, what: str) -> None:

@@ -172,8 +172,11 @@ class KDOutput:
 
     - ``loss``: the scalar to backpropagate.
     - ``terms``: ``dict[str, Tensor]`` of detached scalars: every loss part and logged metric.
-    - ``diagnostics``: ``dict[str, Tensor]`` of detached per-token / per-pair tensors (e.g. ``t2s_weight``
-      ``[B, T_s, T_t]``, ``token_kd`` ``[B, T_s]``). Logits appear as references, not copies.
+    - ``diagnostics``: detached per-token / per-pair data by name, each a typed record of
+      :mod:`kdviz.methods.diagnostics` (e.g. ``t2s_weight``, an ``Alignment`` ``[B, T_s, T_t]``;
+      ``token_kd``, ``TokenValues`` ``[B, T_s]``; the logits, ``Logits``) or a plain tensor (masks, token
+      ids). Every matrix has student rows and teacher columns. The recorder's probes dispatch on the
+      records' types. Logits appear as references, not copies.
     - ``parts``: the loss parts as scalars still attached to the graph (same names as in ``terms``), to
       backpropagate or differentiate one part on its own, e.g. to see which parameters it trains.
       Optional for a method; never store them (they keep the graph alive).
@@ -181,7 +184,7 @@ class KDOutput:
 
     loss: torch.Tensor
     terms: dict[str, torch.Tensor]
-    diagnostics: dict[str, torch.Tensor]
+    diagnostics: dict[str, object]
     parts: dict[str, torch.Tensor] = field(default_factory=dict)
 
 

@@ -15,6 +15,8 @@ with ``E_s, E_t`` the detached input embeddings and ``N(z) = z / std(z)`` (one s
 
 then the dual-space losses of :mod:`kdviz.methods.dskd`, with ``t2s_kd`` restricted to the positions where
 ``argmax(t2s_logits) == y`` (the accuracy filter) and divided by the number of student response tokens.
+Both attentions are returned as diagnostics with student rows and teacher columns (``s2t_weight``
+transposed, its columns the distributions).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ import math
 import torch
 from torch import nn
 
-from kdviz.methods._common import alignment_terms, check_ids, embed, embedding_table, model_device, project
+from kdviz.methods._common import check_ids, embed, embedding_table, model_device, project
 from kdviz.methods.base import KDBatch
+from kdviz.methods.diagnostics import Alignment
 from kdviz.methods.dskd import DSKD
 
 KEY_NORMS = ("valid", "global")
@@ -69,13 +72,15 @@ class CMA(DSKD):
     outputs are passed to ``method(batch, student_outputs=..., teacher_outputs=...)``.
 
     Terms, in addition to DSKD's (where ``kept_fraction`` is the share of response tokens passing the
-    accuracy filter): the alignment scores of ``t2s_weight`` against the character-overlap ground truth
-    (:func:`kdviz.align.alignment_scores`): ``align_argmax_overlap``, ``align_overlap_mass``,
-    ``align_row_entropy``, ``align_scored_rows``. Diagnostics, in addition: ``t2s_weight``
-    ``[B, T_s, T_t]``, ``s2t_weight`` ``[B, T_t, T_s]`` (rows outside the response are meaningless: drop
-    them with ``student_mask`` / ``teacher_mask``; row ``i`` is labelled by ``student_target_ids[:, i]``),
-    and ``t2s_reference`` ``[B, T_s, T_t]`` (the ground truth between predicted tokens, response columns
-    only).
+    accuracy filter): none; the recorder scores the attentions against the character-overlap ground truth
+    (:func:`kdviz.align.alignment_scores`: ``alignment/t2s_weight/argmax_overlap``, ``.../overlap_mass``,
+    ``.../row_entropy``, ``.../scored_rows``, the same for ``s2t_weight``). Diagnostics, in addition
+    (:mod:`kdviz.methods.diagnostics`): ``t2s_weight`` and ``s2t_weight``, both
+    :class:`~kdviz.methods.diagnostics.Alignment` ``[B, T_s, T_t]`` (student rows, teacher columns;
+    ``t2s_weight`` rows and ``s2t_weight`` columns are distributions; entries outside the response are
+    meaningless: drop them with ``student_mask`` / ``teacher_mask``; row ``i`` is labelled by
+    ``student_target_ids[:, i]``), and ``t2s_reference`` ``[B, T_s, T_t]`` (the ground truth between
+    predicted tokens, response columns only).
     """
 
     def __init__(
@@ -155,8 +160,8 @@ class CMA(DSKD):
             for kind in ("input_ids", "targets"):
                 check_ids(f"{side}_{kind}", getattr(batch, f"{side}_{kind}"), mask, size, f"the {side}'s embeddings")
 
-    def project_spaces(self, batch: KDBatch, s_out, t_out) -> tuple[torch.Tensor, torch.Tensor, dict, dict]:
-        mask_s, mask_t = batch.student_mask, batch.teacher_mask
+    def project_spaces(self, batch: KDBatch, s_out, t_out) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        mask_t = batch.teacher_mask
         h_s, h_t = s_out.hidden_states[-1], t_out.hidden_states[-1].detach().float()
         t_logits = t_out.logits.detach()
         scores = self.attention_scores(batch)
@@ -170,12 +175,9 @@ class CMA(DSKD):
             + scalar_std_normalise(embed(self.teacher, value_ids, "teacher"), mask_t, self.key_norm),
         )
         value_s = project(self.s2t, h_s)
-        reference = batch.target_alignment() & mask_t[:, None, :]
-        terms = alignment_terms(t2s_weight, reference, mask_s)
         diagnostics = {
-            "t2s_weight": t2s_weight.detach(),
-            "s2t_weight": s2t_weight.detach(),
-            "t2s_reference": reference,
+            "t2s_weight": Alignment(t2s_weight.detach(), "soft", "target", over="teacher"),
+            "s2t_weight": Alignment(s2t_weight.detach().transpose(1, 2), "soft", "target", over="student"),
+            "t2s_reference": batch.target_alignment() & mask_t[:, None, :],
         }
-        return t2s_weight @ value_t, s2t_weight @ value_s, terms, diagnostics
-
+        return t2s_weight @ value_t, s2t_weight @ value_s, diagnostics

@@ -32,12 +32,14 @@ from kdviz.methods._common import (
     check_weights,
     frozen_head_logits,
     head_dim,
+    kd_output,
     masked_mean,
     model_device,
     project,
     run_models,
 )
 from kdviz.methods.base import IGNORE, KDBatch, KDOutput
+from kdviz.methods.diagnostics import Logits, TokenValues
 from kdviz.ops import cross_entropy
 
 S2T_NORMALISERS = ("teacher", "student")
@@ -76,10 +78,12 @@ class DSKD(nn.Module):
     teacher's label: the published code's ``s2t_acc``), ``student_acc`` (the student's token accuracy,
     the published code's ``accuracy``), ``max_t2s_prob`` (mean max probability of
     ``softmax(t2s_logits)``), ``kept_fraction`` (share of response tokens in ``t2s_kd``: 1 without CMA's
-    accuracy filter). Diagnostics: ``token_kd`` ``[B, T_s]`` (per-token ``t2s_kd``), ``token_s2t_kd``
-    ``[B, T_t]``, ``token_ce``, the masks (``student_mask``, ``teacher_mask``, ``t2s_kept``), token ids
-    (``*_input_ids``, ``*_target_ids``) and logits (``student_logits``, ``teacher_logits``, ``t2s_logits``
-    ``[B, T_s, V_s]``, ``s2t_logits`` ``[B, T_t, V_t]``).
+    accuracy filter). Diagnostics (:mod:`kdviz.methods.diagnostics`): ``token_kd``
+    (:class:`~kdviz.methods.diagnostics.TokenValues` ``[B, T_s]``, per-token ``t2s_kd``), ``token_s2t_kd``
+    (teacher side, ``[B, T_t]``), ``token_ce``, the masks (``student_mask``, ``teacher_mask``, ``t2s_kept``),
+    token ids (``*_input_ids``, ``*_target_ids``) and :class:`~kdviz.methods.diagnostics.Logits`
+    (``student_logits``, ``teacher_logits``, ``t2s_logits`` ``[B, T_s, V_s]``: the teacher in the student
+    space, ``s2t_logits`` ``[B, T_t, V_t]``: the student in the teacher space).
     """
 
     acc_filter = False
@@ -125,25 +129,24 @@ class DSKD(nn.Module):
         )
 
     # -- the two projections; CMA replaces this ------------------------------------------------------
-    def project_spaces(self, batch: KDBatch, s_out, t_out) -> tuple[torch.Tensor, torch.Tensor, dict, dict]:
-        """``(t2s_hidden [B,T_s,d_s], s2t_hidden [B,T_t,d_t], terms, diagnostics)``: position by position."""
+    def project_spaces(self, batch: KDBatch, s_out, t_out) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """``(t2s_hidden [B,T_s,d_s], s2t_hidden [B,T_t,d_t], diagnostics)``: position by position."""
         if not batch.shares_tokenization():
             raise ValueError(
                 "DSKD pairs student and teacher positions one to one, but the two tokenizations differ; "
                 "use kdviz.methods.CMA (DSKD with cross-model attention) for different tokenizers"
             )
         h_s, h_t = s_out.hidden_states[-1], t_out.hidden_states[-1].detach()
-        return project(self.t2s, h_t), project(self.s2t, h_s), {}, {}
+        return project(self.t2s, h_t), project(self.s2t, h_s), {}
 
     def forward(self, batch: KDBatch, student_outputs=None, teacher_outputs=None) -> KDOutput:
         check_devices(batch, method=self)
         s_out, t_out = run_models(self, batch, student_outputs, teacher_outputs, hidden=True)
         self._check_heads(s_out, t_out)
-        t2s_hidden, s2t_hidden, extra_terms, extra_diagnostics = self.project_spaces(batch, s_out, t_out)
+        t2s_hidden, s2t_hidden, extra_diagnostics = self.project_spaces(batch, s_out, t_out)
         t2s_logits = frozen_head_logits(t2s_hidden, self.student, "student")
         s2t_logits = frozen_head_logits(s2t_hidden, self.teacher, "teacher")
         out = self._losses(batch, s_out.logits, t_out.logits.detach(), t2s_logits, s2t_logits)
-        out.terms.update(extra_terms)
         out.diagnostics.update(extra_diagnostics)
         return out
 
@@ -170,9 +173,7 @@ class DSKD(nn.Module):
         loss = self.ce_weight * ce + self.kd_weight * kd
         parts = {"ce": ce, "kd": kd, "t2s_ce": t2s_ce, "t2s_kd": t2s_kd, "s2t_kd": s2t_kd}
         with torch.no_grad():
-            terms = {
-                "loss": loss.detach(),
-                **{name: value.detach() for name, value in parts.items()},
+            metrics = {
                 "t2s_acc": masked_mean(t2s_correct, mask_s),
                 "s2t_acc": masked_mean(s2t_logits.argmax(-1) == z_t.argmax(-1), mask_t),
                 "s2t_gold_acc": masked_mean(s2t_logits.argmax(-1) == t_tgt, mask_t),
@@ -181,22 +182,22 @@ class DSKD(nn.Module):
                 "kept_fraction": masked_mean(kept, mask_s),
             }
         diagnostics = {
-            "token_kd": token_kd.detach(),
-            "token_s2t_kd": token_s2t.detach(),
-            "token_ce": token_ce.detach(),
+            "token_kd": TokenValues(token_kd.detach(), "student"),
+            "token_s2t_kd": TokenValues(token_s2t.detach(), "teacher"),
+            "token_ce": TokenValues(token_ce.detach(), "student"),
             "student_mask": mask_s,
             "teacher_mask": mask_t,
             "student_input_ids": batch.student_input_ids,
             "teacher_input_ids": batch.teacher_input_ids,
             "student_target_ids": s_tgt,
             "teacher_target_ids": t_tgt,
-            "student_logits": z_s.detach(),
-            "teacher_logits": z_t,
-            "t2s_logits": t2s_logits.detach(),
-            "s2t_logits": s2t_logits.detach(),
+            "student_logits": Logits(z_s.detach(), "student", "student"),
+            "teacher_logits": Logits(z_t, "teacher", "teacher"),
+            "t2s_logits": Logits(t2s_logits.detach(), "teacher", "student"),
+            "s2t_logits": Logits(s2t_logits.detach(), "student", "teacher"),
             "t2s_kept": kept,
         }
-        return KDOutput(loss, terms, diagnostics, parts)
+        return kd_output(loss, parts, metrics, diagnostics)
 
     def _divergence(self, name: str, student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor):
         params = self.divergence_params if name == self.divergence else {}

@@ -39,14 +39,15 @@ from kdviz.align.vocab_map import UNRESOLVED, VocabMap
 from kdviz.align.vocab_map import vocab_map as compute_vocab_map
 from kdviz.divergences import divergence
 from kdviz.methods._common import (
-    alignment_terms,
     attach_models,
     check_ids,
     check_weights,
+    kd_output,
     masked_mean,
     run_models,
 )
 from kdviz.methods.base import KDBatch, KDOutput
+from kdviz.methods.diagnostics import Alignment, Logits, TokenValues
 from kdviz.ops import check_finite, cross_entropy
 
 MODES = ("paper", "reference")
@@ -112,11 +113,14 @@ class MinED(nn.Module):
 
     Terms: ``loss``, ``ce``, ``kd`` (also in ``parts``), ``one_to_one_share`` (share of student response
     positions aligned one-to-one), ``vocab_exact_share`` (share of the teacher vocabulary mapped by exact
-    string), ``moved_exact_share`` (share of moved top-k teacher ids whose map is exact), ``student_acc``,
-    and the DTW path's scores against the character-overlap ground truth (``align_*``). Diagnostics:
-    ``dtw_path`` ``[B, T_s, T_t]`` bool, ``aligned_teacher_position`` ``[B, T_s]`` (one-to-one partner or -1),
-    ``one_to_one`` ``[B, T_s]``, ``mapped_teacher_logits`` ``[B, T_s, V_s]`` (the target ``z~``),
-    ``token_kd``, ``token_ce``, the masks, ``student_target_ids`` and both logits.
+    string), ``moved_exact_share`` (share of moved top-k teacher ids whose map is exact), ``student_acc``.
+    Diagnostics (:mod:`kdviz.methods.diagnostics`): ``dtw_path`` (a hard
+    :class:`~kdviz.methods.diagnostics.Alignment` ``[B, T_s, T_t]`` bool, which the recorder scores against
+    the character-overlap ground truth, ``alignment/dtw_path/...``: of the predicted tokens in the paper
+    mode, of the input tokens in the reference mode), ``aligned_teacher_position`` ``[B, T_s]``
+    (one-to-one partner or -1), ``one_to_one`` ``[B, T_s]``, ``mapped_teacher_logits`` ``[B, T_s, V_s]``
+    (the target ``z~``, a plain tensor: it is not the teacher's distribution), ``token_kd``, ``token_ce``,
+    the masks, ``student_target_ids`` and both logits.
     """
 
     def __init__(
@@ -301,29 +305,25 @@ class MinED(nn.Module):
         kd = token_kd.sum() / kd_mask.sum().clamp(min=1)
         ce, token_ce = cross_entropy(z_s, targets)
         loss = self.ce_weight * ce + self.kd_weight * kd
-        parts = {"ce": ce, "kd": kd}
-        with torch.no_grad():
-            reference = batch.target_alignment() & mask_t[:, None, :]
-            terms = {
-                "loss": loss.detach(),
-                **{name: value.detach() for name, value in parts.items()},
-                "one_to_one_share": masked_mean(aligned, mask_s),
-                "vocab_exact_share": torch.tensor(self.map.exact_share, device=z_s.device),
-                "moved_exact_share": masked_mean(moved_exact, torch.ones_like(moved_exact)),
-                "student_acc": masked_mean(z_s.argmax(-1) == targets, mask_s),
-                **alignment_terms(path.float(), reference, mask_s),
-            }
+        metrics = {
+            "one_to_one_share": masked_mean(aligned, mask_s),
+            "vocab_exact_share": torch.tensor(self.map.exact_share, device=z_s.device),
+            "moved_exact_share": masked_mean(moved_exact, torch.ones_like(moved_exact)),
+            "student_acc": masked_mean(z_s.detach().argmax(-1) == targets, mask_s),
+        }
+        # the paper aligns predicted tokens, the published code the tokens read at the response positions
+        reference = "input" if self.mode == "reference" else "target"
         diagnostics = {
-            "dtw_path": path,
+            "dtw_path": Alignment(path, "hard", reference),
             "aligned_teacher_position": partner,
             "one_to_one": aligned,
             "mapped_teacher_logits": target,
-            "token_kd": token_kd.detach(),
-            "token_ce": token_ce.detach(),
+            "token_kd": TokenValues(token_kd.detach(), "student"),
+            "token_ce": TokenValues(token_ce.detach(), "student"),
             "student_mask": mask_s,
             "teacher_mask": mask_t,
             "student_target_ids": targets,
-            "student_logits": z_s.detach(),
-            "teacher_logits": z_t,
+            "student_logits": Logits(z_s.detach(), "student", "student"),
+            "teacher_logits": Logits(z_t, "teacher", "teacher"),
         }
-        return KDOutput(loss, terms, diagnostics, parts)
+        return kd_output(loss, {"ce": ce, "kd": kd}, metrics, diagnostics)

@@ -52,22 +52,19 @@ NaN for the whole batch); ``sd`` and the plans are recorded on the ``L x L`` pro
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from kdviz.align.positions import index_pairs
+from kdviz.align.transport import Transport as SinkhornResult
 from kdviz.align.transport import sinkhorn_plans
-from kdviz.methods._common import (
-    alignment_terms,
-    attach_models,
-    check_weights,
-    masked_mean,
-    run_models,
-)
+from kdviz.methods._common import attach_models, check_weights, kd_output, masked_mean, run_models
 from kdviz.methods.base import KDBatch, KDOutput
+from kdviz.methods.diagnostics import Logits, RankPairs, TokenValues, Transport
 from kdviz.ops import column_mass, cross_entropy, log_softmax_at, positive_number, row_logsumexp
 
-MODES = ("paper", "reference")
 REFERENCE_STD_EPS = 1e-4
 REFERENCE_SD_SCALE = 1e-3
 REFERENCE_SD_TAU = 2.0
@@ -127,13 +124,143 @@ def ranked_log_probs(
     return ids, logs
 
 
+@dataclass(frozen=True)
+class Levels:
+    """What one mode computes on ``N`` paired slots per sequence: the three parts (attached scalars),
+    ``kd = had + beta sl + gamma sd_weight sd``, and what is recorded.
+
+    ``token_had``, ``token_sl`` ``[B, N]``; ``plan``, ``cost`` ``[B, N, N]`` (student slots as rows, teacher
+    slots as columns); ``seq_cost`` ``[B]``; each side's slots ``*_pos`` ``[B, N]`` (positions) with
+    ``valid_*`` (which slots are real); the sequence-level rankings ``ids_*`` ``[B, k]``.
+    """
+
+    had: torch.Tensor
+    sl: torch.Tensor
+    sd: torch.Tensor
+    sd_weight: float
+    token_had: torch.Tensor
+    token_sl: torch.Tensor
+    plan: torch.Tensor
+    cost: torch.Tensor
+    seq_cost: torch.Tensor
+    transport: SinkhornResult
+    ids_s: torch.Tensor
+    ids_t: torch.Tensor
+    s_pos: torch.Tensor
+    t_pos: torch.Tensor
+    valid_s: torch.Tensor
+    valid_t: torch.Tensor
+
+
+class PaperLevels:
+    """The paper's HAD, SL, SD: index-paired positions, per-sequence rankings, token means pooled over the
+    batch, the plan scaled to unit marginals, the envelope gradient."""
+
+    kd_weight, n_iter, skip_student_eos = 0.15, 20, False
+
+    def __call__(self, method: MultiLevelOT, z_s, z_t, mask_s, mask_t) -> Levels:
+        taus = (method.tau, method.tau_sd)
+        s_pos, t_pos, valid = index_pairs(mask_s, mask_t)
+        ids_s, (logq_k, logy_s) = ranked_log_probs(z_s, s_pos, valid, method.top_k, taus, False)
+        ids_t, (logp_k, logx_t) = ranked_log_probs(z_t, t_pos, valid, method.top_k, taus, False)
+        dtype = torch.promote_types(logq_k.dtype, logp_k.dtype)
+        logq_k, logp_k, logy_s, logx_t = (x.to(dtype) for x in (logq_k, logp_k, logy_s, logx_t))
+        s_k, t_k = logq_k.exp(), logp_k.exp()
+        token_had = (t_k - s_k).abs().sum(-1)
+        token_sl = -(t_k * logq_k).sum(-1)
+        cost = torch.cdist(logx_t.exp(), logy_s.exp(), p=1)  # teacher rows, as the solver iterates
+        transport = sinkhorn_plans(
+            cost, valid, valid, reg=method.reg, n_iter=method.n_iter, tol=method.sinkhorn_tol, mass="probability",
+            grad="envelope",
+        )
+        n = valid.sum(-1).to(cost.dtype)
+        count = n.sum().clamp(min=1)
+        seq_cost = transport.value * n
+        return Levels(
+            had=(token_had * valid).sum() / count, sl=(token_sl * valid).sum() / count, sd=seq_cost.sum() / count,
+            sd_weight=1.0, token_had=token_had, token_sl=token_sl,
+            plan=(transport.plan * n[:, None, None]).transpose(1, 2), cost=cost.transpose(1, 2), seq_cost=seq_cost,
+            transport=transport, ids_s=ids_s, ids_t=ids_t, s_pos=s_pos, t_pos=t_pos, valid_s=valid, valid_t=valid,
+        )
+
+
+class ReferenceLevels:
+    """The published code's HAD, SL, SD (module docstring, steps 1-7)."""
+
+    kd_weight, n_iter, skip_student_eos = 1.5, 10, True
+
+    def __call__(self, method: MultiLevelOT, z_s, z_t, mask_s, mask_t) -> Levels:
+        live = mask_s.any(-1) & mask_t.any(-1)  # the published code has no value for an empty answer
+        mask_s, mask_t = mask_s & live[:, None], mask_t & live[:, None]
+        width = int(max(mask_s.sum(-1).max(), mask_t.sum(-1).max())) if live.any() else 0
+        s_pos, valid_s = answer_positions(mask_s, width)
+        t_pos, valid_t = answer_positions(mask_t, width)
+        ids_s, (logq_k,) = ranked_log_probs(z_s, s_pos, valid_s, method.top_k, (method.tau,), True)
+        ids_t, (logp_k,) = ranked_log_probs(z_t, t_pos, valid_t, method.top_k, (method.tau,), True)
+        dtype = torch.promote_types(logq_k.dtype, logp_k.dtype)
+        s_k = torch.where(valid_s[..., None], logq_k.to(dtype).exp(), 0.0)[live]
+        t_k = torch.where(valid_t[..., None], logp_k.to(dtype).exp(), 0.0)[live]
+        both = (valid_s & valid_t)[live]
+        token_had = (t_k - s_k).abs().sum(-1)
+        per_seq = (token_had * both).sum(-1) / both.sum(-1).clamp(min=1)
+        token_sl = -(torch.softmax(s_k, -1) * torch.log_softmax(t_k, -1)).sum(-1)
+        x_t = torch.softmax(t_k / REFERENCE_SD_TAU, -1)
+        y_s = torch.softmax(s_k / REFERENCE_SD_TAU, -1)
+        cost = torch.cdist(x_t, y_s, p=1)  # teacher rows, as the published code iterates
+        everywhere = torch.ones(cost.shape[:2], dtype=torch.bool, device=cost.device)
+        transport = sinkhorn_plans(
+            cost, everywhere, everywhere, reg=method.reg, n_iter=method.n_iter, tol=method.sinkhorn_tol,
+            mass="unit", grad="autodiff",
+        )
+        zero = z_s.new_zeros((), dtype=dtype) + 0 * z_s.sum().to(dtype)  # keeps the graph for an empty batch
+        has_any = bool(live.any())
+        return Levels(
+            had=per_seq.mean() if has_any else zero, sl=token_sl.mean() if has_any else zero,
+            sd=transport.value.sum() if has_any else zero, sd_weight=REFERENCE_SD_SCALE,
+            token_had=_expand(token_had, live), token_sl=_expand(token_sl, live),
+            plan=_expand(transport.plan, live).transpose(1, 2), cost=_expand(cost, live).transpose(1, 2),
+            seq_cost=_expand(transport.value, live).reshape(len(live)), transport=transport,
+            ids_s=ids_s, ids_t=ids_t, s_pos=s_pos, t_pos=t_pos, valid_s=valid_s, valid_t=valid_t,
+        )
+
+
+MODES = {"paper": PaperLevels(), "reference": ReferenceLevels()}
+
+
+def _expand(values: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+    """Values of the live sequences back into the batch (zeros for the others)."""
+    out = values.new_zeros(len(live), *values.shape[1:]) if values.dim() else values.new_zeros(len(live))
+    out[live] = values
+    return out
+
+
+def _scatter_pairs(values, s_pos, t_pos, valid_s, valid_t, t_s: int, t_t: int) -> torch.Tensor:
+    """``[B, N, N]`` values between student slots (rows) and teacher slots (columns) -> ``[B, T_s, T_t]``
+    at their positions (0 elsewhere)."""
+    b, n = valid_s.shape
+    both = valid_s[:, :, None] & valid_t[:, None, :]
+    index = (
+        torch.arange(b, device=valid_s.device)[:, None, None].expand(b, n, n)[both],
+        s_pos[:, :, None].expand(b, n, n)[both],
+        t_pos[:, None, :].expand(b, n, n)[both],
+    )
+    return values.new_zeros(b, t_s, t_t).index_put(index, values[both])
+
+
+def _to_student(values, s_pos, valid, shape) -> torch.Tensor:
+    """``[B, N]`` per-pair values -> ``[B, T_s]`` at the student positions (0 elsewhere)."""
+    rows = torch.arange(shape[0], device=valid.device)[:, None].expand_as(s_pos)
+    return values.new_zeros(shape).index_put((rows[valid], s_pos[valid]), values[valid])
+
+
 class MultiLevelOT(nn.Module):
     """Multi-level optimal-transport KD (HAD + SL + SD) between any two vocabularies.
 
     ``MultiLevelOT(student=None, teacher=None, *, mode="paper", top_k=50, ce_weight=1.0, kd_weight=None,
     beta=0.1, gamma=0.1, tau=1.0, tau_sd=2.0, reg=0.1, n_iter=None, sinkhorn_tol=0.0, skip_student_eos=None)``
 
-    - ``mode``: ``"paper"`` or ``"reference"`` (the published code; see the module docstring).
+    - ``mode``: ``"paper"`` (:class:`PaperLevels`) or ``"reference"`` (:class:`ReferenceLevels`, the
+      published code; see the module docstring).
     - ``skip_student_eos``: leave the student's last response position (the one predicting EOS) out of
       the distillation terms, as the published training loop does; None gives True in reference mode,
       False in paper mode.
@@ -146,13 +273,14 @@ class MultiLevelOT(nn.Module):
 
     Terms: ``loss``, ``ce``, ``kd``, ``had``, ``sl``, ``sd`` (also in ``parts``), ``sinkhorn_iterations``,
     ``sinkhorn_marginal_error`` (largest relative deviation of a plan's row or column sum from 1),
-    ``student_acc``, and the plans' scores against the character-overlap ground truth (``align_*``, rows
-    of ``transport_plan`` transposed to student positions). Diagnostics: ``transport_plan`` and
-    ``cost_matrix`` ``[B, T_t, T_s]`` (teacher rows, student columns, unit marginals on the paired
-    positions, 0 elsewhere), ``transport_cost`` ``[B]`` (``<P, C>`` per sequence), ``teacher_topk_ids``
-    and ``student_topk_ids`` ``[B, k]`` (rank ``i`` of one side faces rank ``i`` of the other: a soft
-    vocabulary map), ``token_had`` and ``token_sl`` ``[B, T_s]``, ``token_ce``, ``pair_index``
-    ``[B, T_s]``, the masks, ``student_target_ids`` and both logits.
+    ``student_acc``. Diagnostics (:mod:`kdviz.methods.diagnostics`): ``transport``, a
+    :class:`~kdviz.methods.diagnostics.Transport` with ``plan`` and ``cost`` ``[B, T_s, T_t]`` (student
+    rows, teacher columns, unit marginals on the paired positions, 0 elsewhere) and ``sequence_cost``
+    ``[B]`` (``<P, C>`` per sequence); the recorder scores the plan's rows against the character-overlap
+    ground truth (``alignment/transport_plan/argmax_overlap``, ...). ``topk_ids``, a
+    :class:`~kdviz.methods.diagnostics.RankPairs` ``[B, k]`` (rank ``i`` of one side faces rank ``i`` of
+    the other: a soft vocabulary map); ``token_had`` and ``token_sl`` ``[B, T_s]``, ``token_ce``,
+    ``pair_index`` ``[B, T_s]``, the masks, ``student_target_ids`` and both logits.
     """
 
     def __init__(
@@ -175,10 +303,10 @@ class MultiLevelOT(nn.Module):
     ) -> None:
         super().__init__()
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        reference = mode == "reference"
-        kd_weight = (1.5 if reference else 0.15) if kd_weight is None else kd_weight
-        n_iter = (10 if reference else 20) if n_iter is None else n_iter
+            raise ValueError(f"mode must be one of {tuple(MODES)}, got {mode!r}")
+        self.levels = MODES[mode]
+        kd_weight = self.levels.kd_weight if kd_weight is None else kd_weight
+        n_iter = self.levels.n_iter if n_iter is None else n_iter
         ce_weight, kd_weight, tau = check_weights(ce_weight, kd_weight, tau)
         for name, value in (("beta", beta), ("gamma", gamma), ("sinkhorn_tol", sinkhorn_tol)):
             if not (isinstance(value, (int, float)) and value >= 0):
@@ -190,7 +318,7 @@ class MultiLevelOT(nn.Module):
         self.mode, self.top_k, self.n_iter, self.sinkhorn_tol = mode, top_k, n_iter, sinkhorn_tol
         self.ce_weight, self.kd_weight, self.beta, self.gamma = ce_weight, kd_weight, beta, gamma
         self.tau, self.tau_sd, self.reg = tau, tau_sd, reg
-        self.skip_student_eos = reference if skip_student_eos is None else bool(skip_student_eos)
+        self.skip_student_eos = self.levels.skip_student_eos if skip_student_eos is None else bool(skip_student_eos)
         attach_models(self, student, teacher)
 
     def extra_repr(self) -> str:
@@ -213,133 +341,36 @@ class MultiLevelOT(nn.Module):
         if self.skip_student_eos:
             last = mask_s.long().cumsum(-1) == mask_s.sum(-1, keepdim=True)
             kd_mask_s = mask_s & ~last
-        levels = (self._reference_levels if self.mode == "reference" else self._paper_levels)(
-            z_s, z_t, kd_mask_s, mask_t
-        )
-        kd = levels["had"] + self.beta * levels["sl"] + self.gamma * levels["sd_weight"] * levels["sd"]
+        lv = self.levels(self, z_s, z_t, kd_mask_s, mask_t)
+        kd = lv.had + self.beta * lv.sl + self.gamma * lv.sd_weight * lv.sd
         ce, token_ce = cross_entropy(z_s, targets)
         loss = self.ce_weight * ce + self.kd_weight * kd
-        parts = {"ce": ce, "kd": kd, "had": levels["had"], "sl": levels["sl"], "sd": levels["sd"]}
         with torch.no_grad():
-            s_pos, t_pos, valid_s, valid_t = levels["s_pos"], levels["t_pos"], levels["valid_s"], levels["valid_t"]
-            full_plan = self._scatter_pairs(levels["plan"].detach(), t_pos, s_pos, valid_t, valid_s, z_t.shape[1],
-                                            z_s.shape[1])
-            full_cost = self._scatter_pairs(levels["cost"].detach(), t_pos, s_pos, valid_t, valid_s, z_t.shape[1],
-                                            z_s.shape[1])
-            reference_alignment = batch.target_alignment() & mask_t[:, None, :]
-            paired = valid_s & valid_t
+            paired = lv.valid_s & lv.valid_t
             pair = torch.full(mask_s.shape, -1, dtype=torch.long, device=mask_s.device)
-            rows = torch.arange(len(s_pos), device=s_pos.device)[:, None].expand_as(s_pos)
-            pair[rows[paired], s_pos[paired]] = t_pos[paired]
-            transport = levels["transport"]
-            terms = {
-                "loss": loss.detach(),
-                **{name: value.detach() for name, value in parts.items()},
-                "sinkhorn_iterations": torch.tensor(float(transport.iterations), device=z_s.device),
-                "sinkhorn_marginal_error": torch.tensor(transport.marginal_error, device=z_s.device),
+            rows = torch.arange(len(lv.s_pos), device=lv.s_pos.device)[:, None].expand_as(lv.s_pos)
+            pair[rows[paired], lv.s_pos[paired]] = lv.t_pos[paired]
+            metrics = {
+                "sinkhorn_iterations": torch.tensor(float(lv.transport.iterations), device=z_s.device),
+                "sinkhorn_marginal_error": torch.tensor(lv.transport.marginal_error, device=z_s.device),
                 "student_acc": masked_mean(z_s.argmax(-1) == targets, mask_s),
-                **alignment_terms(full_plan.transpose(1, 2), reference_alignment, mask_s),
             }
+            slots = (lv.s_pos, lv.t_pos, lv.valid_s, lv.valid_t, z_s.shape[1], z_t.shape[1])
             diagnostics = {
-                "transport_plan": full_plan,
-                "cost_matrix": full_cost,
-                "transport_cost": levels["seq_cost"].detach(),
-                "teacher_topk_ids": levels["ids_t"],
-                "student_topk_ids": levels["ids_s"],
-                "token_had": self._to_student(levels["token_had"].detach(), s_pos, paired, mask_s.shape),
-                "token_sl": self._to_student(levels["token_sl"].detach(), s_pos, paired, mask_s.shape),
-                "token_ce": token_ce.detach(),
+                "transport": Transport(
+                    _scatter_pairs(lv.plan.detach(), *slots), _scatter_pairs(lv.cost.detach(), *slots),
+                    lv.seq_cost.detach(),
+                ),
+                "topk_ids": RankPairs(student_ids=lv.ids_s, teacher_ids=lv.ids_t),
+                "token_had": TokenValues(_to_student(lv.token_had.detach(), lv.s_pos, paired, mask_s.shape), "student"),
+                "token_sl": TokenValues(_to_student(lv.token_sl.detach(), lv.s_pos, paired, mask_s.shape), "student"),
+                "token_ce": TokenValues(token_ce.detach(), "student"),
                 "pair_index": pair,
                 "student_mask": mask_s,
                 "teacher_mask": mask_t,
                 "student_target_ids": targets,
-                "student_logits": z_s.detach(),
-                "teacher_logits": z_t,
+                "student_logits": Logits(z_s.detach(), "student", "student"),
+                "teacher_logits": Logits(z_t, "teacher", "teacher"),
             }
-        return KDOutput(loss, terms, diagnostics, parts)
-
-    def _paper_levels(self, z_s, z_t, mask_s, mask_t) -> dict:
-        """The paper's HAD, SL, SD: index-paired positions, per-sequence rankings, token means."""
-        s_pos, t_pos, valid = index_pairs(mask_s, mask_t)
-        ids_s, (logq_k, logy_s) = ranked_log_probs(z_s, s_pos, valid, self.top_k, (self.tau, self.tau_sd), False)
-        ids_t, (logp_k, logx_t) = ranked_log_probs(z_t, t_pos, valid, self.top_k, (self.tau, self.tau_sd), False)
-        dtype = torch.promote_types(logq_k.dtype, logp_k.dtype)
-        logq_k, logp_k, logy_s, logx_t = (x.to(dtype) for x in (logq_k, logp_k, logy_s, logx_t))
-        s_k, t_k = logq_k.exp(), logp_k.exp()
-        token_had = (t_k - s_k).abs().sum(-1)
-        token_sl = -(t_k * logq_k).sum(-1)
-        cost = torch.cdist(logx_t.exp(), logy_s.exp(), p=1)
-        transport = sinkhorn_plans(
-            cost, valid, valid, reg=self.reg, n_iter=self.n_iter, tol=self.sinkhorn_tol, mass="probability",
-            grad="envelope",
-        )
-        n = valid.sum(-1).to(cost.dtype)
-        count = n.sum().clamp(min=1)
-        seq_cost = transport.value * n
-        return {
-            "had": (token_had * valid).sum() / count, "sl": (token_sl * valid).sum() / count,
-            "sd": seq_cost.sum() / count, "sd_weight": 1.0, "token_had": token_had, "token_sl": token_sl,
-            "plan": transport.plan * n[:, None, None], "cost": cost, "seq_cost": seq_cost, "transport": transport,
-            "ids_s": ids_s, "ids_t": ids_t, "s_pos": s_pos, "t_pos": t_pos, "valid_s": valid, "valid_t": valid,
-        }
-
-    def _reference_levels(self, z_s, z_t, mask_s, mask_t) -> dict:
-        """The published code's HAD, SL, SD (module docstring, steps 1-7)."""
-        live = mask_s.any(-1) & mask_t.any(-1)  # the published code has no value for an empty answer
-        mask_s, mask_t = mask_s & live[:, None], mask_t & live[:, None]
-        width = int(max(mask_s.sum(-1).max(), mask_t.sum(-1).max())) if live.any() else 0
-        s_pos, valid_s = answer_positions(mask_s, width)
-        t_pos, valid_t = answer_positions(mask_t, width)
-        ids_s, (logq_k,) = ranked_log_probs(z_s, s_pos, valid_s, self.top_k, (self.tau,), True)
-        ids_t, (logp_k,) = ranked_log_probs(z_t, t_pos, valid_t, self.top_k, (self.tau,), True)
-        dtype = torch.promote_types(logq_k.dtype, logp_k.dtype)
-        s_k = torch.where(valid_s[..., None], logq_k.to(dtype).exp(), 0.0)[live]
-        t_k = torch.where(valid_t[..., None], logp_k.to(dtype).exp(), 0.0)[live]
-        both = (valid_s & valid_t)[live]
-        token_had = (t_k - s_k).abs().sum(-1)
-        per_seq = (token_had * both).sum(-1) / both.sum(-1).clamp(min=1)
-        token_sl = -(torch.softmax(s_k, -1) * torch.log_softmax(t_k, -1)).sum(-1)
-        x_t = torch.softmax(t_k / REFERENCE_SD_TAU, -1)
-        y_s = torch.softmax(s_k / REFERENCE_SD_TAU, -1)
-        cost = torch.cdist(x_t, y_s, p=1)
-        everywhere = torch.ones(cost.shape[:2], dtype=torch.bool, device=cost.device)
-        transport = sinkhorn_plans(
-            cost, everywhere, everywhere, reg=self.reg, n_iter=self.n_iter, tol=self.sinkhorn_tol, mass="unit",
-            grad="autodiff",
-        )
-        b = len(live)
-        zero = z_s.new_zeros((), dtype=dtype) + 0 * z_s.sum().to(dtype)  # keeps the graph for an empty batch
-        has_any = bool(live.any())
-        return {
-            "had": per_seq.mean() if has_any else zero, "sl": token_sl.mean() if has_any else zero,
-            "sd": transport.value.sum() if has_any else zero, "sd_weight": REFERENCE_SD_SCALE,
-            "token_had": self._expand(token_had, live, width), "token_sl": self._expand(token_sl, live, width),
-            "plan": self._expand(transport.plan, live, width), "cost": self._expand(cost, live, width),
-            "seq_cost": self._expand(transport.value, live, 0).reshape(b), "transport": transport,
-            "ids_s": ids_s, "ids_t": ids_t, "s_pos": s_pos, "t_pos": t_pos, "valid_s": valid_s, "valid_t": valid_t,
-        }
-
-    @staticmethod
-    def _expand(values: torch.Tensor, live: torch.Tensor, width: int) -> torch.Tensor:
-        """Values of the live sequences back into the batch (zeros for the others)."""
-        out = values.new_zeros(len(live), *values.shape[1:]) if values.dim() else values.new_zeros(len(live))
-        out[live] = values
-        return out
-
-    @staticmethod
-    def _scatter_pairs(values, t_pos, s_pos, valid_t, valid_s, t_t: int, t_s: int) -> torch.Tensor:
-        """``[B, N, N]`` values between teacher rows and student columns -> ``[B, T_t, T_s]`` (0 elsewhere)."""
-        b, n = valid_t.shape
-        both = valid_t[:, :, None] & valid_s[:, None, :]
-        index = (
-            torch.arange(b, device=valid_t.device)[:, None, None].expand(b, n, n)[both],
-            t_pos[:, :, None].expand(b, n, n)[both],
-            s_pos[:, None, :].expand(b, n, n)[both],
-        )
-        return values.new_zeros(b, t_t, t_s).index_put(index, values[both])
-
-    @staticmethod
-    def _to_student(values, s_pos, valid, shape) -> torch.Tensor:
-        """``[B, N]`` per-pair values -> ``[B, T_s]`` at the student positions (0 elsewhere)."""
-        rows = torch.arange(shape[0], device=valid.device)[:, None].expand_as(s_pos)
-        return values.new_zeros(shape).index_put((rows[valid], s_pos[valid]), values[valid])
+        parts = {"ce": ce, "kd": kd, "had": lv.had, "sl": lv.sl, "sd": lv.sd}
+        return kd_output(loss, parts, metrics, diagnostics)

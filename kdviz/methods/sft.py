@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from kdviz.methods._common import attach_models, check_devices, masked_mean
+from kdviz.methods._common import attach_models, check_devices, kd_output, masked_mean
 from kdviz.methods.base import KDBatch, KDOutput
+from kdviz.methods.diagnostics import Logits, TokenValues
 from kdviz.ops import IGNORE, cross_entropy
 
 
@@ -14,8 +15,8 @@ class SFT(nn.Module):
 
     ``SFT(student=None, teacher=None)`` (a teacher is accepted and ignored, so that every method is built
     alike). ``method(batch, student_outputs=None)``. Terms: ``loss``, ``ce``, ``student_acc``.
-    Diagnostics: ``token_ce`` ``[B, T]``, ``student_mask``, ``student_input_ids``, ``student_target_ids``,
-    ``student_logits``.
+    Diagnostics (:mod:`kdviz.methods.diagnostics`): ``token_ce`` (``TokenValues`` ``[B, T]``),
+    ``student_mask``, ``student_input_ids``, ``student_target_ids``, ``student_logits`` (``Logits``).
     """
 
     def __init__(self, student: nn.Module | None = None, teacher: nn.Module | None = None) -> None:
@@ -34,16 +35,12 @@ class SFT(nn.Module):
         targets = batch.student_targets
         mask = targets != IGNORE
         ce, token_ce = cross_entropy(z_s, targets)
-        terms = {
-            "loss": ce.detach(),
-            "ce": ce.detach(),
-            "student_acc": masked_mean(z_s.detach().argmax(-1) == targets, mask),
-        }
         diagnostics = {
-            "token_ce": token_ce.detach(),
+            "token_ce": TokenValues(token_ce.detach(), "student"),
             "student_mask": mask,
             "student_input_ids": batch.student_input_ids,
             "student_target_ids": targets,
-            "student_logits": z_s.detach(),
+            "student_logits": Logits(z_s.detach(), "student", "student"),
         }
-        return KDOutput(ce, terms, diagnostics, {"ce": ce})
+        metrics = {"student_acc": masked_mean(z_s.detach().argmax(-1) == targets, mask)}
+        return kd_output(ce, {"ce": ce}, metrics, diagnostics)

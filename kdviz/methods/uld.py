@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from kdviz.align.positions import index_pairs, overlap_pairs
-from kdviz.methods._common import alignment_terms, attach_models, check_weights, masked_mean, run_models
+from kdviz.methods._common import attach_models, check_weights, kd_output, masked_mean, run_models
 from kdviz.methods.base import KDBatch, KDOutput
+from kdviz.methods.diagnostics import Alignment, Logits, TokenValues
 from kdviz.ops import compute_dtype, cross_entropy, first_order_only, rows_per_chunk, shift_left
 
 POSITIONS = ("index", "shift", "offsets")
@@ -161,13 +162,14 @@ class ULD(nn.Module):
     The method has no parameters; it runs the models it holds unless given their outputs.
 
     Terms: ``loss``, ``ce``, ``kd`` (also in ``parts``), ``paired_fraction`` (share of student response
-    positions with a teacher partner), ``student_acc``, and the pairing's scores against the
-    character-overlap ground truth (``align_argmax_overlap``, ``align_overlap_mass``,
-    ``align_row_entropy``, ``align_scored_rows``). Diagnostics: ``token_kd`` and ``token_ce`` ``[B, T_s]``,
-    ``pair_index`` ``[B, T_s]`` (teacher position or -1), ``pairing`` ``[B, T_s, T_t]`` (one-hot rows),
-    the rank matching ``rank_ids_student`` / ``rank_ids_teacher`` ``[B, T_s, r]`` (ids at ranks
-    ``0..r-1``, -1 where unpaired) with ``rank_probs_student`` / ``rank_probs_teacher``, the masks,
-    ``student_target_ids`` and both logits.
+    positions with a teacher partner), ``student_acc``. Diagnostics (:mod:`kdviz.methods.diagnostics`):
+    ``token_kd`` and ``token_ce`` (:class:`~kdviz.methods.diagnostics.TokenValues` ``[B, T_s]``),
+    ``pair_index`` ``[B, T_s]`` (teacher position or -1), ``pairing`` (a hard
+    :class:`~kdviz.methods.diagnostics.Alignment` ``[B, T_s, T_t]``, one-hot rows, which the recorder
+    scores against the character-overlap ground truth: ``alignment/pairing/argmax_overlap``, ...), the
+    rank matching ``rank_ids_student`` / ``rank_ids_teacher`` ``[B, T_s, r]`` (ids at ranks ``0..r-1``, -1
+    where unpaired) with ``rank_probs_student`` / ``rank_probs_teacher``, the masks,
+    ``student_target_ids`` and both logits (:class:`~kdviz.methods.diagnostics.Logits`).
     """
 
     def __init__(
@@ -239,32 +241,27 @@ class ULD(nn.Module):
         kd = values.sum() / denominator.clamp(min=1)
         ce, token_ce = cross_entropy(z_s, targets)
         loss = self.ce_weight * ce + self.kd_weight * kd
-        parts = {"ce": ce, "kd": kd}
         with torch.no_grad():
             token_kd = values.new_zeros(mask_s.shape).index_put((b_idx, s_idx), values.detach())
             pairing = torch.zeros(*mask_s.shape, z_t.shape[1], device=z_s.device)
             pairing[b_idx, s_idx, t_idx] = 1.0
-            reference = batch.target_alignment() & mask_t[:, None, :]
-            terms = {
-                "loss": loss.detach(),
-                **{name: value.detach() for name, value in parts.items()},
+            metrics = {
                 "paired_fraction": masked_mean(paired, mask_s),
                 "student_acc": masked_mean(z_s.argmax(-1) == targets, mask_s),
-                **alignment_terms(pairing, reference, mask_s),
             }
             diagnostics = {
-                "token_kd": token_kd,
-                "token_ce": token_ce.detach(),
+                "token_kd": TokenValues(token_kd, "student"),
+                "token_ce": TokenValues(token_ce.detach(), "student"),
                 "pair_index": pair,
-                "pairing": pairing,
+                "pairing": Alignment(pairing, "hard", "target"),
                 **self._rank_matching(z_s, z_t, b_idx, s_idx, t_idx),
                 "student_mask": mask_s,
                 "teacher_mask": mask_t,
                 "student_target_ids": targets,
-                "student_logits": z_s.detach(),
-                "teacher_logits": z_t,
+                "student_logits": Logits(z_s.detach(), "student", "student"),
+                "teacher_logits": Logits(z_t, "teacher", "teacher"),
             }
-        return KDOutput(loss, terms, diagnostics, parts)
+        return kd_output(loss, {"ce": ce, "kd": kd}, metrics, diagnostics)
 
     def _rank_matching(self, z_s, z_t, b_idx, s_idx, t_idx) -> dict[str, torch.Tensor]:
         """Top-``r`` ids and probabilities of both sides at each paired student position (rank ``i`` is

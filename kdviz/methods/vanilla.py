@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from kdviz.divergences import divergence
-from kdviz.methods._common import attach_models, check_divergence, check_weights, masked_mean, run_models
+from kdviz.methods._common import attach_models, check_divergence, check_weights, kd_output, masked_mean, run_models
 from kdviz.methods.base import KDBatch, KDOutput
+from kdviz.methods.diagnostics import Logits, TokenValues
 from kdviz.ops import IGNORE, cross_entropy
 
 
@@ -35,9 +36,10 @@ class VanillaKD(nn.Module):
     It has no parameters of its own.
 
     Terms: ``loss``, ``ce``, ``kd`` (also in ``parts``, attached), ``student_acc`` (argmax equals the
-    label), ``top1_agreement`` (student and teacher argmax agree). Diagnostics: ``token_kd`` and
-    ``token_ce`` ``[B, T]``, ``student_mask``, ``student_input_ids``, ``student_target_ids``,
-    ``student_logits``, ``teacher_logits``.
+    label), ``top1_agreement`` (student and teacher argmax agree). Diagnostics
+    (:mod:`kdviz.methods.diagnostics`): ``token_kd`` and ``token_ce`` (``TokenValues`` ``[B, T]``),
+    ``student_mask``, ``student_input_ids``, ``student_target_ids``, ``student_logits`` and
+    ``teacher_logits`` (``Logits``).
     """
 
     def __init__(
@@ -85,22 +87,19 @@ class VanillaKD(nn.Module):
         )
         kd = token_kd.sum() / mask.sum().clamp(min=1)
         loss = self.ce_weight * ce + self.kd_weight * kd
-        parts = {"ce": ce, "kd": kd}
         with torch.no_grad():
             student_argmax = z_s.argmax(-1)
-            terms = {
-                "loss": loss.detach(),
-                **{name: value.detach() for name, value in parts.items()},
+            metrics = {
                 "student_acc": masked_mean(student_argmax == targets, mask),
                 "top1_agreement": masked_mean(student_argmax == z_t.argmax(-1), mask),
             }
         diagnostics = {
-            "token_kd": token_kd.detach(),
-            "token_ce": token_ce.detach(),
+            "token_kd": TokenValues(token_kd.detach(), "student"),
+            "token_ce": TokenValues(token_ce.detach(), "student"),
             "student_mask": mask,
             "student_input_ids": batch.student_input_ids,
             "student_target_ids": targets,
-            "student_logits": z_s.detach(),
-            "teacher_logits": z_t,
+            "student_logits": Logits(z_s.detach(), "student", "student"),
+            "teacher_logits": Logits(z_t, "teacher", "teacher"),
         }
-        return KDOutput(loss, terms, diagnostics, parts)
+        return kd_output(loss, {"ce": ce, "kd": kd}, metrics, diagnostics)

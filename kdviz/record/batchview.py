@@ -114,15 +114,22 @@ class BatchView:
 
         return [at(t + 1) for t in positions], [at(t) for t in positions]
 
-    def reference(self) -> torch.Tensor | None:
-        """``[B, T_s, T_t]`` ground truth between predicted tokens, when the batch carries it."""
+    def reference(self, kind: str = "target") -> torch.Tensor | None:
+        """``[B, T_s, T_t]`` ground truth, when the batch carries it: between predicted tokens
+        (``kind="target"``) or between input tokens (``"input"``)."""
+        raw = _tensor(getattr(self.batch, "alignment", None))
+        if kind == "input":
+            return raw
         shifted = getattr(self.batch, "target_alignment", None)
         if callable(shifted):
             return _tensor(shifted())
-        raw = _tensor(getattr(self.batch, "alignment", None))
-        if raw is None:
-            return None
-        return shift_alignment(raw)
+        return None if raw is None else shift_alignment(raw)
+
+    def shares_positions(self) -> bool:
+        """True when the teacher reads the student's tokens (one tokenization): teacher positions are student
+        positions."""
+        s, t = self.ids("student"), self.ids("teacher")
+        return s is not None and t is not None and s.shape == t.shape and torch.equal(s, t.to(s.device))
 
     def tensors(self, rows: list[int]) -> dict[str, torch.Tensor]:
         """Every tensor field of the batch, sliced to ``rows`` (for a replay file)."""

@@ -1,45 +1,52 @@
 """Probes: small functions that summarise one training step into rows and matrices for the run store.
 
 Each probe reads a :class:`~kdviz.record.batchview.BatchView` (the batch and the method's ``KDOutput``)
-and adds to a :class:`StepRecord`. Probes detach, reduce on the tensors' device, and move only the
-summaries (and the sampled sequences' slices) to the CPU. A probe whose inputs are absent returns a
-sentence saying what is missing; the recorder writes it once into the run metadata.
+and adds typed records to a :class:`StepRecord`. Probes find what to record by the *type* of each
+diagnostic (:mod:`kdviz.methods.diagnostics`), never by its name; plain tensors (masks, ids) are left to
+replays. Probes detach, reduce on the tensors' device, and move only the summaries (and the sampled
+sequences' slices) to the CPU. A probe whose inputs are absent returns a sentence saying what is missing;
+the recorder writes it once into the run metadata. Every matrix is stored with student rows and teacher
+columns.
 
 =============  ================  ===================================================================
 probe          runs              records
 =============  ================  ===================================================================
-``terms``      every step        ``loss``, every ``out.terms`` entry, 0-d and per-sequence ``[B]``
-                                 diagnostics (their batch mean, ``diag/<name>``),
-                                 ``lr``, ``grad_norm/<group>``, ``tokens_seen`` (scalars)
+``terms``      every step        ``loss``, every ``out.terms`` entry, 0-d and per-sequence ``[B]`` plain
+                                 tensor diagnostics and a ``Transport``'s ``sequence_cost`` (their batch
+                                 mean, ``diag/<name>``, ``diag/<name>_cost``), ``lr``,
+                                 ``grad_norm/<group>``, ``tokens_seen`` (scalars)
 ``numerics``   every step        ``numerics/nonfinite/<term>`` when a term is NaN/inf (and a replay
                                  file of the batch rows, once per term); at recorded steps NaN counts
-                                 of per-token diagnostics, ``numerics/empty_masks`` (rows with no
-                                 trained token) and ``numerics/akl_fallbacks`` (AKL 0/0 weights)
-``head_tail``  recorded steps    docs/methods.md#akl statistics: mean and quantiles over the step's
-                                 trained tokens (at most 256, evenly strided; ``count`` is the number
-                                 of trained tokens) in the ``head_tail`` table; per token for samples
-``alignment``  recorded steps    ``t2s_weight`` / ``s2t_weight`` (CMA's attentions), ``pairing``
-                                 (ULD's student -> teacher positions) and ``dtw_path`` (MinED's
-                                 token alignment) of the samples, cropped to
-                                 response rows and columns, with the ground truth and its scores
-``transport``  recorded steps    the samples' plan ``transport_plan`` and cost matrix (stored as
-                                 ``transport_cost``, read from ``cost_matrix`` or a 3-d
-                                 ``transport_cost``), teacher rows x student columns cropped to both
-                                 responses, with the ground truth; a per-sequence ``transport_cost``
-                                 ``[B]`` goes to the matrices' info; top-k id maps (``vocab_map``)
-``token_loss`` recorded steps    every per-token diagnostic ``[B, T_s]`` (``token_kd``, ...) and
-                                 ``token_ce`` of the samples, with their text (``texts`` table); the
-                                 top-5 next tokens of student and teacher (``student_top5``,
-                                 ``teacher_top5``: JSON ``[[token, p], ...]``; the teacher's from
-                                 ``teacher_logits`` of the same shape, else ``t2s_logits``)
+                                 of ``TokenValues``, ``Alignment`` and ``Transport`` diagnostics
+                                 (``numerics/nan/<name>``), ``numerics/empty_masks/<side>`` (rows with
+                                 no trained token) and the count of each ``TokenEvents``
+                                 (``numerics/<event>``, e.g. AKL's 0/0 weights)
+``head_tail``  recorded steps    docs/methods.md#akl statistics between two ``Logits`` of one space:
+                                 mean and quantiles over the step's trained tokens (at most 256,
+                                 evenly strided; ``count`` is the number of trained tokens) in the
+                                 ``head_tail`` table; per token for samples
+``alignment``  every step        each ``Alignment``'s scores against the ground truth of its
+                                 ``reference`` (``alignment/<name>/<score>``, taken along its
+                                 distributions); at recorded steps the samples' matrices cropped to
+                                 both responses, with the ground truth
+``transport``  every step        each ``Transport`` plan's scores (``alignment/<name>_plan/<score>``);
+                                 at recorded steps the samples' plan and cost (``<name>_plan``,
+                                 ``<name>_cost``) cropped to both responses, with the ground truth, the
+                                 ``sequence_cost`` in their info, and ``RankPairs`` (``vocab_map``)
+``token_loss`` recorded steps    every student-side ``TokenValues`` (teacher-side ones too when both
+                                 read the same tokens) of the samples, ``token_ce`` from the student's
+                                 ``Logits`` when the method gives none, with their text (``texts``
+                                 table); the top-5 next tokens of student and teacher
+                                 (``student_top5``, ``teacher_top5``: JSON ``[[token, p], ...]``; the
+                                 teacher's from its own logits when they have the student's shape,
+                                 else from the teacher's logits in the student space)
 =============  ================  ===================================================================
 
-Head/tail spaces: ``shared`` compares ``student_logits`` with ``teacher_logits`` when the vocabularies
-are the same (the teacher's head in the common vocabulary); it is the only space recorded when present.
-Otherwise (different vocabularies) every projected space present is recorded: ``t2s`` compares
-``student_logits`` with ``t2s_logits`` (DSKD/CMA's teacher projected into the student vocabulary) and
-``s2t`` compares ``s2t_logits`` with ``teacher_logits`` (the student projected into the teacher
-vocabulary). The per-token columns come from the first space on the student's positions.
+Head/tail spaces: ``shared`` compares the student's and the teacher's own logits when they have the same
+shape (one tokenization and vocabulary); it is the only space recorded when present. Otherwise every
+projected space present is recorded: ``t2s`` compares the student's logits with the teacher's in the
+student space (DSKD/CMA's ``t2s_logits``) and ``s2t`` the student's in the teacher space (``s2t_logits``)
+with the teacher's own. The per-token columns come from the first space on the student's positions.
 """
 
 from __future__ import annotations
@@ -54,27 +61,11 @@ import torch.nn.functional as F
 
 from kdviz.align.scores import alignment_scores, row_scores
 from kdviz.headtail import head_tail
+from kdviz.methods.diagnostics import Alignment, Logits, RankPairs, TokenEvents, TokenValues, Transport
 from kdviz.ops import next_token_targets
 from kdviz.record.batchview import BatchView
-from kdviz.record.store import QUANTILES
+from kdviz.record.store import ALIGNMENT_SCALARS, QUANTILES, TOP_K
 
-HEAD_TAIL_SPACES = (
-    ("shared", "student_logits", "teacher_logits", "student"),
-    ("t2s", "student_logits", "t2s_logits", "student"),
-    ("s2t", "s2t_logits", "teacher_logits", "teacher"),
-)
-# soft alignments (DSKD/CMA's attentions) and hard ones (ULD's position pairing, MinED's DTW path), as
-# [rows, columns]
-ALIGNMENTS = (
-    ("t2s_weight", "student", "teacher"),
-    ("s2t_weight", "teacher", "student"),
-    ("pairing", "student", "teacher"),
-    ("dtw_path", "student", "teacher"),
-)
-# store name -> diagnostics it is read from (the first present): MultiLevelOT calls its cost matrix
-# "cost_matrix" and keeps "transport_cost" for the per-sequence cost <P, C> [B]
-TRANSPORTS = (("transport_plan", ("transport_plan",)), ("transport_cost", ("cost_matrix", "transport_cost")))
-TOPK_IDS = ("teacher_topk_ids", "student_topk_ids")
 MAX_AGGREGATE_TOKENS = 256  # head/tail quantiles use at most this many tokens per step (evenly strided)
 
 
@@ -86,6 +77,68 @@ class Sample(NamedTuple):
     example_id: str
 
 
+@dataclass(frozen=True)
+class HeadTailSummary:
+    """The head/tail statistics of one space at one step: per statistic the mean ``[S]`` and the
+    quantiles ``[S, Q]`` (:data:`~kdviz.record.store.QUANTILES`) over ``count`` trained tokens."""
+
+    space: str
+    statistics: list[str]
+    count: int
+    mean: torch.Tensor
+    quantiles: torch.Tensor
+
+
+@dataclass(frozen=True)
+class TopTokens:
+    """The top-k next tokens ``ids``/``probs`` ``[T_s, k]`` of one side at every position of a sampled
+    sequence; ``vocab`` names the tokenizer that decodes the ids (``"student"`` or ``"teacher"``)."""
+
+    ids: torch.Tensor
+    probs: torch.Tensor
+    vocab: str
+
+
+@dataclass(frozen=True)
+class MatrixRecord:
+    """One sampled sequence's matrix (student rows, teacher columns) with its labels and ground truth."""
+
+    name: str
+    sample: Sample
+    values: torch.Tensor
+    row_tokens: list[str]
+    col_tokens: list[str]
+    reference: torch.Tensor | None
+    info: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class VocabPairs:
+    """A sampled sequence's ranked vocabulary map: ``student_ids[i]`` faces ``teacher_ids[i]``."""
+
+    slot: int
+    student_ids: np.ndarray
+    teacher_ids: np.ndarray
+
+
+@dataclass(frozen=True)
+class Event:
+    """A numerical event of the step (``kind`` ``"nonfinite"``: the term ``name`` is NaN or inf)."""
+
+    kind: str
+    name: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Replay:
+    """Batch rows to save because the term ``term`` went non-finite, with the info stored beside them."""
+
+    term: str
+    rows: list[int]
+    info: dict[str, Any]
+
+
 @dataclass
 class StepRecord:
     """Everything the probes produce for one step, before it is written."""
@@ -94,24 +147,28 @@ class StepRecord:
     samples: list[Sample]
     recorded: bool
     scalars: dict[str, torch.Tensor | float] = field(default_factory=dict)
-    head_tail: list[tuple[str, list[str], int, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    head_tail: list[HeadTailSummary] = field(default_factory=list)
     tokens: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
-    top: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor, str]]] = field(default_factory=dict)
-    matrices: list[dict[str, Any]] = field(default_factory=list)
-    vocab_map: list[tuple[int, np.ndarray, np.ndarray]] = field(default_factory=list)
+    top: dict[int, dict[str, TopTokens]] = field(default_factory=dict)
+    matrices: list[MatrixRecord] = field(default_factory=list)
+    vocab_map: list[VocabPairs] = field(default_factory=list)
     texts: dict[str, str] = field(default_factory=dict)
-    events: list[tuple[str, str, str]] = field(default_factory=list)
-    replays: list[tuple[str, list[int], dict[str, Any]]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    replays: list[Replay] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)
 
     def token_column(self, sample: Sample, name: str, values: torch.Tensor) -> None:
         """A per-position quantity ``[T_s]`` of a sampled sequence (cropped to the response on write)."""
         self.tokens.setdefault(sample.slot, {})[name] = values.detach()
 
-    def token_top(self, sample: Sample, side: str, ids: torch.Tensor, probs: torch.Tensor, vocab: str) -> None:
-        """The top-k next tokens ``ids``/``probs`` ``[T_s, k]`` of ``side`` at every position of a sampled
-        sequence; ``vocab`` names the tokenizer that decodes the ids (``"student"`` or ``"teacher"``)."""
-        self.top.setdefault(sample.slot, {})[side] = (ids, probs, vocab)
+    def token_top(self, sample: Sample, side: str, top: TopTokens) -> None:
+        """The top-k next tokens of ``side`` at every position of a sampled sequence."""
+        self.top.setdefault(sample.slot, {})[side] = top
+
+
+def typed(view: BatchView, kind: type) -> dict[str, Any]:
+    """The diagnostics of type ``kind``, by name."""
+    return {name: value for name, value in view.diagnostics.items() if isinstance(value, kind)}
 
 
 def positions(view: BatchView, side: str, row: int, length: int) -> list[int]:
@@ -134,6 +191,8 @@ def probe_terms(view: BatchView, rec: StepRecord) -> str | None:
             rec.scalars[name] = float(value)
     n = view.batch_size
     for name, value in view.diagnostics.items():
+        if isinstance(value, Transport) and value.sequence_cost is not None:
+            rec.scalars[f"diag/{name}_cost"] = value.sequence_cost.detach().float().mean()
         if not (isinstance(value, torch.Tensor) and value.is_floating_point()):
             continue
         if value.dim() == 0 or (value.dim() == 1 and value.shape[0] == n):  # per step or per sequence: the mean
@@ -151,16 +210,16 @@ def probe_numerics(view: BatchView, rec: StepRecord) -> str | None:
         for name, bad in zip(named, flags, strict=True):
             if bad:
                 rec.scalars[f"numerics/nonfinite/{name}"] = 1.0
-                rec.events.append(("nonfinite", name, f"term {name!r} is not finite"))
-                rec.replays.append((name, _offending_rows(view), {"term": name}))
+                rec.events.append(Event("nonfinite", name, f"term {name!r} is not finite"))
+                rec.replays.append(Replay(name, _offending_rows(view), {"term": name}))
     if not rec.recorded:
         return None if named else "the output has no floating-point terms"
-    for name, value in view.diagnostics.items():
-        if _per_token(value) and not name.endswith("_logits"):
+    for name, value in _checked_tensors(view).items():
+        if value.is_floating_point():
             rec.scalars[f"numerics/nan/{name}"] = torch.isnan(value.detach()).sum().float()
-        if "fallback" in name and isinstance(value, torch.Tensor):
-            count = value.detach().float().nansum()
-            rec.scalars["numerics/akl_fallbacks"] = rec.scalars.get("numerics/akl_fallbacks", 0.0) + count
+    for events in typed(view, TokenEvents).values():
+        key = f"numerics/{events.event}"
+        rec.scalars[key] = rec.scalars.get(key, 0.0) + events.flags.detach().float().nansum()
     for side in ("student", "teacher"):
         mask = view.mask(side)
         if mask is not None:
@@ -168,29 +227,46 @@ def probe_numerics(view: BatchView, rec: StepRecord) -> str | None:
     return None
 
 
-def _per_token(value: Any) -> bool:
-    return isinstance(value, torch.Tensor) and value.is_floating_point() and value.dim() >= 2
+def _checked_tensors(view: BatchView) -> dict[str, torch.Tensor]:
+    """The per-token and per-pair tensors whose NaNs are counted, by the name they are counted under."""
+    out = {name: v.values for name, v in typed(view, TokenValues).items()}
+    out.update({name: v.weights for name, v in typed(view, Alignment).items()})
+    for name, v in typed(view, Transport).items():
+        out[f"{name}_plan"], out[f"{name}_cost"] = v.plan, v.cost
+    return out
 
 
 def _offending_rows(view: BatchView) -> list[int]:
-    """Batch rows whose per-token loss is not finite, or every row when that cannot be told."""
-    token_kd = view.diagnostics.get("token_kd")
+    """Batch rows where a per-token value is not finite, or every row when that cannot be told."""
     n = view.batch_size or 0
-    if isinstance(token_kd, torch.Tensor) and token_kd.dim() == 2 and token_kd.shape[0] == n:
-        rows = (~torch.isfinite(token_kd.detach())).any(-1).nonzero().flatten().tolist()
-        if rows:
-            return rows
-    return list(range(n))
+    bad = torch.zeros(n, dtype=torch.bool)
+    for value in typed(view, TokenValues).values():
+        if value.values.shape[0] == n and value.values.is_floating_point():
+            bad |= (~torch.isfinite(value.values.detach())).any(-1).cpu()
+    rows = bad.nonzero().flatten().tolist()
+    return rows or list(range(n))
 
 
 # recorded steps --------------------------------------------------------------------------------------
+def _logits(view: BatchView, model: str, space: str) -> torch.Tensor | None:
+    """The first ``Logits`` of ``model`` in ``space``."""
+    return next((v.logits for v in typed(view, Logits).values() if (v.model, v.space) == (model, space)), None)
+
+
 def _logit_pairs(view: BatchView) -> list[tuple[str, torch.Tensor, torch.Tensor, str]]:
-    """The head/tail spaces present: ``shared`` alone when it exists, else the projected ones."""
-    found = []
-    for space, s_name, t_name, side in HEAD_TAIL_SPACES:
-        s, t = view.diagnostics.get(s_name), view.diagnostics.get(t_name)
-        if isinstance(s, torch.Tensor) and isinstance(t, torch.Tensor) and s.shape == t.shape and s.dim() == 3:
-            found.append((space, s.detach(), t.detach(), side))
+    """The head/tail spaces present, ``(space, student-side logits, teacher-side logits, positions)``:
+    ``shared`` alone when it exists, else the projected ones."""
+    own_s, own_t = _logits(view, "student", "student"), _logits(view, "teacher", "teacher")
+    spaces = (
+        ("shared", own_s, own_t, "student"),
+        ("t2s", own_s, _logits(view, "teacher", "student"), "student"),
+        ("s2t", _logits(view, "student", "teacher"), own_t, "teacher"),
+    )
+    found = [
+        (space, s.detach(), t.detach(), side)
+        for space, s, t, side in spaces
+        if s is not None and t is not None and s.shape == t.shape
+    ]
     return found[:1] if found and found[0][0] == "shared" else found
 
 
@@ -212,7 +288,7 @@ def probe_head_tail(view: BatchView, rec: StepRecord) -> str | None:
             table = torch.stack([stats[n][chosen].float() for n in names])  # [S, N]
             levels = torch.tensor(QUANTILES, device=table.device)
             quantiles = torch.nanquantile(table, levels, dim=1)  # [Q, S]
-            rec.head_tail.append((space, names, int(mask.sum()), table.nanmean(1), quantiles.T))
+            rec.head_tail.append(HeadTailSummary(space, names, int(mask.sum()), table.nanmean(1), quantiles.T))
         for sample in rec.samples if rows else []:
             for name, values in stats.items():
                 rec.token_column(sample, name, values[sample.row])
@@ -221,7 +297,7 @@ def probe_head_tail(view: BatchView, rec: StepRecord) -> str | None:
             per_token_done = True
     if rec.head_tail:
         return None
-    return "no pair of logits with equal shapes among student_logits, teacher_logits, t2s_logits, s2t_logits"
+    return "no pair of Logits diagnostics of one space with equal shapes (student and teacher logits)"
 
 
 def _strided(mask: torch.Tensor, limit: int) -> torch.Tensor:
@@ -236,40 +312,66 @@ def _strided(mask: torch.Tensor, limit: int) -> torch.Tensor:
     return out.view_as(mask)
 
 
+def _side_mask(view: BatchView, side: str, shape: tuple[int, int], device: torch.device) -> torch.Tensor | None:
+    mask = view.mask(side)
+    return mask.to(device) if mask is not None and tuple(mask.shape) == shape else None
+
+
+def _ground_truth(view: BatchView, kind: str, weights: torch.Tensor) -> torch.Tensor | None:
+    """The ``[B, T_s, T_t]`` ground truth of ``kind`` for ``weights``, when the batch has one of that shape
+    and the weights are finite (the numerics probe reports non-finite ones; scores would be meaningless)."""
+    reference = view.reference(kind)
+    if reference is None or reference.shape != weights.shape or not bool(torch.isfinite(weights).all()):
+        return None
+    return reference.to(weights.device)
+
+
+def _score(view: BatchView, rec: StepRecord, name: str, weights: torch.Tensor, reference: torch.Tensor | None,
+           over: str) -> None:
+    """``alignment/<name>/<score>`` of ``weights [B, T_s, T_t]`` along its distributions (student rows for
+    ``over="teacher"``, teacher columns for ``"student"``) against ``reference`` restricted to the other
+    side's response; a score with no row to judge (NaN) is left out, ``scored_rows`` (0) says why."""
+    if reference is None:
+        return
+    b, t_s, t_t = weights.shape
+    mask_s = _side_mask(view, "student", (b, t_s), weights.device)
+    mask_t = _side_mask(view, "teacher", (b, t_t), weights.device)
+    if over == "student":
+        weights, reference, (row_mask, col_mask) = weights.transpose(1, 2), reference.transpose(1, 2), (mask_t, mask_s)
+    else:
+        row_mask, col_mask = mask_s, mask_t
+    if col_mask is not None:
+        reference = reference & col_mask[:, None, :]
+    for score, value in alignment_scores(weights, reference, row_mask).items():
+        if bool(torch.isfinite(value)):
+            rec.scalars[f"{ALIGNMENT_SCALARS}{name}/{score}"] = value
+
+
+def _crop(view: BatchView, row: int, matrix: torch.Tensor) -> tuple[list[int], list[int], torch.Tensor]:
+    """Student (row) and teacher (column) response positions of batch row ``row`` and the matrix there."""
+    rows = positions(view, "student", row, matrix.shape[1])
+    cols = positions(view, "teacher", row, matrix.shape[2])
+    return rows, cols, matrix[row][rows][:, cols]
+
+
 def probe_alignment(view: BatchView, rec: StepRecord) -> str | None:
-    reference = view.reference()
-    found = False
-    for name, row_side, col_side in ALIGNMENTS:
-        weights = view.diagnostics.get(name)
-        if not isinstance(weights, torch.Tensor) or weights.dim() != 3:
-            continue
-        found = True
-        weights = weights.detach().float()  # hard alignments (MinED's path) are boolean
-        ref = None
-        if reference is not None:
-            ref = reference if row_side == "student" else reference.transpose(1, 2)
-            ref = ref.to(weights.device) if ref.shape == weights.shape else None
-        if ref is not None and not bool(torch.isfinite(weights).all()):
-            ref = None  # the numerics probe reports the non-finite values; scores would be meaningless
-        if ref is not None:
-            row_mask = view.mask(row_side)
-            if row_mask is not None:
-                row_mask = row_mask.to(weights.device) if row_mask.shape == weights.shape[:2] else None
-            for score, value in alignment_scores(weights, ref, row_mask).items():
-                rec.scalars[f"alignment/{name}/{score}"] = value
+    alignments = typed(view, Alignment)
+    for name, alignment in alignments.items():
+        weights = alignment.weights.detach().float()  # hard alignments (MinED's path) are boolean
+        reference = _ground_truth(view, alignment.reference, weights)
+        _score(view, rec, name, weights, reference, alignment.over)
         for sample in rec.samples:
-            rows = positions(view, row_side, sample.row, weights.shape[1])
-            cols = positions(view, col_side, sample.row, weights.shape[2])
-            values = weights[sample.row][rows][:, cols]
-            cropped = None if ref is None else ref[sample.row][rows][:, cols]
-            info = {"rows": rows, "cols": cols}
+            rows, cols, values = _crop(view, sample.row, weights)
+            cropped = None if reference is None else reference[sample.row][rows][:, cols]
+            info: dict[str, Any] = {"rows": rows, "cols": cols, "over": alignment.over}
             if cropped is not None and len(rows) and len(cols):
-                scores = row_scores(values, cropped)
+                along = (values, cropped) if alignment.over == "teacher" else (values.T, cropped.T)
+                scores = row_scores(*along)
                 scored = scores["scored"]
                 for key in ("argmax_overlap", "overlap_mass"):
                     info[key] = float(scores[key][scored].mean()) if bool(scored.any()) else None
-            _matrix(view, rec, name, sample, values, (row_side, rows), (col_side, cols), cropped, info)
-    return None if found else f"the output has no {' / '.join(name for name, _, _ in ALIGNMENTS)} diagnostics"
+            _matrix(view, rec, name, sample, values, rows, cols, cropped, info)
+    return None if alignments else "the output has no Alignment diagnostics (t2s_weight, pairing, dtw_path, ...)"
 
 
 def _matrix(
@@ -278,75 +380,39 @@ def _matrix(
     name: str,
     sample: Sample,
     values: torch.Tensor,
-    rows: tuple[str, list[int]],
-    cols: tuple[str, list[int]],
+    rows: list[int],
+    cols: list[int],
     reference: torch.Tensor | None,
     info: dict[str, Any],
 ) -> None:
-    row_tokens, _ = view.labels_for(rows[0], sample.row, rows[1])
-    col_tokens, _ = view.labels_for(cols[0], sample.row, cols[1])
-    rec.matrices.append(
-        {
-            "name": name,
-            "sample": sample,
-            "values": values.float(),
-            "row_tokens": row_tokens,
-            "col_tokens": col_tokens,
-            "reference": reference,
-            "info": {"example_id": sample.example_id, "row_side": rows[0], "col_side": cols[0], **info},
-        }
-    )
+    row_tokens, _ = view.labels_for("student", sample.row, rows)
+    col_tokens, _ = view.labels_for("teacher", sample.row, cols)
+    info = {"example_id": sample.example_id, **info}
+    rec.matrices.append(MatrixRecord(name, sample, values.float(), row_tokens, col_tokens, reference, info))
 
 
 def probe_transport(view: BatchView, rec: StepRecord) -> str | None:
-    found = False
-    reference = view.reference()
-    for store_name, sources in TRANSPORTS:
-        plans = next((view.diagnostics[n] for n in sources if _per_pair(view.diagnostics.get(n))), None)
-        if plans is None:
-            continue
-        found = True
+    transports, rank_pairs = typed(view, Transport), typed(view, RankPairs)
+    lengths = (_length(view, "student"), _length(view, "teacher"))
+    for name, transport in transports.items():
+        plan, cost = transport.plan.detach().float(), transport.cost.detach().float()
+        if tuple(plan.shape[1:]) != lengths:
+            return f"transport {name!r} has shape {tuple(plan.shape)}, expected [B, T_s, T_t] = [B, {lengths}]"
+        reference = _ground_truth(view, "target", plan)
+        _score(view, rec, f"{name}_plan", plan, reference, "teacher")
         for sample in rec.samples:
-            values, rows, cols, ref = _transport_crop(view, sample.row, plans[sample.row].detach(), reference)
-            info = {"rows": rows, "cols": cols}
-            sequence_cost = view.diagnostics.get("transport_cost")
-            if isinstance(sequence_cost, torch.Tensor) and sequence_cost.dim() == 1:
-                info["sequence_cost"] = float(sequence_cost[sample.row])
-            _matrix(view, rec, store_name, sample, values, ("teacher", rows), ("student", cols), ref, info)
-    ids = [view.diagnostics.get(n) for n in TOPK_IDS]
-    if all(isinstance(x, torch.Tensor) and x.dim() == 2 for x in ids):
-        found = True
+            rows, cols, values = _crop(view, sample.row, plan)
+            cropped = None if reference is None else reference[sample.row][rows][:, cols]
+            info: dict[str, Any] = {"rows": rows, "cols": cols}
+            if transport.sequence_cost is not None:
+                info["sequence_cost"] = float(transport.sequence_cost[sample.row])
+            _matrix(view, rec, f"{name}_plan", sample, values, rows, cols, cropped, info)
+            _matrix(view, rec, f"{name}_cost", sample, _crop(view, sample.row, cost)[2], rows, cols, cropped, info)
+    for pairs in rank_pairs.values():
         for sample in rec.samples:
-            pair = ids[0][sample.row].cpu().numpy(), ids[1][sample.row].cpu().numpy()
-            rec.vocab_map.append((sample.slot, *pair))
-    return None if found else "the output has no transport_plan / cost_matrix / top-k id diagnostics"
-
-
-def _per_pair(value: Any) -> bool:
-    return isinstance(value, torch.Tensor) and value.is_floating_point() and value.dim() == 3
-
-
-def _transport_crop(
-    view: BatchView, row: int, plan: torch.Tensor, reference: torch.Tensor | None
-) -> tuple[torch.Tensor, list[int], list[int], torch.Tensor | None]:
-    """A plan ``[R, C]`` (teacher rows, student columns) as stored: values, the teacher and student
-    positions of its rows and columns, and its reference.
-
-    A plan over every position (``[T_t, T_s]``) is cropped to both responses; a smaller one covers the
-    first ``R`` / ``C`` response positions (answer spans aligned by index, docs/methods.md#multilevelot); a plan
-    that fits neither keeps its own indices and has no reference.
-    """
-    t_len, s_len = _length(view, "teacher"), _length(view, "student")
-    rows, cols = positions(view, "teacher", row, t_len), positions(view, "student", row, s_len)
-    if tuple(plan.shape) == (t_len, s_len):
-        values = plan[rows][:, cols]
-    else:
-        rows, cols, values = rows[: plan.shape[0]], cols[: plan.shape[1]], plan
-        if (len(rows), len(cols)) != tuple(plan.shape):
-            return plan, list(range(plan.shape[0])), list(range(plan.shape[1])), None
-    if reference is None or reference.shape[1:] != (s_len, t_len):
-        return values, rows, cols, None
-    return values, rows, cols, reference[row].transpose(0, 1)[rows][:, cols]
+            student, teacher = pairs.student_ids[sample.row], pairs.teacher_ids[sample.row]
+            rec.vocab_map.append(VocabPairs(sample.slot, student.cpu().numpy(), teacher.cpu().numpy()))
+    return None if transports or rank_pairs else "the output has no Transport or RankPairs diagnostics"
 
 
 def _length(view: BatchView, side: str) -> int:
@@ -355,18 +421,18 @@ def _length(view: BatchView, side: str) -> int:
 
 
 def probe_token_loss(view: BatchView, rec: StepRecord) -> str | None:
-    student_ids = view.ids("student")
-    n, length = (view.batch_size or 0), (student_ids.shape[1] if student_ids is not None else None)
+    n, length = (view.batch_size or 0), _length(view, "student")
+    sides = ("student", "teacher") if view.shares_positions() else ("student",)
     found = False
-    for name, value in view.diagnostics.items():
-        if not (_per_token(value) and value.dim() == 2 and value.shape[0] == n) or name.endswith("mask"):
-            continue
-        if length is None or value.shape[1] == length:
+    for name, token in typed(view, TokenValues).items():
+        value = token.values
+        if token.side in sides and value.shape == (n, length) and value.is_floating_point():
             found = True
             for sample in rec.samples:
                 rec.token_column(sample, name, value[sample.row].float())
-    logits = view.diagnostics.get("student_logits")
-    if "token_ce" not in view.diagnostics and isinstance(logits, torch.Tensor) and student_ids is not None:
+    logits = _logits(view, "student", "student")
+    have_ce = any("token_ce" in rec.tokens.get(s.slot, {}) for s in rec.samples)
+    if not have_ce and logits is not None and view.ids("student") is not None:
         labels = getattr(view.batch, "student_labels", None)
         if isinstance(labels, torch.Tensor) and logits.shape[:2] == labels.shape:
             rows = [s.row for s in rec.samples]
@@ -383,27 +449,24 @@ def probe_token_loss(view: BatchView, rec: StepRecord) -> str | None:
         top, ids = logits.topk(min(TOP_K, source.shape[-1]), -1)  # the softmax's order, without the [., V] softmax
         probs = (top.float() - torch.logsumexp(logits.float(), -1, keepdim=True)).exp()
         for k, sample in enumerate(rec.samples):
-            rec.token_top(sample, side, ids[k], probs[k], vocab)
+            rec.token_top(sample, side, TopTokens(ids[k], probs[k], vocab))
     if view.texts:
         for sample in rec.samples:
             rec.texts[sample.example_id] = view.texts[sample.row]
-    return None if found else "the output has no per-token diagnostics ([B, T_s]) and no student_logits"
-
-
-TOP_K = 5  # next tokens kept per position and side for the per-token view's hover
+    return None if found else "the output has no student TokenValues ([B, T_s]) and no student Logits"
 
 
 def _top_sources(view: BatchView) -> list[tuple[str, torch.Tensor, str]]:
     """``(side, logits [B, T_s, V], vocabulary)`` for the top-k hover: the student's own logits; the
-    teacher's when they share the student's positions and vocabulary, else DSKD/CMA's teacher projected
-    into the student vocabulary (``t2s_logits``)."""
-    student = view.diagnostics.get("student_logits")
-    if not (isinstance(student, torch.Tensor) and student.dim() == 3 and student.shape[0] == view.batch_size):
+    teacher's own when they have the student's shape, else the teacher's in the student space (DSKD/CMA's
+    ``t2s_logits``)."""
+    student = _logits(view, "student", "student")
+    if student is None or student.shape[0] != view.batch_size:
         return []
     sources = [("student", student, "student")]
-    for name, vocab in (("teacher_logits", "teacher"), ("t2s_logits", "student")):
-        teacher = view.diagnostics.get(name)
-        if isinstance(teacher, torch.Tensor) and teacher.shape == student.shape:
+    for teacher, vocab in ((_logits(view, "teacher", "teacher"), "teacher"), (_logits(view, "teacher", "student"),
+                                                                               "student")):
+        if teacher is not None and teacher.shape == student.shape:
             sources.append(("teacher", teacher, vocab))
             break
     return sources
@@ -417,4 +480,5 @@ PROBES: dict[str, Callable[[BatchView, StepRecord], str | None]] = {
     "transport": probe_transport,
     "token_loss": probe_token_loss,
 }
-EVERY_STEP = ("terms", "numerics")
+# the alignment and transport probes score every step, and record matrices at recorded steps only
+EVERY_STEP = ("terms", "numerics", "alignment", "transport")

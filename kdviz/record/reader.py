@@ -32,7 +32,20 @@ from safetensors import safe_open
 
 from kdviz.headtail import HeadTail
 from kdviz.record.frames import Frame, scan
-from kdviz.record.store import MATRICES, META_FILE, REPLAY_DIR, SCHEMAS, SUFFIX, read_meta
+from kdviz.record.store import (
+    HEAD_TAIL,
+    MATRICES,
+    META_FILE,
+    REPLAY_DIR,
+    SCALARS,
+    SCHEMAS,
+    SUFFIX,
+    TEXTS,
+    TOKENS,
+    MalformedRecord,
+    read_meta,
+    table_columns,
+)
 
 
 class TornRecordWarning(UserWarning):
@@ -97,26 +110,9 @@ class _StreamFile:
         return item
 
 
-class _Malformed(ValueError):
-    """A verified frame whose content is not a table or matrix record."""
-
-
 def _table(frame: Frame) -> pd.DataFrame:
-    """The rows of a table frame, with the ``session`` that wrote them (0 for files written before)."""
-    a = frame.attrs
-    names, text, session = a.get("columns"), a.get("text", {}), a.get("session", 0)
-    if not isinstance(names, list) or not isinstance(text, dict) or type(session) is not int:
-        raise _Malformed("not a table record")
-    columns: dict[str, Any] = {}
-    for name in names:
-        values = frame.arrays.get(name) if isinstance(name, str) else None
-        if values is None and isinstance(name, str) and isinstance(text.get(name), list):
-            values = text[name]
-        if values is None or (isinstance(values, np.ndarray) and values.ndim != 1):
-            raise _Malformed(f"table column {name!r} is missing or not one-dimensional")
-        columns[name] = values
-    if len({len(v) for v in columns.values()}) > 1:
-        raise _Malformed("table columns have different lengths")
+    """The rows of a table frame, with the ``session`` that wrote them."""
+    columns, session = table_columns(frame)
     df = pd.DataFrame(columns)
     df["session"] = session
     return df
@@ -127,16 +123,16 @@ def _matrix_key(frame: Frame) -> tuple[str, int, int]:
     a, values = frame.attrs, frame.arrays.get("values")
     key = (a.get("name"), a.get("step"), a.get("sample"))
     if not isinstance(key[0], str) or type(key[1]) is not int or type(key[2]) is not int:
-        raise _Malformed("not a matrix record")
+        raise MalformedRecord("not a matrix record")
     rows, cols = a.get("row_tokens"), a.get("col_tokens")
     labelled = isinstance(rows, list) and isinstance(cols, list)
     if values is None or not labelled or values.shape != (len(rows), len(cols)):
-        raise _Malformed(f"matrix {key[0]!r} does not match its row and column labels")
+        raise MalformedRecord(f"matrix {key[0]!r} does not match its row and column labels")
     reference = frame.arrays.get("reference")
     if reference is not None and reference.shape != values.shape:
-        raise _Malformed(f"matrix {key[0]!r} has a reference of another shape")
+        raise MalformedRecord(f"matrix {key[0]!r} has a reference of another shape")
     if not isinstance(a.get("info", {}), dict):
-        raise _Malformed(f"matrix {key[0]!r} has invalid info")
+        raise MalformedRecord(f"matrix {key[0]!r} has invalid info")
     return key
 
 
@@ -173,7 +169,7 @@ class Run:
                     else:
                         self._parts.setdefault(file.stem, []).append(_table(frame))
                         self._tables.pop(file.stem, None)
-                except _Malformed as error:
+                except MalformedRecord as error:
                     stream.warn(frame.offset, "malformed", str(error))
         return self
 
@@ -211,7 +207,7 @@ class Run:
     @property
     def scalars(self) -> pd.DataFrame:
         """Tidy scalars: ``step, name, value, wall_time`` (loss terms, lr, grad norms, counts...)."""
-        return self.table("scalars")
+        return self.table(SCALARS)
 
     def head_tail(self, per_token: bool = False) -> pd.DataFrame:
         """Head/tail statistics (docs/methods.md#akl).
@@ -221,20 +217,20 @@ class Run:
         ``step, sample, example_id, position, token`` and one column per statistic.
         """
         if not per_token:
-            return self.table("head_tail")
+            return self.table(HEAD_TAIL)
         tokens = self.tokens()
-        keep = [c for c in tokens.columns if c in SCHEMAS["tokens"][0] or c in HeadTail.statistics()]
+        keep = [c for c in tokens.columns if c in SCHEMAS[TOKENS][0] or c in HeadTail.statistics()]
         stats = [c for c in keep if c in HeadTail.statistics()]
         return tokens[keep].dropna(subset=stats, how="all").reset_index(drop=True) if stats else tokens[keep]
 
     def tokens(self) -> pd.DataFrame:
         """Per-token rows of the sampled sequences: ``step, sample, example_id, position, token`` plus
         every per-token quantity recorded (``token_kd``, ``token_ce``, head/tail statistics, ...)."""
-        return self.table("tokens")
+        return self.table(TOKENS)
 
     def texts(self) -> pd.DataFrame:
         """The raw text of each sampled example: ``example_id, side, text``."""
-        return self.table("texts")
+        return self.table(TEXTS)
 
     # matrices -------------------------------------------------------------------------------------
     def matrix_names(self) -> list[str]:

@@ -6,7 +6,8 @@
 ...     rec.log(step, batch, out, optimizer=opt); opt.step(); opt.zero_grad()
 >>> rec.close()                                                  # doctest: +SKIP
 
-Cheap probes (``terms``, ``numerics``) run every step; the others at steps divisible by ``every``.
+Cheap probes (``terms``, ``numerics``, and the alignment scores of ``alignment`` and ``transport``) run
+every step; the rest at steps divisible by ``every``.
 The sampled sequences are chosen at the first step by example id (``batch.example_ids``, else a hash of
 the text) and followed: at each recorded step, sample slot ``k`` holds its example when the batch
 contains it, otherwise another row of the batch (the ``example_id`` column and matrix info say which).
@@ -33,9 +34,23 @@ from typing import Any
 import numpy as np
 import torch
 
+from kdviz.methods.diagnostics import diagnostic_tensors
 from kdviz.record.batchview import BatchView
-from kdviz.record.probes import EVERY_STEP, PROBES, TOP_K, Sample, StepRecord, positions
-from kdviz.record.store import QUANTILES, RecordWriteError, RunWriter
+from kdviz.record.probes import EVERY_STEP, PROBES, Sample, StepRecord, TopTokens, positions
+from kdviz.record.store import (
+    EVENTS,
+    HEAD_TAIL,
+    QUANTILES,
+    SCALARS,
+    TEXTS,
+    TOKENS,
+    TOP_K,
+    VOCAB_MAP,
+    RecordWriteError,
+    RunWriter,
+    quantile_column,
+    resume_point,
+)
 
 
 def _check_int(name: str, value: Any, low: int) -> int:
@@ -123,10 +138,9 @@ class Recorder:
         self._replayed: set[str] = set(self.store.meta.get("replays", {}))
         self._texts_written: set[str] = set()
         self._replays_written: list[Path] = []
-        self._tokens_seen = self._last_tokens_seen() if resume else 0.0
+        self.next_step, self._tokens_seen = resume_point(self.path) if resume else (0, 0.0)
         self._since_flush = 0
         self._micro: list[tuple[int, dict[str, Any]]] = []  # (step, scalars) of the pending micro-batches
-        self.next_step = self._next_step() if resume else 0
         self.steps_logged = 0
         self.steps_recorded = 0
         atexit.register(self.close)
@@ -272,73 +286,60 @@ class Recorder:
             if grads and not grad_norms:
                 rec.scalars[f"grad_norm/{label}"] = torch.nn.utils.get_total_norm(grads).float()
 
-    def _next_step(self) -> int:
-        from kdviz.record.reader import open_run
-
-        steps = open_run(self.path).scalars["step"]
-        return int(steps.max()) + 1 if len(steps) else 0
-
-    def _last_tokens_seen(self) -> float:
-        from kdviz.record.reader import open_run
-
-        scalars = open_run(self.path).scalars
-        seen = scalars.loc[scalars["name"] == "tokens_seen", "value"]
-        return float(seen.iloc[-1]) if len(seen) else 0.0
-
     def _write(self, view: BatchView, rec: StepRecord) -> None:
         now = time.time()
         self._write_scalars(rec, now)
         store, step = self.store, rec.step
-        for space, names, count, mean, quantiles in rec.head_tail:
-            q = quantiles.cpu().numpy()
+        for summary in rec.head_tail:
+            names, q = summary.statistics, summary.quantiles.cpu().numpy()
             columns = {
                 "step": [step] * len(names),
-                "space": [space] * len(names),
+                "space": [summary.space] * len(names),
                 "statistic": names,
-                "count": [count] * len(names),
-                "mean": mean.cpu().numpy(),
+                "count": [summary.count] * len(names),
+                "mean": summary.mean.cpu().numpy(),
             }
             for j, level in enumerate(QUANTILES):
-                columns[f"q{round(level * 100):02d}"] = q[:, j]
-            store.append_rows("head_tail", columns)
+                columns[quantile_column(level)] = q[:, j]
+            store.append_rows(HEAD_TAIL, columns)
         for sample in rec.samples:
             self._write_tokens(view, rec, sample)
             if sample.example_id in rec.texts and sample.example_id not in self._texts_written:
                 self._texts_written.add(sample.example_id)
                 store.append_rows(
-                    "texts",
+                    TEXTS,
                     {"example_id": [sample.example_id], "side": ["text"], "text": [rec.texts[sample.example_id]]},
                 )
         for m in rec.matrices:
-            reference = None if m["reference"] is None else m["reference"].cpu().numpy()
+            reference = None if m.reference is None else m.reference.cpu().numpy()
             store.append_matrix(
-                m["name"],
-                step,
-                m["sample"].slot,
-                m["values"].cpu().numpy(),
-                m["row_tokens"],
-                m["col_tokens"],
-                reference,
-                **m["info"],
+                m.name, step, m.sample.slot, m.values.cpu().numpy(), m.row_tokens, m.col_tokens, reference, **m.info
             )
-        for slot, teacher_ids, student_ids in rec.vocab_map:
-            k = min(len(teacher_ids), len(student_ids))
+        for pairs in rec.vocab_map:
+            k = min(len(pairs.teacher_ids), len(pairs.student_ids))
             columns = {
                 "step": np.full(k, step),
-                "sample": np.full(k, slot),
+                "sample": np.full(k, pairs.slot),
                 "rank": np.arange(k),
-                "teacher_id": teacher_ids[:k],
-                "student_id": student_ids[:k],
+                "teacher_id": pairs.teacher_ids[:k],
+                "student_id": pairs.student_ids[:k],
             }
-            for side, ids in (("teacher", teacher_ids[:k]), ("student", student_ids[:k])):
+            for side, ids in (("teacher", pairs.teacher_ids[:k]), ("student", pairs.student_ids[:k])):
                 if side in self.tokenizers:
                     columns[f"{side}_token"] = self.tokenizers[side].convert_ids_to_tokens([int(i) for i in ids])
-            store.append_rows("vocab_map", columns)
+            store.append_rows(VOCAB_MAP, columns)
         if rec.events:
-            kinds, names, details = zip(*rec.events, strict=True)
-            store.append_rows("events", {"step": [step] * len(kinds), "kind": kinds, "name": names, "detail": details})
-        for term, rows, info in rec.replays:
-            self._save_replay(view, step, term, rows, info)
+            store.append_rows(
+                EVENTS,
+                {
+                    "step": [step] * len(rec.events),
+                    "kind": [e.kind for e in rec.events],
+                    "name": [e.name for e in rec.events],
+                    "detail": [e.detail for e in rec.events],
+                },
+            )
+        for replay in rec.replays:
+            self._save_replay(view, step, replay.term, replay.rows, replay.info)
         if rec.notes and any(self._notes.get(k) != v for k, v in rec.notes.items()):
             self._notes.update(rec.notes)
             store.update_meta(notes=self._notes)
@@ -357,7 +358,7 @@ class Recorder:
             values["tokens_seen"] = self._tokens_seen
         n = len(values)
         self.store.append_rows(
-            "scalars",
+            SCALARS,
             {
                 "step": np.full(n, rec.step),
                 "name": list(values),
@@ -384,13 +385,15 @@ class Recorder:
         }
         for name, values in columns.items():
             table[name] = values.float().cpu()[index].numpy()
-        for side, (ids, probs, vocab) in rec.top.get(sample.slot, {}).items():
-            table[f"{side}_top{TOP_K}"] = self._top_json(ids.cpu()[index], probs.cpu()[index], vocab)
-        self.store.append_rows("tokens", table)
+        for side, top in rec.top.get(sample.slot, {}).items():
+            table[f"{side}_top{TOP_K}"] = self._top_json(top, index)
+        self.store.append_rows(TOKENS, table)
 
-    def _top_json(self, ids: torch.Tensor, probs: torch.Tensor, vocab: str) -> list[str]:
-        """Per position, ``[[token, p], ...]`` as JSON; ids stand in for tokens without a tokenizer."""
-        tokenizer = self.tokenizers.get(vocab)
+    def _top_json(self, top: TopTokens, index: torch.Tensor) -> list[str]:
+        """Per position of ``index``, ``[[token, p], ...]`` as JSON; ids stand in for tokens without a
+        tokenizer."""
+        ids, probs = top.ids.cpu()[index], top.probs.cpu()[index]
+        tokenizer = self.tokenizers.get(top.vocab)
         flat = ids.flatten().tolist()
         names = tokenizer.convert_ids_to_tokens(flat) if tokenizer is not None else [f"#{i}" for i in flat]
         width = ids.shape[-1]
@@ -405,9 +408,9 @@ class Recorder:
         self._replayed.add(term)
         tensors = view.tensors(rows)
         for name, value in view.diagnostics.items():
-            n = view.batch_size
-            if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == n:
-                tensors[f"out.{name}"] = value.detach()[rows]
+            for key, tensor in diagnostic_tensors(name, value).items():
+                if tensor.dim() >= 1 and tensor.shape[0] == view.batch_size:
+                    tensors[f"out.{key}"] = tensor.detach()[rows]
         texts = [view.texts[r] for r in rows] if view.texts else []
         terms = {k: float(v.detach().float().mean()) for k, v in view.terms.items() if isinstance(v, torch.Tensor)}
         name = f"step{step:08d}-" + re.sub(r"[^\w.-]", "_", term)

@@ -36,7 +36,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-from kdviz.record.frames import encode
+from kdviz.record.frames import Frame, encode, scan
 
 FORMAT = "kdviz-run"
 FORMAT_VERSION = 1
@@ -45,21 +45,83 @@ SUFFIX = ".kdr"
 MATRICES = "matrices"
 REPLAY_DIR = "replay"
 RESERVED = ("format", "format_version", "kdviz_version", "created", "sessions")
-QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)  # the head_tail table's quantile levels (columns q05 ... q95)
+TOP_K = 5  # next tokens kept per position and side in the tokens table (columns student_top5, teacher_top5)
+
+# the table streams
+SCALARS, HEAD_TAIL, TOKENS, TEXTS, VOCAB_MAP, EVENTS = "scalars", "head_tail", "tokens", "texts", "vocab_map", "events"
+
+
+def quantile_column(level: float) -> str:
+    """The head_tail column of a quantile level: ``0.05 -> "q05"``."""
+    return f"q{round(level * 100):02d}"
+
 
 # The table streams the recorder writes: their columns (when empty) and the key that identifies a row.
 # A resumed run may write a key twice; readers keep the last row written.
 SCHEMAS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "scalars": (("step", "name", "value", "wall_time"), ("step", "name")),
-    "head_tail": (
-        ("step", "space", "statistic", "count", "mean", *(f"q{round(q * 100):02d}" for q in QUANTILES)),
+    SCALARS: (("step", "name", "value", "wall_time"), ("step", "name")),
+    HEAD_TAIL: (
+        ("step", "space", "statistic", "count", "mean", *map(quantile_column, QUANTILES)),
         ("step", "space", "statistic"),
     ),
-    "tokens": (("step", "sample", "example_id", "position", "token"), ("step", "sample", "position")),
-    "texts": (("example_id", "side", "text"), ("example_id", "side")),
-    "vocab_map": (("step", "sample", "rank", "teacher_id", "student_id"), ("step", "sample", "rank")),
-    "events": (("step", "kind", "name", "detail"), ()),
+    TOKENS: (("step", "sample", "example_id", "position", "token"), ("step", "sample", "position")),
+    TEXTS: (("example_id", "side", "text"), ("example_id", "side")),
+    VOCAB_MAP: (("step", "sample", "rank", "teacher_id", "student_id"), ("step", "sample", "rank")),
+    EVENTS: (("step", "kind", "name", "detail"), ()),
 }
+
+# Matrix names. Every matrix is stored with student rows and teacher columns. Alignments are stored under
+# their diagnostic's name (kdviz's methods: CMA's two attentions, ULD's pairing, MinED's DTW path); a
+# transport diagnostic ``<name>`` as ``<name>_plan`` and ``<name>_cost`` (MultiLevelOT: ``transport``).
+ALIGNMENT_MATRICES = ("t2s_weight", "s2t_weight", "pairing", "dtw_path")
+TRANSPORT_PLAN, TRANSPORT_COST = "transport_plan", "transport_cost"
+ALIGNMENT_SCALARS = "alignment/"  # scores: ``alignment/<matrix>/<score>`` (:func:`kdviz.align.alignment_scores`)
+
+
+class MalformedRecord(ValueError):
+    """A verified frame whose content is not a table or matrix record."""
+
+
+def table_columns(frame: Frame) -> tuple[dict[str, Any], int]:
+    """``(columns, session)`` of a table frame: name -> 1-d array or list of strings, and the index of the
+    session that wrote it (0 for files written before sessions were recorded)."""
+    a = frame.attrs
+    names, text, session = a.get("columns"), a.get("text", {}), a.get("session", 0)
+    if not isinstance(names, list) or not isinstance(text, dict) or type(session) is not int:
+        raise MalformedRecord("not a table record")
+    columns: dict[str, Any] = {}
+    for name in names:
+        values = frame.arrays.get(name) if isinstance(name, str) else None
+        if values is None and isinstance(name, str) and isinstance(text.get(name), list):
+            values = text[name]
+        if values is None or (isinstance(values, np.ndarray) and values.ndim != 1):
+            raise MalformedRecord(f"table column {name!r} is missing or not one-dimensional")
+        columns[name] = values
+    if len({len(v) for v in columns.values()}) > 1:
+        raise MalformedRecord("table columns have different lengths")
+    return columns, session
+
+
+def resume_point(path: Path) -> tuple[int, float]:
+    """``(next step, tokens seen)`` of the run at ``path`` from its scalars stream: one past the largest
+    step (0 for none) and the ``tokens_seen`` of the latest step that has one (the last written wins).
+    Frames that do not verify are skipped (the reader warns about them)."""
+    file = path / f"{SCALARS}{SUFFIX}"
+    last_step, seen = -1, (-1, 0.0)
+    data = file.read_bytes() if file.exists() else b""
+    for frame in scan(data):
+        try:
+            columns, _ = table_columns(frame) if isinstance(frame, Frame) else ({}, 0)
+        except MalformedRecord:
+            continue
+        if not {"step", "name", "value"} <= set(columns):
+            continue
+        for step, name, value in zip(columns["step"], columns["name"], columns["value"], strict=True):
+            last_step = max(last_step, int(step))
+            if name == "tokens_seen" and int(step) >= seen[0]:
+                seen = (int(step), float(value))
+    return last_step + 1, seen[1]
 
 
 def _json_default(value: Any) -> Any:

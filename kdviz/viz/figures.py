@@ -1,8 +1,12 @@
 """Plotly figures of a recorded run: pure functions from the run store's tidy data to ``go.Figure``.
 
-Each function reads a :class:`~kdviz.record.Run` (or a :class:`~kdviz.record.Matrix`, or plain tensors and
-token strings) and returns a new figure; nothing is displayed and nothing is cached, so a figure works the
-same in a script, a test, a notebook, a widget and a static report.
+As in plotly express, each function takes the data it plots as its first argument: the tidy DataFrame a
+:class:`~kdviz.record.Run` returns (``run.scalars``, ``run.head_tail()``, ``run.tokens()``,
+``run.table("vocab_map")``) or a matrix (a :class:`~kdviz.record.Matrix` from ``run.matrix(...)``, or a
+wide DataFrame: student tokens as the index, teacher tokens as the columns), with the expected columns in
+its docstring; a DataFrame built by hand works as well as a recorded one. A :class:`Run` is accepted too:
+the function then reads the table itself. Each call returns a new figure; nothing is displayed and nothing
+is cached, so a figure works the same in a script, a test, a notebook, a widget and a static report.
 
 Token strings are shown as text, never interpreted: every label goes through :func:`token_label`, which
 HTML-escapes it (plotly renders labels as a small subset of HTML) and makes whitespace visible.
@@ -17,7 +21,7 @@ from __future__ import annotations
 import html
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -26,8 +30,16 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from kdviz.align.overlap import KINDS, overlap_matrix, regions
-from kdviz.record.probes import ALIGNMENTS, TOP_K
 from kdviz.record.reader import Matrix, Run
+from kdviz.record.store import (
+    ALIGNMENT_MATRICES,
+    ALIGNMENT_SCALARS,
+    SCHEMAS,
+    TOP_K,
+    TRANSPORT_COST,
+    TRANSPORT_PLAN,
+    VOCAB_MAP,
+)
 
 MAX_AXIS = 300
 TOKENS_PER_LINE = 16
@@ -64,15 +76,75 @@ def run_label(run: Run) -> str:
 
 
 def _as_runs(runs: Run | Mapping[str, Run] | Sequence[Run]) -> dict[str, Run]:
+    """Escaped label -> run (or DataFrame) of one run, a mapping label -> run, or a sequence of runs (labelled
+    by :func:`run_label`, numbered when repeated; a DataFrame in a sequence as ``run <index>``)."""
     if isinstance(runs, Run):
         return {run_label(runs): runs}
     if isinstance(runs, Mapping):
         return {token_label(k): v for k, v in runs.items()}
     out: dict[str, Run] = {}
-    for run in runs:
-        label = run_label(run)
+    for k, run in enumerate(runs):
+        label = run_label(run) if isinstance(run, Run) else f"run {k}"
         out[label if label not in out else f"{label} ({len(out)})"] = run
     return out
+
+
+# data: a tidy DataFrame, or the Run that holds it ---------------------------------------------------------
+SCALAR_COLUMNS = ("step", "name", "value")
+TOKEN_COLUMNS = ("step", "sample", "position", "token")
+
+
+def _frame(data: pd.DataFrame | Run, read: Callable[[Run], pd.DataFrame], columns: Sequence[str], figure: str):
+    """The table ``figure`` plots: ``data`` itself (a DataFrame holding ``columns``), or ``read(data)`` for a Run."""
+    if isinstance(data, Run):
+        return read(data)
+    if not isinstance(data, pd.DataFrame):
+        raise TypeError(f"{figure}(data): expected a pandas DataFrame or a kdviz Run, got {type(data).__name__}")
+    missing = [c for c in columns if c not in data.columns]
+    if missing:
+        raise ValueError(
+            f"{figure}(data): the DataFrame has no column {', '.join(map(repr, missing))}; it needs "
+            f"{list(columns)}, has {list(data.columns)}"
+        )
+    return data
+
+
+def _scalars_by_run(data, color: str | None, figure: str) -> dict[str, pd.DataFrame]:
+    """Escaped run label -> scalars table: of each run in ``data`` (a scalars DataFrame, a Run, a mapping
+    label -> either, or a sequence of either), a DataFrame split by its column ``color`` when given."""
+    if isinstance(data, pd.DataFrame):
+        table = _frame(data, lambda run: run.scalars, (*SCALAR_COLUMNS, *([color] if color else [])), figure)
+        if color is None:
+            return {"": table}
+        return {token_label(label): rows for label, rows in table.groupby(color, sort=False)}
+    return {
+        label: _frame(item, lambda run: run.scalars, SCALAR_COLUMNS, figure) for label, item in _as_runs(data).items()
+    }
+
+
+def _matrix(data: Matrix | Run | pd.DataFrame, name: str, step: int | None, sample: int, figure: str) -> Matrix:
+    """The matrix ``figure`` draws: ``data`` itself (a Matrix), matrix ``name`` of a Run at ``step`` (default:
+    the latest) and ``sample``, or a wide DataFrame (student tokens as the index, teacher tokens as the
+    columns, numbers as the cells; no ground truth)."""
+    if isinstance(data, Matrix):
+        return data
+    if isinstance(data, Run):
+        return data.matrix(name, step, sample)
+    if not isinstance(data, pd.DataFrame):
+        raise TypeError(
+            f"{figure}(data): expected a Matrix, a kdviz Run or a wide pandas DataFrame, got {type(data).__name__}"
+        )
+    try:
+        values = data.to_numpy(dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{figure}(data): a matrix DataFrame holds numbers (student tokens as the index, teacher tokens as "
+            f"the columns); its columns hold {sorted(set(map(str, data.dtypes)))}"
+        ) from None
+    return Matrix(
+        values, [str(t) for t in data.index], [str(t) for t in data.columns], None, name=name,
+        step=0 if step is None else int(step), sample=sample,
+    )
 
 
 def message_figure(text: str, title: str = "") -> go.Figure:
@@ -123,29 +195,35 @@ def _x_values(scalars: pd.DataFrame, steps: pd.Series, x: str) -> np.ndarray:
 
 
 def loss_terms(
-    runs: Run | Mapping[str, Run] | Sequence[Run],
+    data: pd.DataFrame | Run | Mapping[str, pd.DataFrame | Run] | Sequence[pd.DataFrame | Run],
     terms: Sequence[str] | None = None,
     *,
     x: str = "step",
+    color: str | None = None,
     smoothing: float = 0.9,
     log_y: bool = False,
     clip_outliers: bool = False,
 ) -> go.Figure:
     """Loss terms over training: a faint raw trace and its debiased EMA (:func:`smooth`) per run and term.
 
-    ``runs``: one run, several (overlaid), or a mapping label -> run. ``terms``: scalar names (default:
-    ``loss``, ``kd``, ``ce`` where present, else every non-diagnostic scalar). ``x``: ``"step"``,
+    ``data``: a scalars DataFrame (``run.scalars``: columns ``step``, ``name``, ``value``, and ``wall_time``
+    for ``x="wall_time"``; the ``tokens_seen`` scalar for ``x="tokens"``), a Run, or several of them
+    (overlaid): a mapping label -> DataFrame or Run, or a sequence. ``color``: a column of the DataFrame
+    naming each row's run (several runs in one long table), one colour per value. ``terms``: scalar names
+    (default: ``loss``, ``kd``, ``ce`` where present, else every non-diagnostic scalar). ``x``: ``"step"``,
     ``"tokens"`` (tokens seen) or ``"wall_time"``. ``log_y``: log scale (also a button on the figure).
     ``clip_outliers``: fit the y range to the 1st-99th percentile of the raw values.
     """
     if x not in X_AXES:
         raise ValueError(f"x must be one of {list(X_AXES)}, got {x!r}")
+    runs = _scalars_by_run(data, color, "loss_terms")
+    if x == "wall_time" and any("wall_time" not in scalars.columns for scalars in runs.values()):
+        raise ValueError("loss_terms(x='wall_time') needs a wall_time column in data")
     fig = go.Figure()
     palette = plotly_default_colors()
     shown: list[np.ndarray] = []
     k = 0
-    for label, run in _as_runs(runs).items():
-        scalars = run.scalars
+    for label, scalars in runs.items():
         names = list(terms) if terms else [t for t in DEFAULT_TERMS if t in set(scalars["name"])]
         if not names:
             names = sorted(n for n in set(scalars["name"]) if "/" not in n and n not in ("lr", "tokens_seen"))
@@ -157,7 +235,7 @@ def loss_terms(
             k += 1
             xs, ys = _x_values(scalars, rows["step"], x), rows["value"].to_numpy()
             shown.append(ys)
-            legend = f"{label}: {token_label(name)}"
+            legend = f"{label}: {token_label(name)}" if label else token_label(name)
             fig.add_trace(
                 go.Scattergl(
                     x=xs,
@@ -237,20 +315,25 @@ def _space(table: pd.DataFrame, space: str | None) -> str | None:
     return spaces[0] if spaces else None
 
 
-def head_tail_steps(run: Run, space: str | None = None) -> go.Figure:
+HEAD_TAIL_COLUMNS = ("step", "space", "statistic", "mean")
+W_HEAD_BANDS = ("q05", "q25", "q50", "q75", "q95")
+
+
+def head_tail_steps(data: pd.DataFrame | Run, space: str | None = None) -> go.Figure:
     """Head/tail statistics over steps (docs/methods.md#akl), mean over each step's trained tokens.
 
-    Rows: teacher vs student mass on the teacher's head and tail (``p_head``, ``q_head``, ``p_tail``,
-    ``q_tail``); the gaps ``g_head``, ``g_tail`` (unsigned) and the signed head gap ``d_head`` (the signed
-    tail gap is ``-d_head``); AKL's head weight ``w_head`` as bands (5-95 % and 25-75 % of tokens) around
-    its median. ``space``: ``shared`` / ``t2s`` / ``s2t`` (default: the first recorded).
+    ``data``: the head_tail table (``run.head_tail()``: one row per ``step``, ``space``, ``statistic``
+    with its ``mean``; the ``w_head`` rows also need the quantile columns ``q05, q25, q50, q75, q95``), or
+    a Run. Rows: teacher vs student mass on the teacher's head and tail (``p_head``, ``q_head``,
+    ``p_tail``, ``q_tail``); the gaps ``g_head``, ``g_tail`` (unsigned) and the signed head gap ``d_head``
+    (the signed tail gap is ``-d_head``); AKL's head weight ``w_head`` as bands (5-95 % and 25-75 % of
+    tokens) around its median. ``space``: ``shared`` / ``t2s`` / ``s2t`` (default: the first recorded).
     """
-    table = run.head_tail()
+    table = _frame(data, lambda run: run.head_tail(), HEAD_TAIL_COLUMNS, "head_tail_steps")
     space = _space(table, space)
     if space is None:
-        return message_figure(
-            run.meta.get("notes", {}).get("head_tail", "no head/tail statistics recorded"), "head / tail"
-        )
+        notes = data.meta.get("notes", {}) if isinstance(data, Run) else {}
+        return message_figure(notes.get("head_tail", "no head/tail statistics recorded"), "head / tail")
     table = table[table["space"] == space]
     wide = table.pivot_table(index="step", columns="statistic", values="mean")
     steps = wide.index.to_numpy()
@@ -298,6 +381,7 @@ def head_tail_steps(run: Run, space: str | None = None) -> go.Figure:
         )
     w = table[table["statistic"] == "w_head"].sort_values("step")
     if not w.empty:
+        _frame(w, lambda run: run.head_tail(), W_HEAD_BANDS, "head_tail_steps")
         for low, high, alpha in (("q05", "q95", 0.15), ("q25", "q75", 0.3)):
             fig.add_trace(
                 go.Scatter(x=w["step"], y=w[high], line={"width": 0}, showlegend=False, hoverinfo="skip"), row=3, col=1
@@ -332,11 +416,16 @@ def sample_rows(tokens: pd.DataFrame, step: int, sample: int) -> pd.DataFrame:
     return rows.sort_values("position")
 
 
-def head_tail_tokens(run: Run, step: int, sample: int = 0) -> go.Figure:
+def head_tail_tokens(data: pd.DataFrame | Run, step: int, sample: int = 0) -> go.Figure:
     """Head/tail statistics per token of one sampled sequence at ``step``: head masses of both models,
-    the head and tail gaps (stacked) and ``w_head``; x labels are the predicted tokens."""
-    rows = sample_rows(run.head_tail(per_token=True), step, sample)
-    if rows.empty or "g_head" not in rows:
+    the head and tail gaps (stacked) and ``w_head``; x labels are the predicted tokens.
+
+    ``data``: per-token rows (``run.head_tail(per_token=True)`` or ``run.tokens()``: columns ``step``,
+    ``sample``, ``position``, ``token`` and the statistics ``p_head``, ``q_head``, ``g_head``, ``g_tail``,
+    ``w_head``), or a Run."""
+    table = _frame(data, lambda run: run.head_tail(per_token=True), TOKEN_COLUMNS, "head_tail_tokens")
+    rows = sample_rows(table, step, sample)
+    if rows.empty or not {"p_head", "q_head", "g_head", "g_tail", "w_head"} <= set(rows.columns):
         return message_figure(
             f"no per-token head/tail statistics for sample {sample} at step {step}", "head / tail per token"
         )
@@ -508,22 +597,48 @@ def _reference_trace(view: MatrixView) -> go.Scatter:
     )
 
 
-def alignment_heatmap(matrix: Matrix, *, limit: int = MAX_AXIS, colorscale: str = "Viridis") -> go.Figure:
-    """An alignment matrix (CMA's ``t2s_weight``, ``s2t_weight``) as a heatmap.
+def _alignment_name(data: object, name: str | None) -> str:
+    """``name``, else the first alignment matrix a Run recorded (CMA's ``t2s_weight`` before ``s2t_weight``)."""
+    if name is not None:
+        return name
+    recorded = data.matrix_names() if isinstance(data, Run) else []
+    return next((n for n in ALIGNMENT_MATRICES if n in recorded), ALIGNMENT_MATRICES[0])
+
+
+def alignment_heatmap(
+    data: Matrix | Run | pd.DataFrame,
+    name: str | None = None,
+    step: int | None = None,
+    sample: int = 0,
+    *,
+    limit: int = MAX_AXIS,
+    colorscale: str = "Viridis",
+) -> go.Figure:
+    """An alignment matrix (CMA's ``t2s_weight``, ``s2t_weight``) as a heatmap: student tokens as rows,
+    teacher tokens as columns, as every matrix is stored.
+
+    ``data``: a :class:`Matrix` (``run.matrix(name, step, sample)``), a Run (then matrix ``name``, default
+    the first alignment recorded, at ``step``, default the latest, of ``sample``), or a wide DataFrame
+    (student tokens as the index, teacher tokens as the columns, weights as the cells; titled ``name``).
 
     Rows and columns are labelled ``"<position> <predicted token>"``; hover shows both tokens with their
     positions and the weight; the character-overlap ground truth is outlined with open squares; the
-    alignment scores are in the title. Axes longer than ``limit`` are binned (:func:`matrix_view`).
+    alignment scores are in the title, which also says when the columns are the distributions (each
+    teacher token's weights over the student tokens, ``info["over"] == "student"``: CMA's ``s2t_weight``).
+    Axes longer than ``limit`` are binned (:func:`matrix_view`).
     """
+    matrix = _matrix(data, _alignment_name(data, name), step, sample, "alignment_heatmap")
     view = matrix_view(matrix, limit)
-    row_side, col_side = matrix.info.get("row_side", "student"), matrix.info.get("col_side", "teacher")
-    fig = go.Figure(_heatmap_trace(view, row_side, col_side, colorscale, colorbar={"title": "weight"}))
+    fig = go.Figure(_heatmap_trace(view, "student", "teacher", colorscale, colorbar={"title": "weight"}))
     fig.add_trace(_reference_trace(view))
     x_range, y_range = _full_ranges(view)
+    title = matrix_title(matrix, view)
+    if matrix.info.get("over") == "student":
+        title += " · columns sum to 1"
     fig.update_layout(
-        title=matrix_title(matrix, view),
-        xaxis={"title": AXIS_NAMES.get(col_side, col_side), "type": "category", "tickangle": -60, "range": x_range},
-        yaxis={"title": AXIS_NAMES.get(row_side, row_side), "type": "category", "range": y_range},
+        title=title,
+        xaxis={"title": AXIS_NAMES["teacher"], "type": "category", "tickangle": -60, "range": x_range},
+        yaxis={"title": AXIS_NAMES["student"], "type": "category", "range": y_range},
         height=max(420, min(900, 14 * len(view.y) + 200)),
         showlegend=True,  # plotly hides a legend of one entry: the outlines' meaning must always be shown
         legend={"orientation": "h", "y": -0.25},
@@ -533,19 +648,32 @@ def alignment_heatmap(matrix: Matrix, *, limit: int = MAX_AXIS, colorscale: str 
 
 
 def alignment_row(
-    matrix: Matrix,
+    data: Matrix | Run | pd.DataFrame,
     row: int,
     top: tuple[Sequence[tuple[str, float]], Sequence[tuple[str, float]]] | None = None,
+    *,
+    name: str | None = None,
+    step: int | None = None,
+    sample: int = 0,
 ) -> go.Figure:
     """One row of an alignment matrix: where student token ``row`` (an index into the matrix's rows) puts
-    its weight over the teacher tokens, the ground-truth overlapping tokens in colour, and beside it the
-    recorded top-k next tokens of both sides at that position (``top``: ``(teacher, student)`` lists of
-    ``(token, probability)``, e.g. from :func:`recorded_top`)."""
+    its weight over the teacher tokens (for a matrix whose columns are the distributions, CMA's
+    ``s2t_weight``: the weight each teacher token gives it), the ground-truth overlapping tokens in colour,
+    and beside it the recorded top-k next tokens of both sides at that position (``top``: ``(teacher,
+    student)`` lists of ``(token, probability)``, e.g. from :func:`recorded_top`).
+
+    ``data``: as for :func:`alignment_heatmap` (a Matrix, a Run with ``name``, ``step``, ``sample``, or a
+    wide DataFrame); from a Run, ``top`` defaults to the top-k the run recorded at that student position."""
+    matrix = _matrix(data, _alignment_name(data, name), step, sample, "alignment_row")
     values = np.asarray(matrix.values, dtype=np.float64)
     if not 0 <= row < values.shape[0]:
         raise ValueError(f"row must be in [0, {values.shape[0]}) for this {values.shape[0]}-row matrix, got {row}")
+    positions = matrix.info.get("rows") or None
     x = position_labels(matrix.col_tokens, matrix.info.get("cols") or None)
-    y = position_labels(matrix.row_tokens, matrix.info.get("rows") or None)
+    y = position_labels(matrix.row_tokens, positions)
+    if top is None and isinstance(data, Run):  # rows are student positions, where the top-k is recorded
+        position = positions[row] if positions else row
+        top = recorded_top(sample_rows(data.tokens(), matrix.step, matrix.sample)).get(int(position))
     overlap = np.zeros(values.shape[1], dtype=bool) if matrix.reference is None else np.asarray(matrix.reference)[row]
     weights = values[row]
     fig = make_subplots(rows=1, cols=2, column_widths=[0.68, 0.32], specs=[[{"type": "xy"}, {"type": "table"}]])
@@ -625,18 +753,38 @@ def transported_positions(plan: Matrix) -> tuple[np.ndarray, np.ndarray]:
     return rows, cols
 
 
-def transport_figure(plan: Matrix, cost: Matrix | None = None, *, limit: int = MAX_AXIS) -> go.Figure:
-    """A transport plan ``P [T_t, T_s]`` (teacher rows, student columns) with both token sequences, the
-    ground-truth overlap outlined, and the cost matrix ``C`` beside it when given.
+def transport_figure(
+    data: Matrix | Run | pd.DataFrame,
+    cost: Matrix | pd.DataFrame | None = None,
+    *,
+    step: int | None = None,
+    sample: int = 0,
+    limit: int = MAX_AXIS,
+) -> go.Figure:
+    """A transport plan ``P [T_s, T_t]`` (student rows, teacher columns, as every matrix is stored) with
+    both token sequences, the ground-truth overlap outlined, and the cost matrix ``C`` beside it when given.
+
+    ``data``: the plan as a :class:`Matrix` (``run.matrix("transport_plan", step, sample)``), a Run (then
+    its plan at ``step``, default the latest, of ``sample``, and its cost matrix there when recorded), or a
+    wide DataFrame (student tokens as the index, teacher tokens as the columns, masses as the cells).
+    ``cost``: a Matrix or wide DataFrame of the same shape.
 
     Only the transported positions are drawn: MultiLevelOT pairs the two answers by index over the shorter
     one, so the longer side's last positions carry no mass; they are left out and counted in the title
     (drawn, they looked like a solver that broke its uniform marginals).
     """
+    plan = _matrix(data, TRANSPORT_PLAN, step, sample, "transport_figure")
+    if cost is None and isinstance(data, Run) and TRANSPORT_COST in data.matrix_names():
+        cost = data.matrix(TRANSPORT_COST, plan.step, plan.sample)
+    elif cost is not None:
+        cost = _matrix(cost, TRANSPORT_COST, plan.step, plan.sample, "transport_figure")
+    if cost is not None and cost.values.shape != plan.values.shape:
+        shapes = f"expected the plan's shape {plan.values.shape}, got {cost.values.shape}"
+        raise ValueError(f"transport_figure(cost): {shapes}")
     rows, cols = transported_positions(plan)
-    dropped = {"teacher": int((~rows).sum()), "student": int((~cols).sum())}
+    dropped = {"student": int((~rows).sum()), "teacher": int((~cols).sum())}
     if not rows.all() or not cols.all():
-        cost = None if cost is None or cost.values.shape != plan.values.shape else _submatrix(cost, rows, cols)
+        cost = None if cost is None else _submatrix(cost, rows, cols)
         plan = _submatrix(plan, rows, cols)
     views = [matrix_view(plan, limit)] + ([matrix_view(cost, limit)] if cost is not None else [])
     scores = _scores_text(plan.info)
@@ -644,26 +792,26 @@ def transport_figure(plan: Matrix, cost: Matrix | None = None, *, limit: int = M
         rows=1,
         cols=len(views),
         horizontal_spacing=0.1,
-        shared_yaxes=True,  # the same teacher positions: the cost panel needs no labels where P's colour bar sits
+        shared_yaxes=True,  # the same student positions: the cost panel needs no labels where P's colour bar sits
         subplot_titles=[f"plan P · {scores}" if scores else "plan P"] + (["cost C"] if cost is not None else []),
     )
     fig.add_trace(
         _heatmap_trace(
-            views[0], "teacher", "student", "Blues", colorbar={"title": "P", "x": 0.46 if cost is not None else 1.02}
+            views[0], "student", "teacher", "Blues", colorbar={"title": "P", "x": 0.46 if cost is not None else 1.02}
         ),
         row=1,
         col=1,
     )
     fig.add_trace(_reference_trace(views[0]), row=1, col=1)
     if cost is not None:
-        trace = _heatmap_trace(views[1], "teacher", "student", "Reds", colorbar={"title": "C"})
+        trace = _heatmap_trace(views[1], "student", "teacher", "Reds", colorbar={"title": "C"})
         trace.hovertemplate = trace.hovertemplate.replace("weight", "cost")
         fig.add_trace(trace, row=1, col=2)
     for col, view in enumerate(views, start=1):
         x_range, y_range = _full_ranges(view)
-        fig.update_xaxes(title_text="student token", type="category", tickangle=-60, range=x_range, row=1, col=col)
+        fig.update_xaxes(title_text="teacher token", type="category", tickangle=-60, range=x_range, row=1, col=col)
         fig.update_yaxes(
-            title_text="teacher token" if col == 1 else None, type="category", range=y_range, row=1, col=col
+            title_text="student token" if col == 1 else None, type="category", range=y_range, row=1, col=col
         )
     title = matrix_title(plan, views[0]).replace(token_label(plan.name), "transport plan", 1)
     untransported = [f"{n} {side}" for side, n in dropped.items() if n]
@@ -679,18 +827,21 @@ def transport_figure(plan: Matrix, cost: Matrix | None = None, *, limit: int = M
 
 
 def vocab_map_table(
-    run: Run,
+    data: pd.DataFrame | Run,
     step: int | None = None,
     sample: int = 0,
     *,
     teacher_tokens: Sequence[str] | Mapping[int, str] | None = None,
     student_tokens: Sequence[str] | Mapping[int, str] | None = None,
 ) -> go.Figure:
-    """The recorded top-k teacher <-> student id map (``vocab_map`` table) at ``step`` as a table of token
-    strings: from ``teacher_tokens`` / ``student_tokens`` when given (``tokenizer.convert_ids_to_tokens``
-    results or an id -> string mapping), else the strings the recorder stored (``Recorder(tokenizers=...)``),
-    else the ids."""
-    table = run.table("vocab_map")
+    """The recorded top-k teacher <-> student id map at ``step`` (default: the latest; else the last
+    recorded at or before it) as a table of token strings: from ``teacher_tokens`` / ``student_tokens``
+    when given (``tokenizer.convert_ids_to_tokens`` results or an id -> string mapping), else the strings
+    the recorder stored (``Recorder(tokenizers=...)``), else the ids.
+
+    ``data``: the vocab_map table (``run.table("vocab_map")``: columns ``step``, ``sample``, ``rank``,
+    ``teacher_id``, ``student_id``, optionally ``teacher_token``, ``student_token``), or a Run."""
+    table = _frame(data, lambda run: run.table(VOCAB_MAP), SCHEMAS[VOCAB_MAP][0], "vocab_map_table")
     if table.empty:
         return message_figure(
             "no top-k vocabulary map recorded (only optimal-transport methods record one)", "vocabulary map"
@@ -765,11 +916,11 @@ TOKEN_VALUES = {
     "rkl_share": "RKL share",
 }
 # matrices recorded by the alignment probe: CMA's two attentions, ULD's pairing, MinED's DTW path
-ALIGNMENT_NAMES = tuple(name for name, _, _ in ALIGNMENTS)
+ALIGNMENT_NAMES = ALIGNMENT_MATRICES
 
 
 def token_losses(
-    run: Run,
+    data: pd.DataFrame | Run,
     step: int,
     sample: int = 0,
     *,
@@ -788,8 +939,12 @@ def token_losses(
     ``top``: optional ``position -> (teacher top-k, student top-k)`` lists of ``(token, probability)``
     (see :func:`top_tokens`), shown on hover; by default the recorded ``teacher_top5`` / ``student_top5``
     columns are used. Tokens wrap every ``per_line``.
+
+    ``data``: the tokens table (``run.tokens()``: columns ``step``, ``sample``, ``position``, ``token``,
+    the per-token quantities, optionally ``input_token``, ``example_id``, ``teacher_top5``,
+    ``student_top5``), or a Run.
     """
-    rows = sample_rows(run.tokens(), step, sample)
+    rows = sample_rows(_frame(data, lambda run: run.tokens(), TOKEN_COLUMNS, "token_losses"), step, sample)
     if top is None:
         top = recorded_top(rows)
     if value == "rkl_share" and {"fkl", "rkl"} <= set(rows.columns):
@@ -838,10 +993,11 @@ def token_losses(
             colorbar={"title": TOKEN_VALUES.get(value, token_label(value))},
         )
     )
-    example = rows["example_id"].iloc[0]
+    title = f"{TOKEN_VALUES.get(value, token_label(value))} per token · step {step} · sample {sample}"
+    if "example_id" in rows.columns:
+        title += f" · example {token_label(rows['example_id'].iloc[0])}"
     fig.update_layout(
-        title=f"{TOKEN_VALUES.get(value, token_label(value))} per token · step {step} · sample {sample} · "
-        f"example {token_label(example)}",
+        title=title,
         xaxis={"visible": False},
         yaxis={"visible": False, "autorange": "reversed"},
         height=120 + 36 * lines,
@@ -941,10 +1097,13 @@ def tokenizer_comparison(
 NUMERIC_PREFIXES = ("grad_norm/", "numerics/", "lr")
 
 
-def numerics(run: Run) -> go.Figure:
+def numerics(data: pd.DataFrame | Run) -> go.Figure:
     """Gradient norms, learning rates and numerical events (non-finite terms, NaN counts, empty masks,
-    AKL 0/0 fallbacks) over steps."""
-    scalars = run.scalars
+    AKL 0/0 fallbacks) over steps.
+
+    ``data``: a scalars DataFrame (``run.scalars``: columns ``step``, ``name``, ``value``; the names drawn
+    are ``grad_norm/<group>``, ``lr`` and ``numerics/<event>``), or a Run."""
+    scalars = _frame(data, lambda run: run.scalars, SCALAR_COLUMNS, "numerics")
     names = sorted(n for n in set(scalars["name"]) if n.startswith(NUMERIC_PREFIXES))
     if not names:
         return message_figure("no gradient norms, learning rates or numerics recorded", "numerics")
@@ -966,6 +1125,7 @@ def numerics(run: Run) -> go.Figure:
     return fig
 
 
+RESULT_ALIGNMENT = f"{ALIGNMENT_SCALARS}t2s_weight/"  # CMA's alignment scores, shown as "align <score>"
 RESULT_TERMS = (
     "loss",
     "kd",
@@ -974,17 +1134,25 @@ RESULT_TERMS = (
     "top1_agreement",
     "t2s_acc",
     "s2t_acc",
-    "alignment/t2s_weight/argmax_overlap",
-    "alignment/t2s_weight/overlap_mass",
+    f"{RESULT_ALIGNMENT}argmax_overlap",
+    f"{RESULT_ALIGNMENT}overlap_mass",
 )
 
 
-def results_table(runs: Run | Mapping[str, Run] | Sequence[Run], last: int = 10) -> pd.DataFrame:
+def results_table(
+    data: pd.DataFrame | Run | Mapping[str, pd.DataFrame | Run] | Sequence[pd.DataFrame | Run],
+    last: int = 10,
+    *,
+    by: str | None = None,
+) -> pd.DataFrame:
     """One row per run: method, steps, tokens seen and the mean of each main term over its last ``last``
-    logged steps (labels escaped for display)."""
+    logged steps (labels escaped for display).
+
+    ``data``: as for :func:`loss_terms`: a scalars DataFrame (columns ``step``, ``name``, ``value``), a
+    Run, or a mapping label -> either, or a sequence; ``by``: a column of the DataFrame naming each
+    row's run (one result row per value)."""
     rows = []
-    for label, run in _as_runs(runs).items():
-        scalars = run.scalars
+    for label, scalars in _scalars_by_run(data, by, "results_table").items():
         row: dict[str, object] = {"run": label}
         steps = sorted(scalars["step"].unique())
         row["steps"] = int(steps[-1]) + 1 if steps else 0
@@ -994,6 +1162,6 @@ def results_table(runs: Run | Mapping[str, Run] | Sequence[Run], last: int = 10)
         means = tail.groupby("name")["value"].mean()
         for term in RESULT_TERMS:
             if term in means:
-                row[term.replace("alignment/t2s_weight/", "align ")] = round(float(means[term]), 4)
+                row[term.replace(RESULT_ALIGNMENT, "align ")] = round(float(means[term]), 4)
         rows.append(row)
     return pd.DataFrame(rows)

@@ -24,6 +24,7 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
 from kdviz.record.reader import Run
+from kdviz.record.store import TRANSPORT_PLAN, VOCAB_MAP
 from kdviz.viz import figures
 
 STYLE = """
@@ -115,16 +116,9 @@ def _run_sections(run: Run, label: str, max_steps: int, view_ids: Iterator[int])
         if name in names:
             heatmap = lambda s, name=name: figures.alignment_heatmap(run.matrix(name, s, 0))  # noqa: E731
             views.append((name, heatmap, run.matrix_steps(name)))
-    if "transport_plan" in names:
-        cost = "transport_cost" in names
+    if TRANSPORT_PLAN in names:
         views.append(
-            (
-                "transport_plan",
-                lambda s: figures.transport_figure(
-                    run.matrix("transport_plan", s, 0), run.matrix("transport_cost", s, 0) if cost else None
-                ),
-                run.matrix_steps("transport_plan"),
-            )
+            (TRANSPORT_PLAN, lambda s: figures.transport_figure(run, step=s), run.matrix_steps(TRANSPORT_PLAN))
         )
     tokens = run.tokens()
     token_value = next((v for v in figures.TOKEN_VALUES if v in tokens.columns), None)
@@ -139,11 +133,11 @@ def _run_sections(run: Run, label: str, max_steps: int, view_ids: Iterator[int])
         view = stepped_view(build, pick_steps(steps, max_steps), f"view-{next(view_ids)}", name)
         if view is not None:
             out.append(view)
-    if not run.table("vocab_map").empty:
+    if not run.table(VOCAB_MAP).empty:
         out.append(_figure_html(figures.vocab_map_table(run)))
     for probe, present in (
         ("alignment", any(name in names for name in figures.ALIGNMENT_NAMES)),
-        ("transport", "transport_plan" in names),
+        ("transport", TRANSPORT_PLAN in names),
         ("token_loss", token_value is not None),
     ):
         if not present:

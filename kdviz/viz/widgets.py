@@ -27,6 +27,7 @@ import torch
 from kdviz.align.tokens import encode_text, token_strings
 from kdviz.divergences import DIVERGENCES
 from kdviz.record.reader import Run
+from kdviz.record.store import EVENTS, TOKENS, TRANSPORT_PLAN, VOCAB_MAP
 from kdviz.viz import figures, toy
 
 WHY = {
@@ -242,7 +243,7 @@ def _table_steps(run: Run, stream: str) -> list[int]:
 
 
 def _token_steps(run: Run) -> list[int]:
-    return _table_steps(run, "tokens")
+    return _table_steps(run, TOKENS)
 
 
 def _samples(run: Run) -> list[int]:
@@ -339,15 +340,11 @@ class Dashboard(_Views):
         else:
             self.add_tab("Alignment", explain(_note(run, "alignment")))
         # Transport
-        if "transport_plan" in run.matrix_names():
-            has_cost = "transport_cost" in run.matrix_names()
+        if TRANSPORT_PLAN in run.matrix_names():
             plan = self.panel(
-                lambda s, k: figures.transport_figure(
-                    run.matrix("transport_plan", s, k), run.matrix("transport_cost", s, k) if has_cost else None
-                ),
-                lambda: run.matrix_steps("transport_plan"),
+                lambda s, k: figures.transport_figure(run, step=s, sample=k), lambda: run.matrix_steps(TRANSPORT_PLAN)
             )
-            vocab = self.panel(lambda s, k: figures.vocab_map_table(run, s, k), lambda: _table_steps(run, "vocab_map"))
+            vocab = self.panel(lambda s, k: figures.vocab_map_table(run, s, k), lambda: _table_steps(run, VOCAB_MAP))
             self.add_tab("Transport", widgets.VBox([plan.widget, vocab.widget]))
         else:
             self.add_tab("Transport", explain(_note(run, "transport")))
@@ -368,7 +365,7 @@ class Dashboard(_Views):
             self.add_tab("Tokens", explain(_note(run, "token_loss")))
         # Numerics
         nums = self.panel(lambda s, k: figures.numerics(run))
-        events = run.table("events")
+        events = run.table(EVENTS)
         self.events = table_html(events) if not events.empty else widgets.HTML("<i>no numerical events</i>")
         self.add_tab("Numerics", widgets.VBox([nums.widget, self.events]))
 
@@ -401,11 +398,9 @@ class Dashboard(_Views):
                 self._syncing_rows = False
         if not options:
             return figures.message_figure("this matrix has no rows", "alignment row")
-        row = self.alignment_row.value
-        top = None
-        if matrix.info.get("row_side", "student") == "student":  # the top-k is recorded at student positions
-            top = figures.recorded_top(figures.sample_rows(run.tokens(), step, sample)).get(int(positions[row]))
-        return figures.alignment_row(matrix, row, top)
+        return figures.alignment_row(
+            run, self.alignment_row.value, name=self.alignment_name.value, step=step, sample=sample
+        )
 
     def poll(self) -> bool:
         """Read what the run appended since the last poll and redraw; True when something was new."""
