@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from kdviz._chunked import rows_per_chunk
-from kdviz._rows import Rows, check_pair, gather_rows, make_rows, scatter_rows
+from kdviz._rows import Rows, check_finite, check_pair, make_rows, scatter_rows
 
 FALLBACK_EPS = 1e-12  # g_head + g_tail below this: student equals teacher, weights are 0.5 / 0.5
 _BUCKETS = 64  # probability buckets of a factor 2 each, below the row's maximum
@@ -31,16 +31,15 @@ def check_mu(mu: float) -> None:
 
 def _candidates(p: torch.Tensor, mu: float) -> torch.Tensor:
     """Per row, a ``k`` such that the top-``k`` entries of ``p`` hold more than ``mu`` (so the head and the
-    crossing token are among them): entries are bucketed by their binary exponent below the row's largest
-    in one pass, and the buckets taken in order until their mass passes ``mu``."""
+    crossing token are among them): entries are bucketed by ``floor(-log2 p)`` (zeros and anything below
+    ``2**-63`` in the last bucket) in one pass, and the buckets taken in order until their mass passes ``mu``."""
     n, v = p.shape
-    exponent = torch.frexp(p).exponent  # p = m * 2**e, 0.5 <= m < 1: e is non-decreasing in p
-    bucket = (exponent.amax(-1, keepdim=True) - exponent).clamp_(0, _BUCKETS - 1).long()
-    bucket = torch.where(p > 0, bucket, _BUCKETS - 1)
+    bucket = torch.log2(p).neg_().clamp_(max=_BUCKETS - 1).long()  # non-increasing in p
     mass = torch.zeros(n, _BUCKETS, dtype=p.dtype, device=p.device).scatter_add_(1, bucket, p)
-    count = torch.zeros(n, _BUCKETS, dtype=torch.long, device=p.device).scatter_add_(1, bucket, torch.ones_like(bucket))
+    one = torch.ones((1, 1), device=p.device).expand_as(bucket)  # float32 counts: exact up to 2**24 entries
+    count = torch.zeros(n, _BUCKETS, device=p.device).scatter_add_(1, bucket, one)
     last = (mass.cumsum(-1) <= mu).sum(-1, keepdim=True)  # the bucket where the mass passes mu
-    k = count.cumsum(-1).gather(-1, last.clamp(max=_BUCKETS - 1)).squeeze(-1)
+    k = count.cumsum(-1).gather(-1, last.clamp(max=_BUCKETS - 1)).squeeze(-1).long()
     return torch.where(last.squeeze(-1) >= _BUCKETS, v, k)
 
 
@@ -52,8 +51,8 @@ def _ranked_heads(p: torch.Tensor, mu: float, crossing_in_head: bool):
     n, v = p.shape
     todo = torch.arange(n, device=p.device)
     k = min(int(_candidates(p, mu).max()) + 1, v) if n else v
+    chosen = p
     while todo.numel():
-        chosen = p[todo]
         top, ids = chosen.topk(k, dim=-1) if k < v else chosen.sort(dim=-1, descending=True)
         below = (top.cumsum(-1) <= mu).sum(-1)  # c is non-decreasing: the head is a prefix
         resolved = (below < k) | (k == v)
@@ -62,7 +61,7 @@ def _ranked_heads(p: torch.Tensor, mu: float, crossing_in_head: bool):
             size = torch.where(below >= 1, below + 1, size).clamp(max=v)
         yield todo[resolved], size[resolved], top[resolved], ids[resolved]
         todo = todo[~resolved]
-        k = v
+        chosen, k = p[todo], v
 
 
 def head_sizes(p: torch.Tensor, mu: float, crossing_in_head: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,29 +82,30 @@ def head_sums(
     the ranking (gathered), the tail every entry below its smallest probability, except in rows where ties
     straddle the boundary (there :func:`head_mask` decides which of the tied ids are in). Tails are summed,
     not subtracted from a total, so a tail mass of 1e-9 keeps its digits."""
-    sizes = torch.ones(p.shape[0], dtype=torch.long, device=p.device)
-    head_out = [x.new_zeros(p.shape[0]) for x in heads]
-    tail_out = [x.new_zeros(p.shape[0]) for x in tails]
+    n = p.shape[0]
+    sizes = torch.ones(n, dtype=torch.long, device=p.device)
+    smallest = torch.zeros(n, dtype=p.dtype, device=p.device)
+    tied = torch.zeros(n, dtype=torch.bool, device=p.device)
+    head_out = [x.new_zeros(n) for x in heads]
     for rows, size, top, ids in _ranked_heads(p, mu, crossing_in_head):
-        sizes[rows] = size
         width = top.shape[-1]
-        smallest = top.gather(-1, size[:, None] - 1)
-        tied = (size < width) & (smallest == top.gather(-1, size.clamp(max=width - 1)[:, None])).squeeze(-1)
-        clean = rows[~tied]
-        in_head = torch.arange(width, device=p.device) < size[~tied, None]
+        sizes[rows] = size
+        smallest[rows] = top.gather(-1, size[:, None] - 1).squeeze(-1)
+        tied[rows] = (size < width) & (smallest[rows] == top.gather(-1, size.clamp(max=width - 1)[:, None]).squeeze(-1))
+        in_head = torch.arange(width, device=p.device) < size[:, None]
         for total, x in zip(head_out, heads, strict=True):
-            total[clean] = (x[clean].gather(-1, ids[~tied]) * in_head).sum(-1)
-        if tails:
-            below = p[clean] < smallest[~tied]
-            for total, x in zip(tail_out, tails, strict=True):
-                total[clean] = torch.where(below, x[clean], 0.0).sum(-1)
-        if tied.any():
-            mixed = rows[tied]
-            head = head_mask(p[mixed], mu, crossing_in_head)
-            for total, x in zip(head_out, heads, strict=True):
-                total[mixed] = torch.where(head, x[mixed], 0.0).sum(-1)
-            for total, x in zip(tail_out, tails, strict=True):
-                total[mixed] = torch.where(head, 0.0, x[mixed]).sum(-1)
+            total[rows] = (x[rows[:, None], ids] * in_head).sum(-1)  # gathers [rows, width], not whole rows
+    tail_out = []
+    if tails:
+        below = (p < smallest[:, None]).to(p.dtype)
+        tail_out = [torch.linalg.vecdot(below, x) for x in tails]
+    if bool(tied.any()):
+        mixed = tied.nonzero().squeeze(-1)
+        head = head_mask(p[mixed], mu, crossing_in_head)
+        for total, x in zip(head_out, heads, strict=True):
+            total[mixed] = torch.where(head, x[mixed], 0.0).sum(-1)
+        for total, x in zip(tail_out, tails, strict=True):
+            total[mixed] = torch.where(head, 0.0, x[mixed]).sum(-1)
     return sizes, head_out, tail_out
 
 
@@ -191,8 +191,9 @@ def head_tail_rows(rows: Rows, mu: float = 0.5, crossing_in_head: bool = False) 
         head_size, (p_head, q_head, g_head), (p_tail, q_tail) = head_sums(p, mu, crossing_in_head, (p, q, gap), (p, q))
         g_all = gap.sum(-1)
         w_head, fallback = _weights(g_head, g_all)
-        entropy_p = -rows.vsum(p * rows.logp)
-        entropy_q = -rows.vsum(q * rows.logq)
+        # p and q are 0 outside the support and the logs finite everywhere: plain dot products, no mask
+        entropy_p = -torch.linalg.vecdot(p, rows.logp)
+        entropy_q = -torch.linalg.vecdot(q, rows.logq)
         return {
             "head_size": head_size.to(p.dtype),
             "p_head": p_head,
@@ -204,8 +205,8 @@ def head_tail_rows(rows: Rows, mu: float = 0.5, crossing_in_head: bool = False) 
             "d_head": p_head - q_head,
             "w_head": w_head,
             "weight_fallback": fallback.to(p.dtype),
-            "fkl": -entropy_p - rows.vsum(p * rows.logq),
-            "rkl": -entropy_q - rows.vsum(q * rows.logp),
+            "fkl": -entropy_p - torch.linalg.vecdot(p, rows.logq),
+            "rkl": -entropy_q - torch.linalg.vecdot(q, rows.logp),
             "entropy_p": entropy_p,
             "entropy_q": entropy_q,
             "argmax_agree": (p.argmax(-1) == q.argmax(-1)).to(p.dtype),
@@ -232,13 +233,15 @@ def head_tail(
     student_logits, teacher_logits, mask = check_pair(student_logits, teacher_logits, mask)
     v = student_logits.shape[-1]
     flat_s, flat_t = student_logits.detach().reshape(-1, v), teacher_logits.detach().reshape(-1, v)
-    index = mask.reshape(-1).nonzero().squeeze(-1)
+    index, positions = mask.reshape(-1).nonzero().squeeze(-1), mask.nonzero()
     step = rows_per_chunk(student_logits.device, v, student_logits.dtype)
     parts = []
     with torch.no_grad():
         for start in range(0, max(len(index), 1), step):  # one chunk of rows at a time, like the divergences
             rows = index[start : start + step]
-            s, t, _ = gather_rows(flat_s[rows], flat_t[rows], torch.ones(len(rows), dtype=torch.bool))
+            s, t = flat_s[rows], flat_t[rows]
+            check_finite("student_logits", s, positions[start : start + step])
+            check_finite("teacher_logits", t, positions[start : start + step])
             parts.append(head_tail_rows(make_rows(s, t, tau), mu, crossing_in_head))
         stats = {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
         return HeadTail(mask=mask, **{k: scatter_rows(v, mask, float("nan")) for k, v in stats.items()})
