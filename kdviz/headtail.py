@@ -43,25 +43,28 @@ def _candidates(p: torch.Tensor, mu: float) -> torch.Tensor:
     return torch.where(last.squeeze(-1) >= _BUCKETS, v, k)
 
 
-def _ranked_heads(p: torch.Tensor, mu: float, crossing_in_head: bool):
+def _ranked_heads(p: torch.Tensor, mu: float, crossing_in_head: bool, guess: int | None = None):
     """Yield ``(rows, size, top, ids)`` until every row of ``p`` ``[N, V]`` is covered: the head size ``|H|``
     of each of ``rows`` and that row's largest entries ``top`` (descending) and their ids, of which the first
-    ``size`` hold the head. One ``topk`` with the ``k`` of :func:`_candidates`; a full sort for the rows whose
-    rounding leaves the crossing outside it."""
+    ``size`` hold the head. One ``topk`` of ``guess`` entries when given (e.g. from similar rows), else of
+    the ``k`` of :func:`_candidates`; the rows it leaves unresolved are ranked again with that bound, and a
+    full sort for the rows whose rounding leaves the crossing outside it."""
     n, v = p.shape
-    todo = torch.arange(n, device=p.device)
-    k = min(int(_candidates(p, mu).max()) + 1, v) if n else v
-    chosen = p
+    todo, chosen = torch.arange(n, device=p.device), p
+    bounded = guess is None or guess >= v
+    k = v if not n else min(int(_candidates(p, mu).max()) + 1, v) if bounded else guess
     while todo.numel():
         top, ids = chosen.topk(k, dim=-1) if k < v else chosen.sort(dim=-1, descending=True)
         below = (top.cumsum(-1) <= mu).sum(-1)  # c is non-decreasing: the head is a prefix
-        resolved = (below < k) | (k == v)
+        resolved = (below + crossing_in_head < k) | (k == v)  # the entry after the head is in view (ties)
         size = below.clamp(min=1)
         if crossing_in_head:
             size = torch.where(below >= 1, below + 1, size).clamp(max=v)
         yield todo[resolved], size[resolved], top[resolved], ids[resolved]
         todo = todo[~resolved]
-        chosen, k = p[todo], v
+        chosen = p[todo]
+        k = v if bounded or not todo.numel() else min(int(_candidates(chosen, mu).max()) + 1, v)
+        bounded = True
 
 
 def head_sizes(p: torch.Tensor, mu: float, crossing_in_head: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,20 +77,24 @@ def head_sizes(p: torch.Tensor, mu: float, crossing_in_head: bool = False) -> tu
 
 
 def head_sums(
-    p: torch.Tensor, mu: float, crossing_in_head: bool, heads: tuple[torch.Tensor, ...],
+    p: torch.Tensor,
+    mu: float,
+    crossing_in_head: bool,
+    heads: tuple[torch.Tensor, ...],
     tails: tuple[torch.Tensor, ...] = (),
+    guess: int | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     """``(|H|, head sums, tail sums)`` per row: the sum over the head of each ``[N, V]`` tensor of ``heads`` and
     over the tail of each of ``tails``, without a ``[N, V]`` head mask. The head is the first ``|H|`` ids of
     the ranking (gathered), the tail every entry below its smallest probability, except in rows where ties
     straddle the boundary (there :func:`head_mask` decides which of the tied ids are in). Tails are summed,
-    not subtracted from a total, so a tail mass of 1e-9 keeps its digits."""
+    not subtracted from a total, so a tail mass of 1e-9 keeps its digits. ``guess``: see :func:`_ranked_heads`."""
     n = p.shape[0]
     sizes = torch.ones(n, dtype=torch.long, device=p.device)
     smallest = torch.zeros(n, dtype=p.dtype, device=p.device)
     tied = torch.zeros(n, dtype=torch.bool, device=p.device)
     head_out = [x.new_zeros(n) for x in heads]
-    for rows, size, top, ids in _ranked_heads(p, mu, crossing_in_head):
+    for rows, size, top, ids in _ranked_heads(p, mu, crossing_in_head, guess):
         width = top.shape[-1]
         sizes[rows] = size
         smallest[rows] = top.gather(-1, size[:, None] - 1).squeeze(-1)
@@ -181,14 +188,19 @@ class HeadTail:
         return {name: getattr(self, name) for name in self.statistics()}
 
 
-def head_tail_rows(rows: Rows, mu: float = 0.5, crossing_in_head: bool = False) -> dict[str, torch.Tensor]:
-    """The statistics of :class:`HeadTail` for ``[N, V]`` rows, as a dict of ``[N]`` tensors (no grad)."""
+def head_tail_rows(
+    rows: Rows, mu: float = 0.5, crossing_in_head: bool = False, guess: int | None = None
+) -> dict[str, torch.Tensor]:
+    """The statistics of :class:`HeadTail` for ``[N, V]`` rows, as a dict of ``[N]`` tensors (no grad);
+    ``guess``: how many top entries probably hold the heads (see :func:`_ranked_heads`)."""
     check_mu(mu)
     with torch.no_grad():
         rows = rows.detach()
         p, q = rows.p, rows.q
         gap = (p - q).abs()
-        head_size, (p_head, q_head, g_head), (p_tail, q_tail) = head_sums(p, mu, crossing_in_head, (p, q, gap), (p, q))
+        head_size, (p_head, q_head, g_head), (p_tail, q_tail) = head_sums(
+            p, mu, crossing_in_head, (p, q, gap), (p, q), guess
+        )
         g_all = gap.sum(-1)
         w_head, fallback = _weights(g_head, g_all)
         # p and q are 0 outside the support and the logs finite everywhere: plain dot products, no mask
@@ -235,13 +247,15 @@ def head_tail(
     flat_s, flat_t = student_logits.detach().reshape(-1, v), teacher_logits.detach().reshape(-1, v)
     index, positions = mask.reshape(-1).nonzero().squeeze(-1), mask.nonzero()
     step = rows_per_chunk(student_logits.device, v, student_logits.dtype)
-    parts = []
+    parts, guess = [], None
     with torch.no_grad():
         for start in range(0, max(len(index), 1), step):  # one chunk of rows at a time, like the divergences
             rows = index[start : start + step]
             s, t = flat_s[rows], flat_t[rows]
             check_finite("student_logits", s, positions[start : start + step])
             check_finite("teacher_logits", t, positions[start : start + step])
-            parts.append(head_tail_rows(make_rows(s, t, tau), mu, crossing_in_head))
+            parts.append(head_tail_rows(make_rows(s, t, tau), mu, crossing_in_head, guess))
+            if len(rows):  # the next chunk's tokens are neighbours of these: their heads are about as large
+                guess = int(1.25 * float(parts[-1]["head_size"].max())) + 2
         stats = {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
         return HeadTail(mask=mask, **{k: scatter_rows(v, mask, float("nan")) for k, v in stats.items()})
