@@ -15,7 +15,8 @@ from the hidden states under no grad, in every variant) so the alignment probe h
 
 Printed: median process CPU seconds per step (robust to other processes sharing the cores), its ratio
 to the bare step, the wall-time ratio, the CPU time inside ``Recorder.log`` as a share of the bare step,
-and bytes on disk per 1,000 steps.
+bytes on disk per 1,000 steps, and the peak memory of ``head_tail`` on every token of a batch (in a fresh
+process) as a multiple of one logits tensor.
 
     python benchmarks/bench_recorder.py               # ~2 minutes on 2 cores
     python benchmarks/bench_recorder.py --quick       # a smoke test of the harness
@@ -26,15 +27,21 @@ and bytes on disk per 1,000 steps.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from bench_divergences import reset_peak_rss, rss_bytes
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from kdviz import head_tail
 from kdviz.methods import Alignment, KDOutput, Logits, TokenValues
 from kdviz.record import RecordBatch, Recorder, open_run
 
@@ -106,6 +113,40 @@ def run_round(models, batches, steps: int, start: int, recorder: Recorder | None
     }
 
 
+def head_tail_memory_worker(spec: str) -> None:
+    """In a fresh process: peak RSS above the inputs of :func:`kdviz.head_tail` on ``[B, T, V]`` logits."""
+    b, t, vocab = json.loads(spec)
+    gen = torch.Generator().manual_seed(0)
+    head_tail(torch.randn(2, 4, vocab, generator=gen), torch.randn(2, 4, vocab, generator=gen))  # load kernels
+    student, teacher = torch.randn(b, t, vocab, generator=gen), torch.randn(b, t, vocab, generator=gen) * 4
+    before = rss_bytes("VmRSS")
+    reset_peak_rss()
+    head_tail(student, teacher)
+    print(json.dumps(rss_bytes("VmHWM") - before))
+
+
+def head_tail_memory(b: int, t: int, vocab: int) -> None:
+    """Print head_tail's peak memory above its inputs, in units of one ``[B, T, V]`` float32 logits tensor.
+
+    The worker runs with glibc's mmap threshold fixed at 128 KiB: with the default (dynamic) threshold, freed
+    chunk-sized temporaries stay in the heap and the peak RSS measures the allocator's retention (3-4x one
+    logits tensor here), not the live tensors."""
+    spec = json.dumps([b, t, vocab])
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+    out = subprocess.run(
+        [sys.executable, __file__, "--head-tail-memory-worker", spec],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    extra, logits = json.loads(out.stdout.strip().splitlines()[-1]), b * t * vocab * 4
+    print(
+        f"\nhead_tail on every token of {b}x{t}x{vocab}: peak above the inputs {extra / 2**20:.1f} MB "
+        f"= {extra / logits:.2f}x one logits tensor ({logits / 2**20:.1f} MB)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few rounds")
@@ -116,7 +157,10 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=8192, help="vocabulary size (real ones: 151936, 262208)")
     parser.add_argument("--batch", type=int, default=8, help="sequences per step")
     parser.add_argument("--length", type=int, default=64, help="tokens per sequence")
+    parser.add_argument("--head-tail-memory-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.head_tail_memory_worker:
+        return head_tail_memory_worker(args.head_tail_memory_worker)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     b, t, vocab, rounds, steps = args.batch, args.length, args.vocab, args.rounds, args.steps
@@ -162,6 +206,7 @@ def main() -> None:
                 f"{name:<9} {median(name, 'cpu'):10.4f} {median(name, 'cpu') / cpu:9.3f} "
                 f"{median(name, 'wall') / wall:10.3f} {median(name, 'log') / cpu:8.2%} {size / 1e6:12.2f} MB"
             )
+    head_tail_memory(b, t, vocab)
     print("\ncpu ratio: median process CPU time per step with the recorder / without (target <= 1.05 at every=10);")
     print("wall ratio: the same in wall time (noisy on a shared machine); in log(): CPU time inside")
     print("Recorder.log as a share of the bare step; per 1,000 steps: bytes of the run directory on disk.")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from kdviz.ops import Rows, check_pair, gather_rows, make_rows, rows_per_chunk, scatter_rows
+from kdviz.ops import Rows, check_finite, check_pair, check_tau, make_rows, rows_per_chunk, scatter_rows
 
 FALLBACK_EPS = 1e-12  # g_head + g_tail below this: student equals teacher, weights are 0.5 / 0.5
 _BUCKETS = 64  # probability buckets of a factor 2 each, below the row's maximum
@@ -30,38 +30,40 @@ def check_mu(mu: float) -> None:
 
 def _candidates(p: torch.Tensor, mu: float) -> torch.Tensor:
     """Per row, a ``k`` such that the top-``k`` entries of ``p`` hold more than ``mu`` (so the head and the
-    crossing token are among them): entries are bucketed by their binary exponent below the row's largest
-    in one pass, and the buckets taken in order until their mass passes ``mu``."""
+    crossing token are among them): entries are bucketed by ``floor(-log2 p)`` (zeros and anything below
+    ``2**-63`` in the last bucket) in one pass, and the buckets taken in order until their mass passes ``mu``."""
     n, v = p.shape
-    exponent = torch.frexp(p).exponent  # p = m * 2**e, 0.5 <= m < 1: e is non-decreasing in p
-    bucket = (exponent.amax(-1, keepdim=True) - exponent).clamp_(0, _BUCKETS - 1).long()
-    bucket = torch.where(p > 0, bucket, _BUCKETS - 1)
+    bucket = torch.log2(p).neg_().clamp_(max=_BUCKETS - 1).long()  # non-increasing in p
     mass = torch.zeros(n, _BUCKETS, dtype=p.dtype, device=p.device).scatter_add_(1, bucket, p)
-    count = torch.zeros(n, _BUCKETS, dtype=torch.long, device=p.device).scatter_add_(1, bucket, torch.ones_like(bucket))
+    one = torch.ones((1, 1), device=p.device).expand_as(bucket)  # float32 counts: exact up to 2**24 entries
+    count = torch.zeros(n, _BUCKETS, device=p.device).scatter_add_(1, bucket, one)
     last = (mass.cumsum(-1) <= mu).sum(-1, keepdim=True)  # the bucket where the mass passes mu
-    k = count.cumsum(-1).gather(-1, last.clamp(max=_BUCKETS - 1)).squeeze(-1)
+    k = count.cumsum(-1).gather(-1, last.clamp(max=_BUCKETS - 1)).squeeze(-1).long()
     return torch.where(last.squeeze(-1) >= _BUCKETS, v, k)
 
 
-def _ranked_heads(p: torch.Tensor, mu: float, crossing_in_head: bool):
+def _ranked_heads(p: torch.Tensor, mu: float, crossing_in_head: bool, guess: int | None = None):
     """Yield ``(rows, size, top, ids)`` until every row of ``p`` ``[N, V]`` is covered: the head size ``|H|``
     of each of ``rows`` and that row's largest entries ``top`` (descending) and their ids, of which the first
-    ``size`` hold the head. One ``topk`` with the ``k`` of :func:`_candidates`; a full sort for the rows whose
-    rounding leaves the crossing outside it."""
+    ``size`` hold the head. One ``topk`` of ``guess`` entries when given (e.g. from similar rows), else of
+    the ``k`` of :func:`_candidates`; the rows it leaves unresolved are ranked again with that bound, and a
+    full sort for the rows whose rounding leaves the crossing outside it."""
     n, v = p.shape
-    todo = torch.arange(n, device=p.device)
-    k = min(int(_candidates(p, mu).max()) + 1, v) if n else v
+    todo, chosen = torch.arange(n, device=p.device), p
+    bounded = guess is None or guess >= v
+    k = v if not n else min(int(_candidates(p, mu).max()) + 1, v) if bounded else guess
     while todo.numel():
-        chosen = p[todo]
         top, ids = chosen.topk(k, dim=-1) if k < v else chosen.sort(dim=-1, descending=True)
         below = (top.cumsum(-1) <= mu).sum(-1)  # c is non-decreasing: the head is a prefix
-        resolved = (below < k) | (k == v)
+        resolved = (below + crossing_in_head < k) | (k == v)  # the entry after the head is in view (ties)
         size = below.clamp(min=1)
         if crossing_in_head:
             size = torch.where(below >= 1, below + 1, size).clamp(max=v)
         yield todo[resolved], size[resolved], top[resolved], ids[resolved]
         todo = todo[~resolved]
-        k = v
+        chosen = p[todo]
+        k = v if bounded or not todo.numel() else min(int(_candidates(chosen, mu).max()) + 1, v)
+        bounded = True
 
 
 def head_sizes(p: torch.Tensor, mu: float, crossing_in_head: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,37 +76,42 @@ def head_sizes(p: torch.Tensor, mu: float, crossing_in_head: bool = False) -> tu
 
 
 def head_sums(
-    p: torch.Tensor, mu: float, crossing_in_head: bool, heads: tuple[torch.Tensor, ...],
+    p: torch.Tensor,
+    mu: float,
+    crossing_in_head: bool,
+    heads: tuple[torch.Tensor, ...],
     tails: tuple[torch.Tensor, ...] = (),
+    guess: int | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     """``(|H|, head sums, tail sums)`` per row: the sum over the head of each ``[N, V]`` tensor of ``heads`` and
     over the tail of each of ``tails``, without a ``[N, V]`` head mask. The head is the first ``|H|`` ids of
     the ranking (gathered), the tail every entry below its smallest probability, except in rows where ties
     straddle the boundary (there :func:`head_mask` decides which of the tied ids are in). Tails are summed,
-    not subtracted from a total, so a tail mass of 1e-9 keeps its digits."""
-    sizes = torch.ones(p.shape[0], dtype=torch.long, device=p.device)
-    head_out = [x.new_zeros(p.shape[0]) for x in heads]
-    tail_out = [x.new_zeros(p.shape[0]) for x in tails]
-    for rows, size, top, ids in _ranked_heads(p, mu, crossing_in_head):
-        sizes[rows] = size
+    not subtracted from a total, so a tail mass of 1e-9 keeps its digits. ``guess``: see :func:`_ranked_heads`."""
+    n = p.shape[0]
+    sizes = torch.ones(n, dtype=torch.long, device=p.device)
+    smallest = torch.zeros(n, dtype=p.dtype, device=p.device)
+    tied = torch.zeros(n, dtype=torch.bool, device=p.device)
+    head_out = [x.new_zeros(n) for x in heads]
+    for rows, size, top, ids in _ranked_heads(p, mu, crossing_in_head, guess):
         width = top.shape[-1]
-        smallest = top.gather(-1, size[:, None] - 1)
-        tied = (size < width) & (smallest == top.gather(-1, size.clamp(max=width - 1)[:, None])).squeeze(-1)
-        clean = rows[~tied]
-        in_head = torch.arange(width, device=p.device) < size[~tied, None]
+        sizes[rows] = size
+        smallest[rows] = top.gather(-1, size[:, None] - 1).squeeze(-1)
+        tied[rows] = (size < width) & (smallest[rows] == top.gather(-1, size.clamp(max=width - 1)[:, None]).squeeze(-1))
+        in_head = torch.arange(width, device=p.device) < size[:, None]
         for total, x in zip(head_out, heads, strict=True):
-            total[clean] = (x[clean].gather(-1, ids[~tied]) * in_head).sum(-1)
-        if tails:
-            below = p[clean] < smallest[~tied]
-            for total, x in zip(tail_out, tails, strict=True):
-                total[clean] = torch.where(below, x[clean], 0.0).sum(-1)
-        if tied.any():
-            mixed = rows[tied]
-            head = head_mask(p[mixed], mu, crossing_in_head)
-            for total, x in zip(head_out, heads, strict=True):
-                total[mixed] = torch.where(head, x[mixed], 0.0).sum(-1)
-            for total, x in zip(tail_out, tails, strict=True):
-                total[mixed] = torch.where(head, 0.0, x[mixed]).sum(-1)
+            total[rows] = (x[rows[:, None], ids] * in_head).sum(-1)  # gathers [rows, width], not whole rows
+    tail_out = []
+    if tails:
+        below = (p < smallest[:, None]).to(p.dtype)
+        tail_out = [torch.linalg.vecdot(below, x) for x in tails]
+    if bool(tied.any()):
+        mixed = tied.nonzero().squeeze(-1)
+        head = head_mask(p[mixed], mu, crossing_in_head)
+        for total, x in zip(head_out, heads, strict=True):
+            total[mixed] = torch.where(head, x[mixed], 0.0).sum(-1)
+        for total, x in zip(tail_out, tails, strict=True):
+            total[mixed] = torch.where(head, 0.0, x[mixed]).sum(-1)
     return sizes, head_out, tail_out
 
 
@@ -180,18 +187,24 @@ class HeadTail:
         return {name: getattr(self, name) for name in self.statistics()}
 
 
-def head_tail_rows(rows: Rows, mu: float = 0.5, crossing_in_head: bool = False) -> dict[str, torch.Tensor]:
-    """The statistics of :class:`HeadTail` for ``[N, V]`` rows, as a dict of ``[N]`` tensors (no grad)."""
+def head_tail_rows(
+    rows: Rows, mu: float = 0.5, crossing_in_head: bool = False, guess: int | None = None
+) -> dict[str, torch.Tensor]:
+    """The statistics of :class:`HeadTail` for ``[N, V]`` rows, as a dict of ``[N]`` tensors (no grad);
+    ``guess``: how many top entries probably hold the heads (see :func:`_ranked_heads`)."""
     check_mu(mu)
     with torch.no_grad():
         rows = rows.detach()
         p, q = rows.p, rows.q
         gap = (p - q).abs()
-        head_size, (p_head, q_head, g_head), (p_tail, q_tail) = head_sums(p, mu, crossing_in_head, (p, q, gap), (p, q))
+        head_size, (p_head, q_head, g_head), (p_tail, q_tail) = head_sums(
+            p, mu, crossing_in_head, (p, q, gap), (p, q), guess
+        )
         g_all = gap.sum(-1)
         w_head, fallback = _weights(g_head, g_all)
-        entropy_p = -rows.vsum(p * rows.logp)
-        entropy_q = -rows.vsum(q * rows.logq)
+        # p and q are 0 outside the support and the logs finite everywhere: plain dot products, no mask
+        entropy_p = -torch.linalg.vecdot(p, rows.logp)
+        entropy_q = -torch.linalg.vecdot(q, rows.logq)
         return {
             "head_size": head_size.to(p.dtype),
             "p_head": p_head,
@@ -203,8 +216,8 @@ def head_tail_rows(rows: Rows, mu: float = 0.5, crossing_in_head: bool = False) 
             "d_head": p_head - q_head,
             "w_head": w_head,
             "weight_fallback": fallback.to(p.dtype),
-            "fkl": -entropy_p - rows.vsum(p * rows.logq),
-            "rkl": -entropy_q - rows.vsum(q * rows.logp),
+            "fkl": -entropy_p - torch.linalg.vecdot(p, rows.logq),
+            "rkl": -entropy_q - torch.linalg.vecdot(q, rows.logp),
             "entropy_p": entropy_p,
             "entropy_q": entropy_q,
             "argmax_agree": (p.argmax(-1) == q.argmax(-1)).to(p.dtype),
@@ -226,18 +239,21 @@ def head_tail(
     sides). Rows are processed in chunks of the divergences' size, so memory stays a few chunks above the logits.
     """
     check_mu(mu)
-    if not (isinstance(tau, (int, float)) and tau > 0):
-        raise ValueError(f"tau must be a positive number, got {tau!r}")
+    tau = check_tau(tau)
     student_logits, teacher_logits, mask = check_pair(student_logits, teacher_logits, mask)
     v = student_logits.shape[-1]
     flat_s, flat_t = student_logits.detach().reshape(-1, v), teacher_logits.detach().reshape(-1, v)
-    index = mask.reshape(-1).nonzero().squeeze(-1)
+    index, positions = mask.reshape(-1).nonzero().squeeze(-1), mask.nonzero()
     step = rows_per_chunk(student_logits.device, v, student_logits.dtype)
-    parts = []
+    parts, guess = [], None
     with torch.no_grad():
         for start in range(0, max(len(index), 1), step):  # one chunk of rows at a time, like the divergences
             rows = index[start : start + step]
-            s, t, _ = gather_rows(flat_s[rows], flat_t[rows], torch.ones(len(rows), dtype=torch.bool))
-            parts.append(head_tail_rows(make_rows(s, t, tau), mu, crossing_in_head))
+            s, t = flat_s[rows], flat_t[rows]
+            check_finite("student_logits", s, positions[start : start + step])
+            check_finite("teacher_logits", t, positions[start : start + step])
+            parts.append(head_tail_rows(make_rows(s, t, tau), mu, crossing_in_head, guess))
+            if len(rows):  # the next chunk's tokens are neighbours of these: their heads are about as large
+                guess = int(1.25 * float(parts[-1]["head_size"].max())) + 2
         stats = {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
         return HeadTail(mask=mask, **{k: scatter_rows(v, mask, float("nan")) for k, v in stats.items()})

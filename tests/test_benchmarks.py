@@ -14,7 +14,7 @@ CASES = {
     "bench_dashboard_browser": ([], ["kdviz    first render", "ratio kdviz / baseline"]),
     "bench_divergences": (["--names", "fkl", "--dtypes", "float32"], ["fkl ", "fused "]),
     "bench_ot": ([], ["[SD]", "ULD", "second call", "[MultiLevelOT levels]"]),
-    "bench_recorder": ([], ["every=10", "every=1"]),
+    "bench_recorder": ([], ["every=10", "every=1", "x one logits tensor"]),
     "bench_viz": ([], ["open + build dashboard", "step slider update", "static report"]),
     "bench_vocab_map": ([], ["llama2 -> gpt2", "mistral -> llama3", "kdviz whole map"]),
 }
