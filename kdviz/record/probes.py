@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from kdviz.align.scores import alignment_scores, row_scores
 from kdviz.headtail import head_tail
 from kdviz.methods.diagnostics import Alignment, Logits, RankPairs, TokenEvents, TokenValues, Transport
-from kdviz.ops import next_token_targets
+from kdviz.ops import next_token_targets, row_logsumexp
 from kdviz.record.batchview import BatchView
 from kdviz.record.store import ALIGNMENT_SCALARS, QUANTILES, TOP_K
 
@@ -443,13 +443,12 @@ def probe_token_loss(view: BatchView, rec: StepRecord) -> str | None:
             for k, sample in enumerate(rec.samples):
                 rec.token_column(sample, "token_ce", ce[k])
             found = True
-    rows = [s.row for s in rec.samples]
     for side, source, vocab in _top_sources(view):
-        logits = source.detach()[rows]
-        top, ids = logits.topk(min(TOP_K, source.shape[-1]), -1)  # the softmax's order, without the [., V] softmax
-        probs = (top.float() - torch.logsumexp(logits.float(), -1, keepdim=True)).exp()
-        for k, sample in enumerate(rec.samples):
-            rec.token_top(sample, side, TopTokens(ids[k], probs[k], vocab))
+        for sample in rec.samples:
+            logits = source.detach()[sample.row]  # a view: no [T, V] copy per sample
+            top, ids = logits.topk(min(TOP_K, source.shape[-1]), -1)  # the softmax's order, without a softmax
+            lse = row_logsumexp(logits, torch.arange(logits.shape[0], device=logits.device), 1.0)  # in chunks
+            rec.token_top(sample, side, TopTokens(ids, (top.float() - lse[:, None]).exp(), vocab))
     if view.texts:
         for sample in rec.samples:
             rec.texts[sample.example_id] = view.texts[sample.row]
