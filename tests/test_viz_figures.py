@@ -410,6 +410,8 @@ def test_matrix_figures_from_a_run(cma, ot):
     assert list(row.data[1].cells.values[1]) == [F.token_label(t) for t, _ in top[0]]
     plan, cost = ot.matrix("transport_plan", 2, 0), ot.matrix("transport_cost", 2, 0)
     assert F.transport_figure(ot, step=2).to_json() == F.transport_figure(plan, cost).to_json()
+    with pytest.raises(ValueError, match="pick a matrix of a Run"):
+        F.alignment_heatmap(matrix, step=2)  # a Matrix is drawn as it is, never silently another step
 
 
 def test_vocab_map_table_from_a_dataframe(ot):
