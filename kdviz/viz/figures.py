@@ -94,18 +94,25 @@ SCALAR_COLUMNS = ("step", "name", "value")
 TOKEN_COLUMNS = ("step", "sample", "position", "token")
 
 
-def _frame(data: pd.DataFrame | Run, read: Callable[[Run], pd.DataFrame], columns: Sequence[str], figure: str):
+def _require(table: pd.DataFrame, columns: Sequence[str], figure: str) -> None:
+    """Raise a ValueError naming the ``columns`` that ``table`` (the data given to ``figure``) lacks."""
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ValueError(
+            f"{figure}(data): the DataFrame has no column {', '.join(map(repr, missing))}; it needs "
+            f"{list(columns)}, has {list(table.columns)}"
+        )
+
+
+def _frame(
+    data: pd.DataFrame | Run, read: Callable[[Run], pd.DataFrame], columns: Sequence[str], figure: str
+) -> pd.DataFrame:
     """The table ``figure`` plots: ``data`` itself (a DataFrame holding ``columns``), or ``read(data)`` for a Run."""
     if isinstance(data, Run):
         return read(data)
     if not isinstance(data, pd.DataFrame):
         raise TypeError(f"{figure}(data): expected a pandas DataFrame or a kdviz Run, got {type(data).__name__}")
-    missing = [c for c in columns if c not in data.columns]
-    if missing:
-        raise ValueError(
-            f"{figure}(data): the DataFrame has no column {', '.join(map(repr, missing))}; it needs "
-            f"{list(columns)}, has {list(data.columns)}"
-        )
+    _require(data, columns, figure)
     return data
 
 
@@ -389,7 +396,7 @@ def head_tail_steps(data: pd.DataFrame | Run, space: str | None = None) -> go.Fi
         )
     w = table[table["statistic"] == "w_head"].sort_values("step")
     if not w.empty:
-        _frame(w, lambda run: run.head_tail(), W_HEAD_BANDS, "head_tail_steps")
+        _require(w, W_HEAD_BANDS, "head_tail_steps")
         for low, high, alpha in (("q05", "q95", 0.15), ("q25", "q75", 0.3)):
             fig.add_trace(
                 go.Scatter(x=w["step"], y=w[high], line={"width": 0}, showlegend=False, hoverinfo="skip"), row=3, col=1
