@@ -94,18 +94,25 @@ SCALAR_COLUMNS = ("step", "name", "value")
 TOKEN_COLUMNS = ("step", "sample", "position", "token")
 
 
-def _frame(data: pd.DataFrame | Run, read: Callable[[Run], pd.DataFrame], columns: Sequence[str], figure: str):
+def _require(table: pd.DataFrame, columns: Sequence[str], figure: str) -> None:
+    """Raise a ValueError naming the ``columns`` that ``table`` (the data given to ``figure``) lacks."""
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ValueError(
+            f"{figure}(data): the DataFrame has no column {', '.join(map(repr, missing))}; it needs "
+            f"{list(columns)}, has {list(table.columns)}"
+        )
+
+
+def _frame(
+    data: pd.DataFrame | Run, read: Callable[[Run], pd.DataFrame], columns: Sequence[str], figure: str
+) -> pd.DataFrame:
     """The table ``figure`` plots: ``data`` itself (a DataFrame holding ``columns``), or ``read(data)`` for a Run."""
     if isinstance(data, Run):
         return read(data)
     if not isinstance(data, pd.DataFrame):
         raise TypeError(f"{figure}(data): expected a pandas DataFrame or a kdviz Run, got {type(data).__name__}")
-    missing = [c for c in columns if c not in data.columns]
-    if missing:
-        raise ValueError(
-            f"{figure}(data): the DataFrame has no column {', '.join(map(repr, missing))}; it needs "
-            f"{list(columns)}, has {list(data.columns)}"
-        )
+    _require(data, columns, figure)
     return data
 
 
@@ -122,12 +129,20 @@ def _scalars_by_run(data, color: str | None, figure: str) -> dict[str, pd.DataFr
     }
 
 
-def _matrix(data: Matrix | Run | pd.DataFrame, name: str, step: int | None, sample: int, figure: str) -> Matrix:
-    """The matrix ``figure`` draws: ``data`` itself (a Matrix), matrix ``name`` of a Run at ``step`` (default:
-    the latest) and ``sample``, or a wide DataFrame (student tokens as the index, teacher tokens as the
-    columns, numbers as the cells; no ground truth)."""
+def _matrix(
+    data: Matrix | Run | pd.DataFrame, name: str | None, step: int | None, sample: int, figure: str, default: str
+) -> Matrix:
+    """The matrix ``figure`` draws: ``data`` itself (a Matrix), matrix ``name`` (default: ``default``) of a Run
+    at ``step`` (default: the latest) and ``sample``, or a wide DataFrame (student tokens as the index, teacher
+    tokens as the columns, numbers as the cells; no ground truth) titled ``name``."""
     if isinstance(data, Matrix):
+        if name is not None or step is not None or sample != 0:
+            raise ValueError(
+                f"{figure}(data): name, step and sample pick a matrix of a Run; data is already the matrix "
+                f"{data.name!r} of step {data.step}, sample {data.sample}"
+            )
         return data
+    name = default if name is None else name
     if isinstance(data, Run):
         return data.matrix(name, step, sample)
     if not isinstance(data, pd.DataFrame):
@@ -381,7 +396,7 @@ def head_tail_steps(data: pd.DataFrame | Run, space: str | None = None) -> go.Fi
         )
     w = table[table["statistic"] == "w_head"].sort_values("step")
     if not w.empty:
-        _frame(w, lambda run: run.head_tail(), W_HEAD_BANDS, "head_tail_steps")
+        _require(w, W_HEAD_BANDS, "head_tail_steps")
         for low, high, alpha in (("q05", "q95", 0.15), ("q25", "q75", 0.3)):
             fig.add_trace(
                 go.Scatter(x=w["step"], y=w[high], line={"width": 0}, showlegend=False, hoverinfo="skip"), row=3, col=1
@@ -597,10 +612,8 @@ def _reference_trace(view: MatrixView) -> go.Scatter:
     )
 
 
-def _alignment_name(data: object, name: str | None) -> str:
-    """``name``, else the first alignment matrix a Run recorded (CMA's ``t2s_weight`` before ``s2t_weight``)."""
-    if name is not None:
-        return name
+def _first_alignment(data: object) -> str:
+    """The first alignment matrix a Run recorded (CMA's ``t2s_weight`` before ``s2t_weight``)."""
     recorded = data.matrix_names() if isinstance(data, Run) else []
     return next((n for n in ALIGNMENT_MATRICES if n in recorded), ALIGNMENT_MATRICES[0])
 
@@ -627,7 +640,7 @@ def alignment_heatmap(
     teacher token's weights over the student tokens, ``info["over"] == "student"``: CMA's ``s2t_weight``).
     Axes longer than ``limit`` are binned (:func:`matrix_view`).
     """
-    matrix = _matrix(data, _alignment_name(data, name), step, sample, "alignment_heatmap")
+    matrix = _matrix(data, name, step, sample, "alignment_heatmap", _first_alignment(data))
     view = matrix_view(matrix, limit)
     fig = go.Figure(_heatmap_trace(view, "student", "teacher", colorscale, colorbar={"title": "weight"}))
     fig.add_trace(_reference_trace(view))
@@ -664,7 +677,7 @@ def alignment_row(
 
     ``data``: as for :func:`alignment_heatmap` (a Matrix, a Run with ``name``, ``step``, ``sample``, or a
     wide DataFrame); from a Run, ``top`` defaults to the top-k the run recorded at that student position."""
-    matrix = _matrix(data, _alignment_name(data, name), step, sample, "alignment_row")
+    matrix = _matrix(data, name, step, sample, "alignment_row", _first_alignment(data))
     values = np.asarray(matrix.values, dtype=np.float64)
     if not 0 <= row < values.shape[0]:
         raise ValueError(f"row must be in [0, {values.shape[0]}) for this {values.shape[0]}-row matrix, got {row}")
@@ -773,11 +786,11 @@ def transport_figure(
     one, so the longer side's last positions carry no mass; they are left out and counted in the title
     (drawn, they looked like a solver that broke its uniform marginals).
     """
-    plan = _matrix(data, TRANSPORT_PLAN, step, sample, "transport_figure")
+    plan = _matrix(data, None, step, sample, "transport_figure", TRANSPORT_PLAN)
     if cost is None and isinstance(data, Run) and TRANSPORT_COST in data.matrix_names():
         cost = data.matrix(TRANSPORT_COST, plan.step, plan.sample)
     elif cost is not None:
-        cost = _matrix(cost, TRANSPORT_COST, plan.step, plan.sample, "transport_figure")
+        cost = _matrix(cost, None, None, 0, "transport_figure", TRANSPORT_COST)
     if cost is not None and cost.values.shape != plan.values.shape:
         shapes = f"expected the plan's shape {plan.values.shape}, got {cost.values.shape}"
         raise ValueError(f"transport_figure(cost): {shapes}")
