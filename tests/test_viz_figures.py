@@ -301,19 +301,19 @@ def test_loss_terms_from_a_long_dataframe_coloured_by_run(cma):
         "name": ["loss"] * 6,
         "value": [3.0, 2.0, 1.0, 4.0, 4.0, 4.0],
     })
-    fig = F.loss_terms(scalars, color="run", smoothing=0.5)
+    fig = figures.loss_terms(scalars, color="run", smoothing=0.5)
     assert [t.name for t in fig.data] == ["a: loss (raw)", "a: loss", "b: loss (raw)", "b: loss"]
     assert list(fig.data[0].x) == [0, 1, 2] and list(fig.data[0].y) == [3.0, 2.0, 1.0]
-    np.testing.assert_allclose(fig.data[1].y, F.smooth([3.0, 2.0, 1.0], 0.5))
+    np.testing.assert_allclose(fig.data[1].y, figures.smooth([3.0, 2.0, 1.0], 0.5))
     np.testing.assert_allclose(fig.data[3].y, [4.0, 4.0, 4.0])
-    one = F.loss_terms(scalars[scalars["run"] == "a"])  # one run, no colour column: legend is the term
+    one = figures.loss_terms(scalars[scalars["run"] == "a"])  # one run, no colour column: legend is the term
     assert [t.name for t in one.data] == ["loss (raw)", "loss"]
-    assert drawn(F.loss_terms(cma)) == drawn(F.loss_terms(cma.scalars))
-    assert drawn(F.loss_terms([cma, cma.scalars])) == drawn(F.loss_terms({"x": cma.scalars, "y": cma}))
+    assert drawn(figures.loss_terms(cma)) == drawn(figures.loss_terms(cma.scalars))
+    assert drawn(figures.loss_terms([cma, cma.scalars])) == drawn(figures.loss_terms({"x": cma.scalars, "y": cma}))
     with pytest.raises(ValueError, match="no column 'run'"):
-        F.loss_terms(scalars.drop(columns="run"), color="run")
+        figures.loss_terms(scalars.drop(columns="run"), color="run")
     with pytest.raises(ValueError, match="wall_time"):
-        F.loss_terms(scalars, x="wall_time")
+        figures.loss_terms(scalars, x="wall_time")
 
 
 def test_head_tail_steps_from_a_dataframe(vanilla):
@@ -324,15 +324,15 @@ def test_head_tail_steps_from_a_dataframe(vanilla):
         for stat, m in means.items()
         for k in (0, 1)
     ])
-    fig = F.head_tail_steps(table)
+    fig = figures.head_tail_steps(table)
     by_name = {t.name: t for t in fig.data}
     assert list(by_name["teacher head p(H)"].y) == [0.9, 0.8] and list(by_name["g_head"].x) == [0, 1]
     assert list(by_name["student on head q(H)"].y) == [0.5, 0.7]
     np.testing.assert_allclose(by_name["w_head median"].y, [0.3, 0.6])
     np.testing.assert_allclose(by_name["w_head q05-q95"].y, [0.05, 0.35])  # the band's low edge: q05
-    assert F.head_tail_steps(vanilla).to_json() == F.head_tail_steps(vanilla.head_tail()).to_json()
+    assert figures.head_tail_steps(vanilla).to_json() == figures.head_tail_steps(vanilla.head_tail()).to_json()
     with pytest.raises(ValueError, match="q05"):
-        F.head_tail_steps(table.drop(columns="q05"))
+        figures.head_tail_steps(table.drop(columns="q05"))
 
 
 def test_head_tail_tokens_from_a_dataframe(vanilla):
@@ -341,11 +341,11 @@ def test_head_tail_tokens_from_a_dataframe(vanilla):
         "p_head": [0.9, 0.8, 0.7], "q_head": [0.5, 0.6, 0.7], "g_head": [0.4, 0.2, 0.0],
         "g_tail": [0.1, 0.2, 0.3], "w_head": [0.2, 0.5, 0.9],
     })
-    fig = F.head_tail_tokens(rows, 3)
+    fig = figures.head_tail_tokens(rows, 3)
     assert list(fig.data[0].x) == ["5 a", "6 &lt;b&gt;", "7 c"] and list(fig.data[0].y) == [0.9, 0.8, 0.7]
     assert list(fig.data[2].y) == [0.4, 0.2, 0.0] and list(fig.data[4].y) == [0.2, 0.5, 0.9]
     per_token = vanilla.head_tail(per_token=True)
-    assert F.head_tail_tokens(vanilla, 2, 1).to_json() == F.head_tail_tokens(per_token, 2, 1).to_json()
+    assert figures.head_tail_tokens(vanilla, 2, 1).to_json() == figures.head_tail_tokens(per_token, 2, 1).to_json()
 
 
 def test_token_losses_from_a_dataframe(vanilla):
@@ -353,12 +353,12 @@ def test_token_losses_from_a_dataframe(vanilla):
         "step": [1, 1, 1, 2], "sample": [0, 0, 0, 0], "position": [2, 0, 1, 0],
         "token": ["c", "a", "b", "z"], "token_kd": [0.3, 0.1, 0.2, 9.0],
     })
-    heat = F.token_losses(rows, 1, per_line=2).data[0]
+    heat = figures.token_losses(rows, 1, per_line=2).data[0]
     assert [t for line in heat.text for t in line] == ["a", "b", "c", ""]  # by position, wrapped every 2
     np.testing.assert_allclose(np.asarray(heat.z, dtype=float).ravel()[:3], [0.1, 0.2, 0.3])
-    assert F.token_losses(vanilla, 4, 0).to_json() == F.token_losses(vanilla.tokens(), 4, 0).to_json()
+    assert figures.token_losses(vanilla, 4, 0).to_json() == figures.token_losses(vanilla.tokens(), 4, 0).to_json()
     with pytest.raises(ValueError, match="no column 'position'"):
-        F.token_losses(rows.drop(columns="position"), 1)
+        figures.token_losses(rows.drop(columns="position"), 1)
 
 
 def test_numerics_and_results_from_a_dataframe(cma, vanilla):
@@ -368,49 +368,49 @@ def test_numerics_and_results_from_a_dataframe(cma, vanilla):
         "name": ["grad_norm/student", "loss", "grad_norm/student", "loss", "loss", "loss"],
         "value": [1.5, 2.0, 0.5, 1.0, 7.0, 9.0],
     })
-    fig = F.numerics(scalars)
+    fig = figures.numerics(scalars)
     assert [t.name for t in fig.data] == ["grad_norm/student"] and list(fig.data[0].y) == [1.5, 0.5]
-    assert F.numerics(cma).to_json() == F.numerics(cma.scalars).to_json()
-    table = F.results_table(scalars, by="run")
+    assert figures.numerics(cma).to_json() == figures.numerics(cma.scalars).to_json()
+    table = figures.results_table(scalars, by="run")
     assert table["run"].tolist() == ["a", "b"] and table["loss"].tolist() == [1.5, 8.0]
     assert table["steps"].tolist() == [2, 2]
-    from_runs = F.results_table({"c": cma, "v": vanilla})
-    pd.testing.assert_frame_equal(from_runs, F.results_table({"c": cma.scalars, "v": vanilla.scalars}))
+    from_runs = figures.results_table({"c": cma, "v": vanilla})
+    pd.testing.assert_frame_equal(from_runs, figures.results_table({"c": cma.scalars, "v": vanilla.scalars}))
 
 
 def test_matrix_figures_from_a_wide_dataframe():
     plan = pd.DataFrame([[0.25, 0.0, 0.25], [0.0, 0.5, 0.0]], index=["s0", "s1"], columns=["t0", "t1", "t2"])
-    heat = F.alignment_heatmap(plan, "my alignment")
+    heat = figures.alignment_heatmap(plan, "my alignment")
     np.testing.assert_allclose(heat.data[0].z, plan.to_numpy())
     assert list(heat.data[0].y) == ["0 s0", "1 s1"] and list(heat.data[0].x) == ["0 t0", "1 t1", "2 t2"]
     assert heat.layout.title.text.startswith("my alignment") and len(heat.data[1].x) == 0  # no ground truth
-    row = F.alignment_row(plan, 1)
+    row = figures.alignment_row(plan, 1)
     assert list(row.data[0].y) == [0.0, 0.5, 0.0] and "argmax 1 t1" in row.layout.title.text
     cost = plan * 0 + np.arange(6).reshape(2, 3)
-    fig = F.transport_figure(plan, cost)
+    fig = figures.transport_figure(plan, cost)
     np.testing.assert_allclose(fig.data[0].z, plan.to_numpy())
     np.testing.assert_allclose(fig.data[2].z, cost.to_numpy())
     with pytest.raises(ValueError, match="plan's shape"):
-        F.transport_figure(plan, cost.iloc[:, :2])
+        figures.transport_figure(plan, cost.iloc[:, :2])
     with pytest.raises(ValueError, match="holds numbers"):
-        F.alignment_heatmap(pd.DataFrame({"t0": ["x"]}))
+        figures.alignment_heatmap(pd.DataFrame({"t0": ["x"]}))
     with pytest.raises(TypeError, match="Matrix, a kdviz Run or a wide pandas DataFrame"):
-        F.alignment_heatmap(plan.to_numpy())
+        figures.alignment_heatmap(plan.to_numpy())
 
 
 def test_matrix_figures_from_a_run(cma, ot):
     matrix = cma.matrix("t2s_weight", 4, 1)
-    assert F.alignment_heatmap(cma, step=4, sample=1).to_json() == F.alignment_heatmap(matrix).to_json()
-    assert F.alignment_heatmap(cma).to_json() == F.alignment_heatmap(cma.matrix("t2s_weight")).to_json()
+    assert figures.alignment_heatmap(cma, step=4, sample=1).to_json() == figures.alignment_heatmap(matrix).to_json()
+    assert figures.alignment_heatmap(cma).to_json() == figures.alignment_heatmap(cma.matrix("t2s_weight")).to_json()
     position = matrix.info["rows"][0]
-    top = F.recorded_top(F.sample_rows(cma.tokens(), 4, 1))[position]  # the top-k recorded there
-    row = F.alignment_row(cma, 0, step=4, sample=1)
-    assert row.to_json() == F.alignment_row(matrix, 0, top).to_json()
-    assert list(row.data[1].cells.values[1]) == [F.token_label(t) for t, _ in top[0]]
+    top = figures.recorded_top(figures.sample_rows(cma.tokens(), 4, 1))[position]  # the top-k recorded there
+    row = figures.alignment_row(cma, 0, step=4, sample=1)
+    assert row.to_json() == figures.alignment_row(matrix, 0, top).to_json()
+    assert list(row.data[1].cells.values[1]) == [figures.token_label(t) for t, _ in top[0]]
     plan, cost = ot.matrix("transport_plan", 2, 0), ot.matrix("transport_cost", 2, 0)
-    assert F.transport_figure(ot, step=2).to_json() == F.transport_figure(plan, cost).to_json()
+    assert figures.transport_figure(ot, step=2).to_json() == figures.transport_figure(plan, cost).to_json()
     with pytest.raises(ValueError, match="pick a matrix of a Run"):
-        F.alignment_heatmap(matrix, step=2)  # a Matrix is drawn as it is, never silently another step
+        figures.alignment_heatmap(matrix, step=2)  # a Matrix is drawn as it is, never silently another step
 
 
 def test_vocab_map_table_from_a_dataframe(ot):
@@ -418,14 +418,14 @@ def test_vocab_map_table_from_a_dataframe(ot):
         "step": [0, 0, 3, 3], "sample": [0, 0, 0, 0], "rank": [0, 1, 0, 1],
         "teacher_id": [5, 6, 7, 8], "student_id": [1, 2, 3, 4],
     })
-    cells = F.vocab_map_table(table, step=2, teacher_tokens={5: "five"}).data[0].cells.values  # step 0: <= 2
+    cells = figures.vocab_map_table(table, step=2, teacher_tokens={5: "five"}).data[0].cells.values  # step 0: <= 2
     assert list(cells[0]) == [0, 1] and list(cells[1]) == ["five\u00a0(5)", "6"] and list(cells[2]) == ["1", "2"]
-    assert list(F.vocab_map_table(table).data[0].cells.values[2]) == ["3", "4"]  # the latest step
-    assert F.vocab_map_table(ot, 2, 0).to_json() == F.vocab_map_table(ot.table("vocab_map"), 2, 0).to_json()
+    assert list(figures.vocab_map_table(table).data[0].cells.values[2]) == ["3", "4"]  # the latest step
+    assert figures.vocab_map_table(ot, 2, 0).to_json() == figures.vocab_map_table(ot.table("vocab_map"), 2, 0).to_json()
     with pytest.raises(ValueError, match="no column 'student_id'"):
-        F.vocab_map_table(table.drop(columns="student_id"))
+        figures.vocab_map_table(table.drop(columns="student_id"))
     with pytest.raises(TypeError, match="DataFrame or a kdviz Run"):
-        F.vocab_map_table(table.to_dict())
+        figures.vocab_map_table(table.to_dict())
 
 
 def test_kdviz_viz_exports_views_only():
