@@ -144,7 +144,7 @@ def test_transport_plan_shows_only_transported_positions_with_uniform_marginals(
         np.testing.assert_allclose(rows, rows.mean(), rtol=1e-3)
         assert fig.layout.yaxis2.title.text is None and "no ground truth" not in str(fig.layout.annotations)
     untransported = int((values.sum(1) == 0).sum()) + 3
-    assert f"not transported (beyond the paired span): {untransported} student positions" in fig.layout.title.text
+    assert f"<br>not transported (beyond the paired span): {untransported} student positions" in fig.layout.title.text
 
 
 def test_transport_plan_cost_and_vocab_map(ot):
@@ -438,3 +438,18 @@ def test_kdviz_viz_exports_views_only():
     assert set(viz.__all__) == {name for name, value in public.items() if not inspect.ismodule(value)} | {"lab"}
     assert {name for name, value in public.items() if inspect.ismodule(value)} == {"figures", "lab", "toy", "widgets"}
     assert not {"smooth", "token_label", "message_figure", "matrix_view", "MAX_AXIS", "top_tokens"} & set(public)
+
+
+def test_a_near_uniform_plan_is_drawn_in_one_colour_from_zero():
+    """Colours run from 0 to the largest mass (plotly ignores a lone ``zmin``): a plan of 0.1 +- 1e-7 is one
+    colour, not float noise at full contrast."""
+    noise = np.random.default_rng(0).normal(0, 1e-7, (3, 10))
+    plan = pd.DataFrame(0.1 + noise, index=["s0", "s1", "s2"], columns=[f"t{j}" for j in range(10)])
+    fig = figures.transport_figure(plan, plan * 4)
+    for trace, top in ((fig.data[0], plan.to_numpy().max()), (fig.data[2], 4 * plan.to_numpy().max())):
+        assert trace.zmin == 0 and trace.zmax == pytest.approx(top)
+        z = np.asarray(trace.z, dtype=float)
+        assert (z.max() - z.min()) / (trace.zmax - trace.zmin) < 1e-5  # the cells' colours differ by < 1e-5
+    heat = figures.alignment_heatmap(plan).data[0]
+    assert heat.zmin == 0 and heat.zmax == pytest.approx(plan.to_numpy().max())
+    assert fig.data[0].colorbar.tickformat == ".3~g"

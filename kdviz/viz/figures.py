@@ -157,8 +157,13 @@ def _matrix(
             f"the columns); its columns hold {sorted(set(map(str, data.dtypes)))}"
         ) from None
     return Matrix(
-        values, [str(t) for t in data.index], [str(t) for t in data.columns], None, name=name,
-        step=0 if step is None else int(step), sample=sample,
+        values,
+        [str(t) for t in data.index],
+        [str(t) for t in data.columns],
+        None,
+        name=name,
+        step=0 if step is None else int(step),
+        sample=sample,
     )
 
 
@@ -590,12 +595,18 @@ def _full_ranges(view: MatrixView) -> tuple[list[float], list[float]]:
 
 
 def _heatmap_trace(view: MatrixView, row_name: str, col_name: str, colorscale: str, **kwargs) -> go.Heatmap:
+    """A heatmap whose colours run from 0 to the largest value. Plotly ignores ``zmin`` without ``zmax`` (it
+    keeps scaling to the data), and a data-scaled near-uniform plan (masses 0.1 +- 1e-7) shows float noise
+    at full contrast."""
+    finite = view.z[np.isfinite(view.z)]
+    top = float(finite.max()) if finite.size else 0.0
     return go.Heatmap(
         z=finite_or_none(view.z),
         x=view.x,
         y=view.y,
         colorscale=colorscale,
         zmin=0,
+        zmax=top if top > 0 else None,
         hovertemplate=f"{row_name} %{{y}}<br>{col_name} %{{x}}<br>weight %{{z:.4f}}<extra></extra>",
         **kwargs,
     )
@@ -804,20 +815,25 @@ def transport_figure(
     fig = make_subplots(
         rows=1,
         cols=len(views),
-        horizontal_spacing=0.1,
+        horizontal_spacing=0.14,
         shared_yaxes=True,  # the same student positions: the cost panel needs no labels where P's colour bar sits
         subplot_titles=[f"plan P · {scores}" if scores else "plan P"] + (["cost C"] if cost is not None else []),
     )
     fig.add_trace(
         _heatmap_trace(
-            views[0], "student", "teacher", "Blues", colorbar={"title": "P", "x": 0.46 if cost is not None else 1.02}
+            views[0],
+            "student",
+            "teacher",
+            "Blues",
+            # 3 significant digits: long ticks (0.0999995) would run into the cost panel
+            colorbar={"title": "P", "x": 0.455 if cost is not None else 1.02, "tickformat": ".3~g"},
         ),
         row=1,
         col=1,
     )
     fig.add_trace(_reference_trace(views[0]), row=1, col=1)
     if cost is not None:
-        trace = _heatmap_trace(views[1], "student", "teacher", "Reds", colorbar={"title": "C"})
+        trace = _heatmap_trace(views[1], "student", "teacher", "Reds", colorbar={"title": "C", "tickformat": ".3~g"})
         trace.hovertemplate = trace.hovertemplate.replace("weight", "cost")
         fig.add_trace(trace, row=1, col=2)
     for col, view in enumerate(views, start=1):
@@ -829,9 +845,10 @@ def transport_figure(
     title = matrix_title(plan, views[0]).replace(token_label(plan.name), "transport plan", 1)
     untransported = [f"{n} {side}" for side, n in dropped.items() if n]
     if untransported:
-        title += f" · not transported (beyond the paired span): {' and '.join(untransported)} positions"
+        title += f"<br>not transported (beyond the paired span): {' and '.join(untransported)} positions"
     fig.update_layout(
         title=title,
+        margin={"t": 120 if untransported else 100},  # room for the title's second line above the panels' titles
         height=max(420, min(900, 14 * len(views[0].y) + 200)),
         showlegend=True,
         legend={"orientation": "h", "y": -0.3},
@@ -1086,8 +1103,11 @@ def tokenizer_comparison(
         barmode="overlay",
         title=f"tokenizer comparison · {len(tokens_a)} {token_label(names[0])} vs "
         f"{len(tokens_b)} {token_label(names[1])} tokens"
-        + (f"<br><sup>first {window} of {len(text)} characters: drag the slider under the axis</sup>"
-           if len(text) > window else ""),
+        + (
+            f"<br><sup>first {window} of {len(text)} characters: drag the slider under the axis</sup>"
+            if len(text) > window
+            else ""
+        ),
         xaxis={
             "title": "character",
             "range": [0, max(min(len(text), window), 1)],
