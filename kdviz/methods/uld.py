@@ -27,8 +27,7 @@ POSITIONS = ("index", "shift", "offsets")
 KD_NORMALISERS = ("paired", "student")
 
 # float32 bytes per [rows, V] intermediate of the sorts. Larger than the divergences' chunks on purpose: a
-# sort parallelises over rows, and one row of 151936 sorted alone took 25.8 ms/token against 14.2 ms with
-# 6 rows (forward + backward, 2 cores).
+# sort parallelises over rows, so single-row chunks leave cores idle (timings in benchmarks/README.md).
 SORT_CHUNK_BYTES = 4 * 2**20
 
 
