@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdviz.record import FORMAT_VERSION, TornRecordWarning, open_run, store
-from kdviz.record import frames
+from kdviz.record import FORMAT_VERSION, TornRecordWarning, frames, open_run, store
 from kdviz.record.frames import MAGIC, PREFIX, Frame, Problem, encode, scan
 from kdviz.record.store import RecordWriteError, RunWriter
 

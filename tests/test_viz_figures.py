@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from kdviz.align import encode_text, token_strings
+from kdviz.align import encode_text, token_strings, token_table
 from kdviz.record import Matrix, open_run
 from kdviz.viz import figures, toy
 from tests.kd_helpers import bpe_tokenizer, unigram_tokenizer
@@ -209,10 +209,14 @@ def test_top_tokens_probabilities():
 
 def test_tokenizer_comparison_regions():
     text = "The café owner waits at 12 o'clock."
+    tokens = token_table(text, {"student": unigram_tokenizer(), "teacher": bpe_tokenizer()})
+    assert list(tokens.columns) == ["tokenizer", "position", "token", "start", "end"]
     ids_a, off_a = encode_text(unigram_tokenizer(), text)
-    ids_b, off_b = encode_text(bpe_tokenizer(), text)
-    tok_a, tok_b = token_strings(unigram_tokenizer(), ids_a), token_strings(bpe_tokenizer(), ids_b)
-    fig = figures.tokenizer_comparison(text, off_a, off_b, tok_a, tok_b)
+    tok_a = token_strings(unigram_tokenizer(), ids_a)
+    student_rows = tokens[tokens["tokenizer"] == "student"]
+    spans = list(zip(student_rows["start"], student_rows["end"], strict=True))
+    assert list(student_rows["token"]) == tok_a and spans == off_a
+    fig = figures.tokenizer_comparison(tokens, text)
     bars = [t for t in fig.data if t.type == "bar"]
     kinds = {t.name for t in bars}
     assert "one-to-one" in kinds and kinds <= set(figures.KIND_COLOURS)
@@ -223,9 +227,18 @@ def test_tokenizer_comparison_regions():
     assert fig.data[-1].mode == "text" and len(fig.data[-1].text) == len(text)
     assert not fig.layout.xaxis.rangeslider.visible and tuple(fig.layout.xaxis.range) == (0, len(text))
     # a long text opens on a readable window (~14 px a character) with a range slider over the whole text
-    long = figures.tokenizer_comparison(text * 4, off_a, off_b, tok_a, tok_b, window=40)
+    long_text = text * 4
+    long = figures.tokenizer_comparison(
+        token_table(long_text, {"student": unigram_tokenizer(), "teacher": bpe_tokenizer()}), long_text, window=40
+    )
     assert tuple(long.layout.xaxis.range) == (0, 40) and long.layout.xaxis.rangeslider.visible
     assert tuple(long.layout.xaxis.rangeslider.range) == (0, 4 * len(text))
+    with pytest.raises(ValueError, match="no column 'end'"):
+        figures.tokenizer_comparison(tokens.drop(columns="end"), text)
+    with pytest.raises(ValueError, match="two tokenizers"):
+        figures.tokenizer_comparison(student_rows, text)
+    with pytest.raises(TypeError, match="tokenizers: expected a non-empty mapping"):
+        token_table(text, [unigram_tokenizer()])
 
 
 def test_numerics_and_results(cma, vanilla):

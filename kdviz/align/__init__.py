@@ -6,7 +6,8 @@
   sharing a byte); :func:`regions`
   groups it into one-to-one / one-to-many (split) / many-to-one (merge) regions.
 - :func:`alignment_scores` judges any soft alignment (CMA attention, an OT plan) against it.
-- :func:`compare_tokenizers` is the first thing to run with two tokenizers.
+- :func:`compare_tokenizers` is the first thing to run with two tokenizers; :func:`token_table` is what
+  :func:`kdviz.viz.tokenizer_comparison` draws.
 - :func:`align_tokens` (DTW on edit distance) and :func:`vocab_map` (teacher -> student ids, cached) serve
   MinED; :func:`index_pairs` / :func:`overlap_pairs` pair positions for ULD and MultiLevelOT;
   :func:`sinkhorn_plans` solves a batch of entropic OT problems (batched plain rounds or POT's log domain).
@@ -17,7 +18,15 @@ from kdviz.align.dtw import TokenAlignment, align_tokens, dtw_path
 from kdviz.align.overlap import KINDS, Region, kind_counts, overlap_matrix, regions, trimmed_spans
 from kdviz.align.positions import index_pairs, overlap_pairs
 from kdviz.align.scores import alignment_scores, row_scores
-from kdviz.align.tokens import Encoded, check_fast, encode_example, encode_text, start_tokens, token_strings
+from kdviz.align.tokens import (
+    Encoded,
+    check_fast,
+    encode_example,
+    encode_text,
+    start_tokens,
+    token_strings,
+    token_table,
+)
 from kdviz.align.transport import Transport, sinkhorn_plans
 from kdviz.align.vocab_map import VocabMap, vocab_map
 
@@ -45,6 +54,7 @@ __all__ = [
     "sinkhorn_plans",
     "start_tokens",
     "token_strings",
+    "token_table",
     "trimmed_spans",
     "vocab_map",
 ]

@@ -13,9 +13,11 @@ from __future__ import annotations
 import re
 import threading
 import weakref
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import pandas as pd
 import torch
 from tokenizers import normalizers, pre_tokenizers
 
@@ -315,6 +317,20 @@ def encode_example(
         ids, offsets, response_flags = ids[:max_length], offsets[:max_length], response_flags[:max_length]
         spans = spans[:max_length]
     return Encoded(ids, offsets, response_flags, truncated, spans)
+
+
+def token_table(text: str, tokenizers: Mapping[str, object]) -> pd.DataFrame:
+    """``text`` tokenised by each named tokenizer, one row a token, for
+    :func:`kdviz.viz.tokenizer_comparison`: ``tokenizer`` (its name), ``position``, ``token`` (the vocabulary
+    string), ``start``, ``end`` (character offsets into ``text``, as :func:`encode_text`)."""
+    if not isinstance(tokenizers, Mapping) or not tokenizers:
+        raise TypeError(f"tokenizers: expected a non-empty mapping name -> tokenizer, got {type(tokenizers).__name__}")
+    rows = []
+    for name, tokenizer in tokenizers.items():
+        ids, offsets = encode_text(tokenizer, text)
+        for position, (token, (start, end)) in enumerate(zip(token_strings(tokenizer, ids), offsets, strict=True)):
+            rows.append({"tokenizer": name, "position": position, "token": token, "start": start, "end": end})
+    return pd.DataFrame(rows, columns=["tokenizer", "position", "token", "start", "end"])
 
 
 def token_strings(tokenizer, ids) -> list[str]:

@@ -1036,22 +1036,27 @@ def token_losses(
     return fig
 
 
-def tokenizer_comparison(
-    text: str,
-    offsets_a: Sequence[tuple[int, int]],
-    offsets_b: Sequence[tuple[int, int]],
-    tokens_a: Sequence[str],
-    tokens_b: Sequence[str],
-    *,
-    names: tuple[str, str] = ("student", "teacher"),
-    window: int = 48,
-) -> go.Figure:
-    """One text as two tokenisations aligned by characters (x axis: character index), each token a box
-    coloured by the kind of region it belongs to (one-to-one, one-to-many = B splits, many-to-one = B
-    merges, many-to-many, unmatched); the characters themselves on a third row.
+TOKENIZER_COLUMNS = ("tokenizer", "token", "start", "end")
 
-    The view opens on the first ``window`` characters (about 14 px each at a notebook's width, so token
-    strings stay readable); the range slider under the axis pans and zooms to any span of the text."""
+
+def tokenizer_comparison(tokens: pd.DataFrame, text: str, *, window: int = 48) -> go.Figure:
+    """One text as two tokenisations aligned by characters (x axis: character index), each token a box
+    coloured by the kind of region it belongs to (one-to-one, one-to-many = the second tokenizer splits,
+    many-to-one = it merges, many-to-many, unmatched); the characters themselves on a third row.
+
+    ``tokens`` is tidy, one row a token in order (:func:`kdviz.align.token_table`): ``tokenizer`` (two names,
+    the first drawn on top), ``token``, ``start``, ``end`` (character offsets into ``text``). The view opens
+    on the first ``window`` characters (about 14 px each at a notebook's width, so token strings stay
+    readable); the range slider under the axis pans and zooms to any span of the text."""
+    _require(tokens, TOKENIZER_COLUMNS, "tokenizer_comparison")
+    names = list(pd.unique(tokens["tokenizer"]))
+    if len(names) != 2:
+        raise ValueError(f"tokenizer_comparison(tokens): expected the tokens of two tokenizers, got {names}")
+    sides = [tokens[tokens["tokenizer"] == name] for name in names]
+    (offsets_a, tokens_a), (offsets_b, tokens_b) = (
+        (list(zip(side["start"].astype(int), side["end"].astype(int), strict=True)), list(side["token"]))
+        for side in sides
+    )
     overlap = overlap_matrix(offsets_a, offsets_b, text)
     kind_a, kind_b = ["unmatched"] * len(tokens_a), ["unmatched"] * len(tokens_b)
     for region in regions(offsets_a, offsets_b, text, overlap):

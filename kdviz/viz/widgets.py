@@ -24,7 +24,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import torch
 
-from kdviz.align.tokens import encode_text, token_strings
+from kdviz.align.tokens import token_table
 from kdviz.divergences import DIVERGENCES
 from kdviz.record.reader import Run
 from kdviz.record.store import EVENTS, TOKENS, TRANSPORT_PLAN, VOCAB_MAP
@@ -637,12 +637,8 @@ class TokenizerInspector(widgets.VBox):
         self.redraw()
 
     def build(self, text: str) -> go.Figure:
-        sides = []
-        for tok in self.tokenizers:
-            ids, offsets = encode_text(tok, text)
-            sides.append((offsets, token_strings(tok, ids)))
-        (off_a, tok_a), (off_b, tok_b) = sides
-        return figures.tokenizer_comparison(text, off_a, off_b, tok_a, tok_b, names=self.names)
+        tokens = token_table(text, dict(zip(self.names, self.tokenizers, strict=True)))
+        return figures.tokenizer_comparison(tokens, text)
 
     def redraw(self) -> None:
         try:
