@@ -42,6 +42,11 @@ def _candidates(p: torch.Tensor, mu: float) -> torch.Tensor:
     return torch.where(last.squeeze(-1) >= _BUCKETS, v, k)
 
 
+def _bound(p: torch.Tensor, mu: float) -> int:
+    """Entries a ``topk`` of ``p`` ``[N, V]`` keeps to hold every row's head and the entry after it."""
+    return min(int(_candidates(p, mu).max()) + 1, p.shape[-1]) if p.shape[0] else p.shape[-1]
+
+
 def _ranked_heads(p: torch.Tensor, mu: float, crossing_in_head: bool, guess: int | None = None):
     """Yield ``(rows, size, top, ids)`` until every row of ``p`` ``[N, V]`` is covered: the head size ``|H|``
     of each of ``rows`` and that row's largest entries ``top`` (descending) and their ids, of which the first
@@ -50,8 +55,8 @@ def _ranked_heads(p: torch.Tensor, mu: float, crossing_in_head: bool, guess: int
     full sort for the rows whose rounding leaves the crossing outside it."""
     n, v = p.shape
     todo, chosen = torch.arange(n, device=p.device), p
-    bounded = guess is None or guess >= v
-    k = v if not n else min(int(_candidates(p, mu).max()) + 1, v) if bounded else guess
+    guessed = guess is not None and guess < v
+    k = guess if guessed else _bound(p, mu)
     while todo.numel():
         top, ids = chosen.topk(k, dim=-1) if k < v else chosen.sort(dim=-1, descending=True)
         below = (top.cumsum(-1) <= mu).sum(-1)  # c is non-decreasing: the head is a prefix
@@ -62,8 +67,8 @@ def _ranked_heads(p: torch.Tensor, mu: float, crossing_in_head: bool, guess: int
         yield todo[resolved], size[resolved], top[resolved], ids[resolved]
         todo = todo[~resolved]
         chosen = p[todo]
-        k = v if bounded or not todo.numel() else min(int(_candidates(chosen, mu).max()) + 1, v)
-        bounded = True
+        k = _bound(chosen, mu) if guessed else v  # after the bound itself: a full sort
+        guessed = False
 
 
 def head_sizes(p: torch.Tensor, mu: float, crossing_in_head: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
