@@ -247,7 +247,8 @@ def _weighted(w, x: torch.Tensor, out: torch.Tensor | None = None):
     if not isinstance(w, torch.Tensor):
         return 0.0 if w == 0 else torch.mul(x, w, out=out)
     column = (-1, *[1] * (x.dim() - 1))
-    return torch.where((w == 0).view(column), 0.0, torch.mul(x, w.view(column), out=out))
+    product = torch.mul(x, w.view(column), out=out)
+    return torch.where((w == 0).view(column), product.new_zeros(()), product, out=out)
 
 
 def _mix(r: Rows, w1, a: Out, w2, b: Out) -> Out:

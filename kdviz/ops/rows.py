@@ -124,8 +124,10 @@ class Rows:
         return (term if self.keep is None else torch.where(self.keep, term, 0.0)).sum(-1)
 
     def detach(self) -> Rows:
+        """The same rows without their graph, with nothing cached (the engine's work buffers are shared)."""
         return Rows(
-            self.logp.detach(), self.logq.detach(), self.keep, self.want_grad, self.teacher_only, self.student_only
+            self.logp.detach(), self.logq.detach(), self.keep, self.want_grad, self.teacher_only, self.student_only,
+            self.scratch,
         )
 
 
