@@ -241,17 +241,27 @@ def divergence(
 # -- The formulas -------------------------------------------------------------------------------------
 
 
-def _mix(w1, a: Out, w2, b: Out) -> Out:
-    """``w1 * a + w2 * b`` for values and gradients (weights: floats or per-row ``[N]`` tensors); a weight
-    of 0 takes nothing from its side, even an infinite value."""
-    def times(w, x):
-        if isinstance(w, torch.Tensor):
-            return torch.where((w == 0).view(-1, *[1] * (x.dim() - 1)), 0.0, (w.view(-1, *[1] * (x.dim() - 1)) * x))
-        return 0.0 if w == 0 else w * x
+def _weighted(w, x: torch.Tensor, out: torch.Tensor | None = None):
+    """``w * x`` (``w``: a float or per-row ``[N]`` tensor; into ``out`` when given), exactly 0 where ``w`` is 0
+    (even for an infinite ``x``)."""
+    if not isinstance(w, torch.Tensor):
+        return 0.0 if w == 0 else torch.mul(x, w, out=out)
+    column = (-1, *[1] * (x.dim() - 1))
+    product = torch.mul(x, w.view(column), out=out)
+    return torch.where((w == 0).view(column), product.new_zeros(()), product, out=out)
 
-    value = times(w1, a[0]) + times(w2, b[0])
-    grad = None if a[1] is None or b[1] is None else times(w1, a[1]) + times(w2, b[1])
-    return value, grad
+
+def _mix(r: Rows, w1, a: Out, w2, b: Out) -> Out:
+    """``w1 * a + w2 * b`` for values and gradients (weights: floats or per-row ``[N]`` tensors); a weight
+    of 0 takes nothing from its side, even an infinite value. The gradients are the formulas' own
+    temporaries: the chunked engine overwrites them."""
+    value = _weighted(w1, a[0]) + _weighted(w2, b[0])
+    if a[1] is None or b[1] is None:
+        return value, None
+    first, second = _weighted(w1, a[1], r.out(a[1])), _weighted(w2, b[1], r.out(b[1]))
+    if isinstance(first, float) or isinstance(second, float):  # a weight of 0
+        return value, first + second
+    return value, torch.add(first, second, out=r.out(first))
 
 
 def _infinite_where(r: Rows, out: Out, *, student_zero: bool = False, teacher_zero: bool = False) -> Out:
@@ -270,16 +280,22 @@ def _infinite_where(r: Rows, out: Out, *, student_zero: bool = False, teacher_ze
 @register("fkl", aliases=("forward_kl",))
 def _fkl(r: Rows, stats: dict) -> Out:
     """Forward KL: ``KL(p || q) = sum_v p (log p - log q)``."""
-    out = r.vsum(r.p * (r.logp - r.logq)), (r.q - r.p if r.want_grad else None)
-    return _infinite_where(r, out, student_zero=True)
+    log_ratio = torch.sub(r.logp, r.logq, out=r.out())
+    value = r.vsum(torch.mul(r.p, log_ratio, out=r.out(log_ratio)))
+    grad = torch.sub(r.q, r.p, out=r.out()) if r.want_grad else None
+    return _infinite_where(r, (value, grad), student_zero=True)
 
 
 @register("rkl", aliases=("reverse_kl",))
 def _rkl(r: Rows, stats: dict) -> Out:
     """Reverse KL: ``KL(q || p) = sum_v q (log q - log p)``."""
-    log_ratio = r.logq - r.logp
-    value = r.vsum(r.q * log_ratio)
-    return _infinite_where(r, (value, r.q * (log_ratio - value[:, None]) if r.want_grad else None), teacher_zero=True)
+    log_ratio = torch.sub(r.logq, r.logp, out=r.out())
+    value = r.vsum(torch.mul(r.q, log_ratio, out=r.out()))
+    grad = None
+    if r.want_grad:
+        centred = torch.sub(log_ratio, value[:, None], out=r.out(log_ratio))
+        grad = torch.mul(r.q, centred, out=r.out(centred))
+    return _infinite_where(r, (value, grad), teacher_zero=True)
 
 
 def _unit_interval(name: str, value: float) -> float:
@@ -293,14 +309,15 @@ def _log_mixture(r: Rows, weight_p: float) -> torch.Tensor:
     """``log(w p + (1 - w) q)``, formed in log space (never in probability space, which underflows)."""
     log_w = math.log(weight_p) if weight_p > 0 else -math.inf
     log_1mw = math.log1p(-weight_p) if weight_p < 1 else -math.inf
-    return torch.logaddexp(r.logp + log_w, r.logq + log_1mw)
+    weighted_p = torch.add(r.logp, log_w, out=r.out())
+    return torch.logaddexp(weighted_p, torch.add(r.logq, log_1mw, out=r.out()), out=r.out(weighted_p))
 
 
 @register("sym_kl")
 def _sym_kl(r: Rows, stats: dict, lam: float = 0.5) -> Out:
     """Symmetric KL: ``(1 - lam) KL(p || q) + lam KL(q || p)``."""
     lam = _unit_interval("lam", lam)
-    return _mix(1.0 - lam, _fkl(r, stats), lam, _rkl(r, stats))
+    return _mix(r, 1.0 - lam, _fkl(r, stats), lam, _rkl(r, stats))
 
 
 @register("js", aliases=("jsd",))
@@ -323,9 +340,14 @@ def _gjsd(r: Rows, stats: dict, teacher_weight: float = 0.5) -> Out:
     if w == 1.0:
         return _rkl(r, stats)
     log_m = _log_mixture(r, w)
-    q_to_m = r.logq - log_m
-    value = w * r.vsum(r.p * (r.logp - log_m)) + (1.0 - w) * r.vsum(r.q * q_to_m)
-    return value, (r.through_softmax((1.0 - w) * r.q * q_to_m) if r.want_grad else None)
+    p_to_m = torch.sub(r.logp, log_m, out=r.out())
+    q_to_m = torch.sub(r.logq, log_m, out=r.out(log_m))
+    p_term = r.vsum(torch.mul(r.p, p_to_m, out=r.out(p_to_m)))
+    value = w * p_term + (1.0 - w) * r.vsum(torch.mul(r.q, q_to_m, out=r.out()))
+    if not r.want_grad:
+        return value, None
+    weighted_q = torch.mul(r.q, 1.0 - w, out=r.out(p_to_m))
+    return value, r.through_softmax(torch.mul(weighted_q, q_to_m, out=r.out(weighted_q)))
 
 
 @register("sfkl")
@@ -378,7 +400,7 @@ def _akl(r: Rows, stats: dict, mu: float = 0.5, crossing_in_head: bool = False, 
     check_mu(mu)
     w_head, fallback = head_weights(r, mu, crossing_in_head)
     stats["akl_fallbacks"] = stats.get("akl_fallbacks", 0) + fallback.sum()
-    return _mix(w_head, _fkl(r, stats), 1.0 - w_head, _rkl(r, stats))
+    return _mix(r, w_head, _fkl(r, stats), 1.0 - w_head, _rkl(r, stats))
 
 
 _SERIES_TERMS = 12  # |delta| * max(1, |lam|) < 0.5: the remainder is below 1e-10 of the leading term

@@ -4,7 +4,8 @@ A naive divergence keeps several ``[tokens, V]`` float32 tensors alive for the b
 log-softmaxes, probabilities, products, their gradients). Here the valid tokens are walked in chunks of
 rows; each chunk is upcast to float32, its per-token values *and* the gradient with respect to the
 student logits are computed at once, the gradient is written (in the input dtype) into one buffer the
-size of the student logits, and the chunk's float32 intermediates are freed before the next one. The
+size of the student logits, and the next chunk's float32 intermediates overwrite them (one set of work
+buffers per call, :class:`kdviz.ops.rows.Scratch`: a fresh page is slow to fault in on a CPU). The
 backward only scales that buffer (in place for a scalar loss). Peak memory above the inputs is therefore
 the gradient itself plus one chunk's intermediates, whatever the number of tokens.
 
@@ -26,7 +27,7 @@ import torch
 
 from kdviz.ops.budget import compute_dtype, rows_per_chunk
 from kdviz.ops.checks import check_values
-from kdviz.ops.rows import make_rows
+from kdviz.ops.rows import Scratch, make_rows
 
 
 def has_closed_form(formula: Callable, params: dict) -> bool:
@@ -51,7 +52,7 @@ def _probe(formula: Callable, params: tuple) -> bool:
 def chunk_value_and_grad(
     formula: Callable, student: torch.Tensor, teacher: torch.Tensor, tau: float, stats: dict, params: dict,
     positions: torch.Tensor, grad: str | None = "closed", out: torch.Tensor | None = None, scale: float = 1.0,
-    support: str = "full",
+    support: str = "full", scratch: Scratch | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-row values ``[c]`` and ``scale * dL/dz_student`` ``[c, V]`` of one chunk of raw logits.
 
@@ -59,7 +60,8 @@ def chunk_value_and_grad(
     ``out``, if given, receives the gradient (any float dtype; written once). A non-finite value
     triggers the input check on this chunk only (``positions`` name the rows), so a NaN or ``+inf``
     logit is reported with its index without a separate pass over every input; an infinite divergence
-    is reported as such (:func:`kdviz.ops.check_values`).
+    is reported as such (:func:`kdviz.ops.check_values`). ``scratch`` (not with ``"autograd"``) holds the
+    chunk's intermediates, reused from one chunk to the next.
     """
     if grad == "autograd":
         with torch.enable_grad():
@@ -70,7 +72,7 @@ def chunk_value_and_grad(
         dz.mul_(scale)
     else:
         with torch.no_grad():
-            rows = make_rows(student, teacher, tau, want_grad=grad == "closed", support=support)
+            rows = make_rows(student, teacher, tau, want_grad=grad == "closed", support=support, scratch=scratch)
             values, grad_u = formula(rows, stats, **params)
             check_values(values, student, teacher, positions)
             if grad is None:
@@ -81,7 +83,8 @@ def chunk_value_and_grad(
                     "for others; a formula without a closed-form gradient returns None for every row"
                 )
             same = out is not None and out.dtype == grad_u.dtype
-            dz = torch.mul(grad_u, scale / tau, out=out if same else None)  # written once into the buffer
+            reuse = out if same else grad_u if scratch is not None else None  # a scratch temporary: overwritten
+            dz = torch.mul(grad_u, scale / tau, out=reuse)  # written once into the buffer
             if same:
                 return values, out
     if out is not None:
@@ -140,13 +143,18 @@ class _ChunkedDivergence(torch.autograd.Function):
             grad_rows = grad.view(-1, student.shape[-1])
             grad_rows.index_fill_(0, (~mask.flatten()).nonzero().squeeze(1), 0)
         grad_scale = factor * (1.0 if scale is None else scale)
-        for rows, positions in RowChunks(mask, chunk_rows):
+        chunks = RowChunks(mask, chunk_rows)
+        scratch = None
+        if grad_mode != "autograd":
+            rows_at_most = min(chunk_rows, chunks.flat.shape[0])
+            scratch = Scratch(rows_at_most, student.shape[-1], values.dtype, student.device)
+        for rows, positions in chunks:
             target = None
             if grad_rows is not None:
                 target = grad_rows[rows] if isinstance(rows, slice) else None
             v, g = chunk_value_and_grad(
                 formula, RowChunks.read(student, rows, positions), RowChunks.read(teacher, rows, positions), tau,
-                stats, params, positions, grad_mode, out=target, scale=grad_scale, support=support,
+                stats, params, positions, grad_mode, out=target, scale=grad_scale, support=support, scratch=scratch,
             )
             values[rows] = v
             if g is not None and target is None:

@@ -27,10 +27,42 @@ from kdviz.ops.budget import compute_dtype
 from kdviz.ops.checks import check_finite
 
 
-def masked_exp(log: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+def masked_exp(log: torch.Tensor, keep: torch.Tensor | None, out: torch.Tensor | None = None) -> torch.Tensor:
     """``exp(log)`` where ``keep`` (every entry when None), exactly 0 elsewhere: the probabilities of
-    log-probabilities whose entries outside the support hold placeholders (see :class:`Rows`)."""
-    return log.exp() if keep is None else torch.where(keep, log.exp(), 0.0)
+    log-probabilities whose entries outside the support hold placeholders (see :class:`Rows`). Written into
+    ``out`` when given."""
+    e = torch.exp(log, out=out)
+    return e if keep is None else torch.where(keep, e, e.new_zeros(()), out=out)
+
+
+class Scratch:
+    """The ``[rows, V]`` work buffers of one chunked call, reused chunk after chunk.
+
+    A chunk takes buffers one after another (:meth:`take`); :meth:`start` makes them all free again for the
+    next chunk. A buffer is allocated only the first time a chunk needs that many, so a call makes a
+    fixed number of large allocations whatever its number of chunks (fresh pages are slow to fault in
+    on a CPU, and a GPU's allocator is spared the churn).
+    """
+
+    def __init__(self, rows: int, vocab: int, dtype: torch.dtype, device: torch.device):
+        self.shape, self.dtype, self.device = (rows, vocab), dtype, device
+        self.buffers: list[torch.Tensor] = []
+        self.rows = self.used = 0
+
+    def start(self, rows: int) -> None:
+        """Begin a chunk of ``rows`` rows (at most the ``rows`` given at construction)."""
+        self.rows, self.used = rows, 0
+
+    def take(self) -> torch.Tensor:
+        """A ``[rows, V]`` buffer no other tensor of this chunk uses (its contents are arbitrary)."""
+        if self.used == len(self.buffers):
+            self.buffers.append(torch.empty(self.shape, dtype=self.dtype, device=self.device))
+        self.used += 1
+        return self.buffers[self.used - 1][: self.rows]
+
+
+def _take(scratch: Scratch | None) -> torch.Tensor | None:
+    return None if scratch is None else scratch.take()
 
 
 @dataclass
@@ -48,6 +80,9 @@ class Rows:
     ``want_grad`` asks a formula for its closed-form gradient with respect to the scaled student logits
     ``z / tau`` next to its value (the chunked engine's fast path); the plain path leaves it False and
     lets autograd differentiate.
+
+    ``scratch`` holds the chunked engine's reused work buffers (no autograd graph there); a formula writes
+    its ``[N, V]`` temporaries where :meth:`out` says, e.g. ``torch.sub(r.logp, r.logq, out=r.out())``.
     """
 
     logp: torch.Tensor
@@ -56,6 +91,7 @@ class Rows:
     want_grad: bool = False
     teacher_only: torch.Tensor | None = None
     student_only: torch.Tensor | None = None
+    scratch: Scratch | None = None
 
     @cached_property
     def p(self) -> torch.Tensor:
@@ -65,21 +101,33 @@ class Rows:
     def q(self) -> torch.Tensor:
         return self.exp(self.logq)
 
+    def out(self, overwrite: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The ``out=`` of a formula's next ``[N, V]`` temporary: under the chunked engine, ``overwrite``
+        (a temporary of the formula that is not needed any more) or else a free work buffer; None (a fresh
+        tensor, differentiable) on the plain path."""
+        if self.scratch is None:
+            return None
+        return self.scratch.take() if overwrite is None else overwrite
+
     def exp(self, log: torch.Tensor) -> torch.Tensor:
         """``exp`` of a per-entry log-space term, 0 outside the support (:func:`masked_exp`)."""
-        return masked_exp(log, self.keep)
+        return masked_exp(log, self.keep, out=self.out())
 
     def through_softmax(self, grad_logq: torch.Tensor) -> torch.Tensor:
-        """Chain ``g = dL/d(log q)`` through ``log q = log_softmax(u)``: ``dL/du = g - q sum_v g``."""
-        return torch.addcmul(grad_logq, self.q, grad_logq.sum(-1, keepdim=True), value=-1.0)
+        """Chain ``g = dL/d(log q)`` through ``log q = log_softmax(u)``: ``dL/du = g - q sum_v g``
+        (written over ``g``, a temporary of the formula, under the chunked engine)."""
+        total = grad_logq.sum(-1, keepdim=True)
+        return torch.addcmul(grad_logq, self.q, total, value=-1.0, out=self.out(grad_logq))
 
     def vsum(self, term: torch.Tensor) -> torch.Tensor:
         """Sum a per-entry term over the vocabulary, counting only entries in the support."""
         return (term if self.keep is None else torch.where(self.keep, term, 0.0)).sum(-1)
 
     def detach(self) -> Rows:
+        """The same rows without their graph, with nothing cached (the engine's work buffers are shared)."""
         return Rows(
-            self.logp.detach(), self.logq.detach(), self.keep, self.want_grad, self.teacher_only, self.student_only
+            self.logp.detach(), self.logq.detach(), self.keep, self.want_grad, self.teacher_only, self.student_only,
+            self.scratch,
         )
 
 
@@ -88,18 +136,20 @@ def _has_neg_inf(x: torch.Tensor) -> bool:
     return x.numel() > 0 and bool(x.detach().min() == float("-inf"))
 
 
-def log_softmax(z: torch.Tensor, tau: float) -> torch.Tensor:
-    """``log softmax(z / tau)`` over the last axis, clamped to the dtype's most negative finite value.
+def log_softmax(z: torch.Tensor, tau: float, scratch: Scratch | None = None) -> torch.Tensor:
+    """``log softmax(z / tau)`` over the last axis, clamped to the dtype's most negative finite value;
+    written into ``scratch``'s buffers when given (no autograd).
 
     At ``tau < 1`` the logits are shifted by their (detached) row maximum before the division, so a large
     finite logit cannot overflow to ``-inf`` (and be mistaken for padding) or to ``+inf`` (NaN).
     """
     if tau < 1:
         top = z.detach().amax(-1, keepdim=True)
-        z = (z - torch.where(torch.isfinite(top), top, 0.0)) / tau
+        shifted = torch.sub(z, torch.where(torch.isfinite(top), top, 0.0), out=_take(scratch))
+        z = torch.div(shifted, tau, out=None if scratch is None else shifted)
     elif tau != 1:
-        z = z / tau
-    out = torch.log_softmax(z, -1)
+        z = torch.div(z, tau, out=_take(scratch))
+    out = torch.log_softmax(z, -1, out=_take(scratch))
     lowest = torch.finfo(out.dtype).min
     return out.clamp(min=lowest) if out.requires_grad else out.clamp_(min=lowest)  # in place: no extra buffer
 
@@ -111,14 +161,25 @@ def _check_nonempty(keep: torch.Tensor, what: str) -> None:
                          "mask that position out")
 
 
+def _upcast(z: torch.Tensor, dtype: torch.dtype, scratch: Scratch | None) -> torch.Tensor:
+    if z.dtype == dtype or scratch is None:
+        return z.to(dtype)
+    return scratch.take().copy_(z)
+
+
 def make_rows(
-    student: torch.Tensor, teacher: torch.Tensor, tau: float, want_grad: bool = False, support: str = "shared"
+    student: torch.Tensor, teacher: torch.Tensor, tau: float, want_grad: bool = False, support: str = "shared",
+    scratch: Scratch | None = None,
 ) -> Rows:
-    """Build :class:`Rows` from already-checked ``[N, V]`` logits of valid tokens (any float dtype)."""
+    """Build :class:`Rows` from already-checked ``[N, V]`` logits of valid tokens (any float dtype).
+    ``scratch`` (the chunked engine's, no autograd) starts a chunk: the rows and the formula's temporaries
+    are written into its buffers."""
     dtype = compute_dtype(student.dtype)
-    zs, zt = student.to(dtype), teacher.to(dtype)
+    if scratch is not None:
+        scratch.start(student.shape[0])
+    zs, zt = _upcast(student, dtype, scratch), _upcast(teacher, dtype, scratch)
     if not (_has_neg_inf(zs) or _has_neg_inf(zt)):  # the common case: no support mask at all
-        return Rows(log_softmax(zt, tau), log_softmax(zs, tau), None, want_grad)
+        return Rows(log_softmax(zt, tau, scratch), log_softmax(zs, tau, scratch), None, want_grad, scratch=scratch)
     neg_s, neg_t = torch.isneginf(zs), torch.isneginf(zt)
     if support == "shared":
         keep = ~(neg_s | neg_t)
@@ -126,12 +187,12 @@ def make_rows(
         neg_inf = torch.tensor(float("-inf"), dtype=dtype, device=zs.device)
         logq = log_softmax(torch.where(keep, zs, neg_inf), tau)
         logp = log_softmax(torch.where(keep, zt, neg_inf), tau)
-        return Rows(torch.where(keep, logp, 0.0), torch.where(keep, logq, 0.0), keep, want_grad)
+        return Rows(torch.where(keep, logp, 0.0), torch.where(keep, logq, 0.0), keep, want_grad, scratch=scratch)
     _check_nonempty(~neg_s, "student_logits")
     _check_nonempty(~neg_t, "teacher_logits")
     both = neg_s & neg_t
     keep = ~both if bool(both.any()) else None
-    logp, logq = log_softmax(zt, tau), log_softmax(zs, tau)
+    logp, logq = log_softmax(zt, tau, scratch), log_softmax(zs, tau, scratch)
     if keep is not None:
         logp, logq = torch.where(keep, logp, 0.0), torch.where(keep, logq, 0.0)
     teacher_only, student_only = neg_t & ~neg_s, neg_s & ~neg_t
@@ -139,6 +200,7 @@ def make_rows(
         logp, logq, keep, want_grad,
         teacher_only if bool(teacher_only.any()) else None,
         student_only if bool(student_only.any()) else None,
+        scratch,
     )
 
 
