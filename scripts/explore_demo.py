@@ -3,7 +3,8 @@
 
 Variants are demo methods (``kdviz.demo.run.DEMO_METHODS``), the same with the KD temperature of the DSKD
 repository's scripts (``fkl-tau2``, ``dskd-tau2``, ``cma-tau2``: tau 2, CE and KD at 0.5 each), and sequence-level
-KD (``seqkd``, ``seqkd-cross``: SFT on the teacher's greedy answers). ``--extra N`` gives every method but SFT the
+KD (``seqkd``, ``seqkd-cross``: SFT on the teacher's greedy answers). Any of them with ``@CE,KD`` (``uld@1,0.25``)
+weighs its CE and KD terms ``CE`` and ``KD`` instead of its own weights. ``--extra N`` gives every method but SFT the
 next N prompts of the training split answered by the teacher's greedy generation instead of the gold response.
 ``--entropy`` prints the teacher's token entropy on the responses of training prompts and on its own answers to new
 prompts (the non-world tasks, generated like ``scripts/make_data.py`` does).
@@ -36,6 +37,22 @@ VARIANTS = {
     "cma-tau2": DemoMethod("cross", lambda s, t, *_: methods.CMA(s, t, tau=2.0), "DSKD + CMA (tau 2)"),
 }
 GOLD_ONLY = ("sft", "sft-cross")  # the baselines train on the labelled examples only
+
+
+def weighted(name: str) -> DemoMethod:
+    """The variant ``name``, or for ``"<variant>@CE,KD"`` that variant with CE weight ``CE`` and KD weight ``KD``."""
+    base, _, weights = name.partition("@")
+    spec = {**DEMO_METHODS, **VARIANTS}[base]
+    if not weights:
+        return spec
+    ce_weight, kd_weight = (float(w) for w in weights.split(","))
+
+    def build(*args):
+        method = spec.build(*args)
+        method.ce_weight, method.kd_weight = ce_weight, kd_weight
+        return method
+
+    return DemoMethod(spec.pair, build, f"{spec.label} (CE {ce_weight:g}, KD {kd_weight:g})")
 
 
 def teacher_answered(setup, examples: list[dict]) -> list[dict]:
@@ -89,7 +106,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--entropy", action="store_true", help="the teacher's entropy on seen and new prompts")
     args = parser.parse_args()
-    unknown = [v for v in args.variants if v not in DEMO_METHODS and v not in VARIANTS]
+    unknown = [v for v in args.variants if v.partition("@")[0] not in {*DEMO_METHODS, *VARIANTS}]
     if unknown:
         parser.error(f"unknown variants {unknown}")
     full = default_setup()
@@ -103,10 +120,10 @@ def main() -> None:
         agree = sum(e["response"] == p["response"] for e, p in zip(extra, pool, strict=True)) / len(pool)
         print(f"the teacher's answer is the gold response on {100 * agree:.1f}% of the {len(pool)} extra prompts")
     config = TrainConfig(steps=args.steps, batch_size=16, lr=3e-3, method_lr=3e-3, seed=args.seed)
-    DEMO_METHODS.update(VARIANTS)
+    DEMO_METHODS.update({name: weighted(name) for name in args.variants})
     with tempfile.TemporaryDirectory() as out:
         for name in args.variants:
-            data = labelled if name in GOLD_ONLY else labelled + extra
+            data = labelled if name.partition("@")[0] in GOLD_ONLY else labelled + extra
             scores, seconds = _train_one(replace(full, train=data), name, config, Path(out) / name, dev, 10, False)
             answered = len(data) - len(labelled)
             print(f"{name:>13}: dev ROUGE-L {scores['rouge_l']:.1f}, exact match {scores['exact_match']:.1f} "

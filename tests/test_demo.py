@@ -95,7 +95,10 @@ def test_the_demo_uses_its_documented_settings():
 
     assert build("dskd").tau == 1.0 and build("cma").tau == 1.0 and build("fkl").tau == 1.0
     uld = build("uld")
-    assert (uld.ce_weight, uld.kd_weight, uld.positions, uld.kd_normaliser) == (0.5, 0.5, "shift", "student")
+    assert (uld.ce_weight, uld.kd_weight, uld.positions, uld.kd_normaliser) == (1.0, 0.1, "shift", "student")
+    akl, mined = build("akl"), build("mined")
+    assert (akl.divergence, akl.ce_weight, akl.kd_weight) == ("akl", 1.0, 0.25)
+    assert (mined.ce_weight, mined.kd_weight, mined.tau) == (1.0, 0.1, 2.0)
 
 
 def test_train_examples_keeps_the_first_examples_for_every_method(tmp_path, capsys):
