@@ -355,8 +355,13 @@ def _sfkl(r: Rows, stats: dict, a: float = 0.1) -> Out:
     """Skew forward KL: ``KL(p || a p + (1 - a) q)``."""
     a = _unit_interval("a", a)
     log_m = _log_mixture(r, a)
-    value = r.vsum(r.p * (r.logp - log_m))
-    grad = r.through_softmax(-(1.0 - a) * r.p * r.exp(r.logq - log_m)) if r.want_grad else None
+    p_to_m = torch.sub(r.logp, log_m, out=r.out())
+    value = r.vsum(torch.mul(r.p, p_to_m, out=r.out(p_to_m)))
+    grad = None
+    if r.want_grad:  # dL/dlog q = -(1 - a) p q / m
+        q_over_m = r.exp(torch.sub(r.logq, log_m, out=r.out(log_m)), overwrite=log_m)
+        weighted = torch.mul(torch.mul(r.p, -(1.0 - a), out=r.out(p_to_m)), q_over_m, out=r.out(p_to_m))
+        grad = r.through_softmax(weighted)
     return _infinite_where(r, (value, grad), student_zero=a == 0)
 
 
@@ -364,17 +369,28 @@ def _sfkl(r: Rows, stats: dict, a: float = 0.1) -> Out:
 def _srkl(r: Rows, stats: dict, a: float = 0.1) -> Out:
     """Skew reverse KL: ``KL(q || (1 - a) p + a q)``."""
     a = _unit_interval("a", a)
-    q_to_m = r.logq - _log_mixture(r, 1.0 - a)
-    value = r.vsum(r.q * q_to_m)
-    grad = r.through_softmax(r.q * (q_to_m + 1.0 - a * r.exp(q_to_m))) if r.want_grad else None
+    log_m = _log_mixture(r, 1.0 - a)
+    q_to_m = torch.sub(r.logq, log_m, out=r.out(log_m))
+    weighted = torch.mul(r.q, q_to_m, out=r.out())
+    value = r.vsum(weighted)
+    grad = None
+    if r.want_grad:  # dL/dlog q = q (log(q / m) + 1 - a q / m)
+        q_over_m = r.exp(q_to_m, overwrite=weighted)
+        inner = torch.sub(torch.add(q_to_m, 1.0, out=r.out(q_to_m)), torch.mul(q_over_m, a, out=r.out(q_over_m)),
+                          out=r.out(q_to_m))
+        grad = r.through_softmax(torch.mul(r.q, inner, out=r.out(inner)))
     return _infinite_where(r, (value, grad), teacher_zero=a == 0)
 
 
 @register("tvd")
 def _tvd(r: Rows, stats: dict) -> Out:
     """Total variation distance: ``0.5 sum_v |p - q|``."""
-    diff = r.q - r.p
-    return 0.5 * r.vsum(diff.abs()), (r.through_softmax(0.5 * diff.sign() * r.q) if r.want_grad else None)
+    diff = torch.sub(r.q, r.p, out=r.out())
+    value = 0.5 * r.vsum(torch.abs(diff, out=r.out()))
+    if not r.want_grad:
+        return value, None
+    half_sign = torch.mul(torch.sign(diff, out=r.out(diff)), 0.5, out=r.out(diff))
+    return value, r.through_softmax(torch.mul(half_sign, r.q, out=r.out(half_sign)))
 
 
 @register("akl")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from kdviz.ops import Rows, check_finite, check_pair, check_tau, make_rows, rows_per_chunk, scatter_rows
+from kdviz.ops import Rows, Scratch, check_finite, check_pair, check_tau, make_rows, rows_per_chunk, scatter_rows
 
 FALLBACK_EPS = 1e-12  # g_head + g_tail below this: student equals teacher, weights are 0.5 / 0.5
 _BUCKETS = 64  # probability buckets of a factor 2 each, below the row's maximum
@@ -28,12 +28,15 @@ def check_mu(mu: float) -> None:
         raise ValueError(f"mu must be a number strictly between 0 and 1, got {mu!r}")
 
 
-def _candidates(p: torch.Tensor, mu: float) -> torch.Tensor:
+def _candidates(p: torch.Tensor, mu: float, scratch: Scratch | None = None) -> torch.Tensor:
     """Per row, a ``k`` such that the top-``k`` entries of ``p`` hold more than ``mu`` (so the head and the
     crossing token are among them): entries are bucketed by ``floor(-log2 p)`` (zeros and anything below
-    ``2**-63`` in the last bucket) in one pass, and the buckets taken in order until their mass passes ``mu``."""
+    ``2**-63`` in the last bucket) in one pass, and the buckets taken in order until their mass passes ``mu``.
+    ``scratch``: the chunked engine's work buffers for the ``[N, V]`` buckets, when ``p`` is its chunk."""
     n, v = p.shape
-    bucket = torch.log2(p).neg_().clamp_(max=_BUCKETS - 1).long()  # non-increasing in p
+    log2 = torch.log2(p, out=None if scratch is None else scratch.take())
+    bucket = log2.neg_().clamp_(max=_BUCKETS - 1)  # non-increasing in p
+    bucket = bucket.long() if scratch is None else scratch.take(torch.long).copy_(bucket)
     mass = torch.zeros(n, _BUCKETS, dtype=p.dtype, device=p.device).scatter_add_(1, bucket, p)
     one = torch.ones((1, 1), device=p.device).expand_as(bucket)  # float32 counts: exact up to 2**24 entries
     count = torch.zeros(n, _BUCKETS, device=p.device).scatter_add_(1, bucket, one)
@@ -42,12 +45,14 @@ def _candidates(p: torch.Tensor, mu: float) -> torch.Tensor:
     return torch.where(last.squeeze(-1) >= _BUCKETS, v, k)
 
 
-def _bound(p: torch.Tensor, mu: float) -> int:
+def _bound(p: torch.Tensor, mu: float, scratch: Scratch | None = None) -> int:
     """Entries a ``topk`` of ``p`` ``[N, V]`` keeps to hold every row's head and the entry after it."""
-    return min(int(_candidates(p, mu).max()) + 1, p.shape[-1]) if p.shape[0] else p.shape[-1]
+    return min(int(_candidates(p, mu, scratch).max()) + 1, p.shape[-1]) if p.shape[0] else p.shape[-1]
 
 
-def _ranked_heads(p: torch.Tensor, mu: float, crossing_in_head: bool, guess: int | None = None):
+def _ranked_heads(
+    p: torch.Tensor, mu: float, crossing_in_head: bool, guess: int | None = None, scratch: Scratch | None = None
+):
     """Yield ``(rows, size, top, ids)`` until every row of ``p`` ``[N, V]`` is covered: the head size ``|H|``
     of each of ``rows`` and that row's largest entries ``top`` (descending) and their ids, of which the first
     ``size`` hold the head. One ``topk`` of ``guess`` entries when given (e.g. from similar rows), else of
@@ -56,7 +61,7 @@ def _ranked_heads(p: torch.Tensor, mu: float, crossing_in_head: bool, guess: int
     n, v = p.shape
     todo, chosen = torch.arange(n, device=p.device), p
     guessed = guess is not None and guess < v
-    k = guess if guessed else _bound(p, mu)
+    k = guess if guessed else _bound(p, mu, scratch)
     while todo.numel():
         top, ids = chosen.topk(k, dim=-1) if k < v else chosen.sort(dim=-1, descending=True)
         below = (top.cumsum(-1) <= mu).sum(-1)  # c is non-decreasing: the head is a prefix
@@ -87,18 +92,20 @@ def head_sums(
     heads: tuple[torch.Tensor, ...],
     tails: tuple[torch.Tensor, ...] = (),
     guess: int | None = None,
+    scratch: Scratch | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     """``(|H|, head sums, tail sums)`` per row: the sum over the head of each ``[N, V]`` tensor of ``heads`` and
     over the tail of each of ``tails``, without a ``[N, V]`` head mask. The head is the first ``|H|`` ids of
     the ranking (gathered), the tail every entry below its smallest probability, except in rows where ties
     straddle the boundary (there :func:`head_mask` decides which of the tied ids are in). Tails are summed,
-    not subtracted from a total, so a tail mass of 1e-9 keeps its digits. ``guess``: see :func:`_ranked_heads`."""
+    not subtracted from a total, so a tail mass of 1e-9 keeps its digits. ``guess``: see :func:`_ranked_heads`;
+    ``scratch``: the chunked engine's work buffers, when ``p`` is its chunk."""
     n = p.shape[0]
     sizes = torch.ones(n, dtype=torch.long, device=p.device)
     smallest = torch.zeros(n, dtype=p.dtype, device=p.device)
     tied = torch.zeros(n, dtype=torch.bool, device=p.device)
     head_out = [x.new_zeros(n) for x in heads]
-    for rows, size, top, ids in _ranked_heads(p, mu, crossing_in_head, guess):
+    for rows, size, top, ids in _ranked_heads(p, mu, crossing_in_head, guess, scratch):
         width = top.shape[-1]
         sizes[rows] = size
         smallest[rows] = top.gather(-1, size[:, None] - 1).squeeze(-1)
@@ -147,8 +154,8 @@ def head_weights(rows: Rows, mu: float, crossing_in_head: bool = False) -> tuple
     with torch.no_grad():
         detached = rows.detach()  # a fresh Rows: never fill the caller's cached p, q without their graph
         p, q = detached.p, detached.q
-        gap = (p - q).abs()
-        _, (g_head,), _ = head_sums(p, mu, crossing_in_head, (gap,))
+        gap = torch.sub(p, q, out=detached.out()).abs_()
+        _, (g_head,), _ = head_sums(p, mu, crossing_in_head, (gap,), scratch=detached.scratch)
         return _weights(g_head, gap.sum(-1))
 
 

@@ -5,7 +5,7 @@
 - :mod:`kdviz.ops.checks`: argument checks (:func:`real_number`, :func:`positive_number`, :func:`check_tau`,
   :func:`check_pair`, :func:`check_options`, ...) and non-finite values named by index.
 - :mod:`kdviz.ops.rows`: :class:`Rows`, the valid token rows of a logit pair in log space over a support,
-  and :func:`masked_exp`.
+  :class:`Scratch` (the engine's work buffers, reused chunk after chunk) and :func:`masked_exp`.
 - :mod:`kdviz.ops.budget`: :func:`rows_per_chunk`, the rows of one chunk from a byte budget per device.
 - :mod:`kdviz.ops.engine`: :func:`chunked`, the chunked engine with the gradient computed in the forward
   (closed form when the formula has one, :func:`has_closed_form`, else autograd per chunk).
@@ -33,7 +33,7 @@ from kdviz.ops.reductions import (
     row_cross_entropy,
     row_logsumexp,
 )
-from kdviz.ops.rows import Rows, gather_rows, log_softmax, make_rows, masked_exp, reduce, scatter_rows
+from kdviz.ops.rows import Rows, Scratch, gather_rows, log_softmax, make_rows, masked_exp, reduce, scatter_rows
 from kdviz.ops.targets import IGNORE, next_token_targets, shift_alignment, shift_left
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "IGNORE",
     "ChunkBudget",
     "Rows",
+    "Scratch",
     "check_finite",
     "check_options",
     "check_pair",

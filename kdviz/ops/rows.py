@@ -39,26 +39,30 @@ class Scratch:
     """The ``[rows, V]`` work buffers of one chunked call, reused chunk after chunk.
 
     A chunk takes buffers one after another (:meth:`take`); :meth:`start` makes them all free again for the
-    next chunk. A buffer is allocated only the first time a chunk needs that many, so a call makes a
-    fixed number of large allocations whatever its number of chunks (fresh pages are slow to fault in
-    on a CPU, and a GPU's allocator is spared the churn).
+    next chunk. A buffer is allocated only the first time a chunk needs that many of its dtype, so a call
+    makes a fixed number of large allocations whatever its number of chunks (fresh pages are slow to fault
+    in on a CPU, and a GPU's allocator is spared the churn).
     """
 
     def __init__(self, rows: int, vocab: int, dtype: torch.dtype, device: torch.device):
         self.shape, self.dtype, self.device = (rows, vocab), dtype, device
-        self.buffers: list[torch.Tensor] = []
-        self.rows = self.used = 0
+        self.buffers: dict[torch.dtype, list[torch.Tensor]] = {}
+        self.used: dict[torch.dtype, int] = {}
+        self.rows = 0
 
     def start(self, rows: int) -> None:
         """Begin a chunk of ``rows`` rows (at most the ``rows`` given at construction)."""
-        self.rows, self.used = rows, 0
+        self.rows, self.used = rows, {}
 
-    def take(self) -> torch.Tensor:
-        """A ``[rows, V]`` buffer no other tensor of this chunk uses (its contents are arbitrary)."""
-        if self.used == len(self.buffers):
-            self.buffers.append(torch.empty(self.shape, dtype=self.dtype, device=self.device))
-        self.used += 1
-        return self.buffers[self.used - 1][: self.rows]
+    def take(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """A ``[rows, V]`` buffer of ``dtype`` (the compute dtype by default) that no other tensor of this chunk
+        uses (its contents are arbitrary)."""
+        dtype = dtype or self.dtype
+        buffers, used = self.buffers.setdefault(dtype, []), self.used.get(dtype, 0)
+        if used == len(buffers):
+            buffers.append(torch.empty(self.shape, dtype=dtype, device=self.device))
+        self.used[dtype] = used + 1
+        return buffers[used][: self.rows]
 
 
 def _take(scratch: Scratch | None) -> torch.Tensor | None:
@@ -109,9 +113,10 @@ class Rows:
             return None
         return self.scratch.take() if overwrite is None else overwrite
 
-    def exp(self, log: torch.Tensor) -> torch.Tensor:
-        """``exp`` of a per-entry log-space term, 0 outside the support (:func:`masked_exp`)."""
-        return masked_exp(log, self.keep, out=self.out())
+    def exp(self, log: torch.Tensor, overwrite: torch.Tensor | None = None) -> torch.Tensor:
+        """``exp`` of a per-entry log-space term, 0 outside the support (:func:`masked_exp`); under the chunked
+        engine written over ``overwrite`` when given (e.g. ``log`` itself, when it is not needed any more)."""
+        return masked_exp(log, self.keep, out=self.out(overwrite))
 
     def through_softmax(self, grad_logq: torch.Tensor) -> torch.Tensor:
         """Chain ``g = dL/d(log q)`` through ``log q = log_softmax(u)``: ``dL/du = g - q sum_v g``
@@ -143,15 +148,24 @@ def log_softmax(z: torch.Tensor, tau: float, scratch: Scratch | None = None) -> 
     At ``tau < 1`` the logits are shifted by their (detached) row maximum before the division, so a large
     finite logit cannot overflow to ``-inf`` (and be mistaken for padding) or to ``+inf`` (NaN).
     """
+    out = _unclamped_log_softmax(z, tau, scratch)
+    lowest = torch.finfo(out.dtype).min
+    return out.clamp(min=lowest) if out.requires_grad else out.clamp_(min=lowest)  # in place: no extra buffer
+
+
+def _unclamped_log_softmax(z: torch.Tensor, tau: float, scratch: Scratch | None) -> torch.Tensor:
     if tau < 1:
         top = z.detach().amax(-1, keepdim=True)
         shifted = torch.sub(z, torch.where(torch.isfinite(top), top, 0.0), out=_take(scratch))
         z = torch.div(shifted, tau, out=None if scratch is None else shifted)
     elif tau != 1:
         z = torch.div(z, tau, out=_take(scratch))
-    out = torch.log_softmax(z, -1, out=_take(scratch))
-    lowest = torch.finfo(out.dtype).min
-    return out.clamp(min=lowest) if out.requires_grad else out.clamp_(min=lowest)  # in place: no extra buffer
+    return torch.log_softmax(z, -1, out=_take(scratch))
+
+
+def _all_finite(x: torch.Tensor) -> bool:
+    """One reduction pass, no boolean temporary (NaN gives False)."""
+    return x.numel() == 0 or bool(torch.isfinite(x.detach().min()))
 
 
 def _check_nonempty(keep: torch.Tensor, what: str) -> None:
@@ -178,7 +192,12 @@ def make_rows(
     if scratch is not None:
         scratch.start(student.shape[0])
     zs, zt = _upcast(student, dtype, scratch), _upcast(teacher, dtype, scratch)
-    if not (_has_neg_inf(zs) or _has_neg_inf(zt)):  # the common case: no support mask at all
+    # The common case: every log-probability is finite (no -inf logit, no underflow), so there is no support
+    # mask and nothing to clamp. Otherwise (or on a NaN) the log-softmaxes are taken again below.
+    logp, logq = _unclamped_log_softmax(zt, tau, scratch), _unclamped_log_softmax(zs, tau, scratch)
+    if _all_finite(logp) and _all_finite(logq):
+        return Rows(logp, logq, None, want_grad, scratch=scratch)
+    if not (_has_neg_inf(zs) or _has_neg_inf(zt)):  # no support mask: an underflow is clamped (or a NaN reported)
         return Rows(log_softmax(zt, tau, scratch), log_softmax(zs, tau, scratch), None, want_grad, scratch=scratch)
     neg_s, neg_t = torch.isneginf(zs), torch.isneginf(zt)
     if support == "shared":
