@@ -186,13 +186,20 @@ VISIBLE_PLOTS = """() => Array.from(document.querySelectorAll('.jp-Notebook .js-
       return {shape: [t.y.length, t.x.length], span};
     });
     const message = Array.from(p.querySelectorAll('.annotation-text')).map(a => a.textContent).join(' ');
-    return {title, traces: (p.data || []).length, svg: !!p.querySelector('.main-svg'), heatmaps, message};
+    // the widest text label drawn in a heatmap cell, and the width of one cell of its trace
+    const labels = Array.from(p.querySelectorAll('.hm .heatmap-label text'))
+      .map(t => [t.textContent, t.getBBox().width]);
+    const labelled = (p.data || []).find(t => t.type === 'heatmap' && t.text && t.z && t.z.length);
+    const axis = labelled && p._fullLayout['xaxis' + (labelled.xaxis || 'x').slice(1)];
+    const cell = labelled ? axis._length / labelled.z[0].length : 0;
+    const widest = labels.reduce((a, b) => (b[1] > a[1] ? b : a), ['', 0]);
+    return {title, traces: (p.data || []).length, svg: !!p.querySelector('.main-svg'), heatmaps, message, widest, cell};
   })"""
 
 
 def _check_every_dashboard_tab(page, name: str) -> int:
     """Click through every tab of every tab widget: each visible plot has traces, each labelled heatmap shows
-    its whole matrix. Returns the number of plots checked."""
+    its whole matrix and keeps its cells' text inside them. Returns the number of plots checked."""
     checked = 0
     tab_bars = page.locator(".jp-Notebook .jupyter-widgets.widget-tab > .lm-TabBar, .jp-Notebook .widget-tab-bar")
     for b in range(tab_bars.count()):
@@ -209,6 +216,8 @@ def _check_every_dashboard_tab(page, name: str) -> int:
                 assert plot["svg"] and (plot["traces"] >= 1 or plot["message"].strip()), where
                 for heatmap in plot["heatmaps"]:
                     assert heatmap["span"] == [float(n) for n in heatmap["shape"]], (where, heatmap)
+                if plot["widest"][1]:  # a cell's text stays inside its cell
+                    assert plot["widest"][1] <= plot["cell"], (where, plot["widest"], plot["cell"])
                 checked += 1
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / f"{name}_tab{b}_{t}_{label.strip().replace('/', '_')}.png"))

@@ -189,7 +189,7 @@ def test_token_losses_text_colour_and_top5_hover(vanilla):
     fig = figures.token_losses(vanilla, 4, 0, top=top, per_line=8)
     heat = fig.data[0]
     flat_text = [t for line in heat.text for t in line if t]
-    assert flat_text == [figures.token_label(t) for t in rows["token"]]
+    assert flat_text == [figures.token_label(t, width=figures.TOKEN_CELL_CHARS) for t in rows["token"]]
     flat_z = np.asarray(heat.z, dtype=float).ravel()[: len(rows)]
     np.testing.assert_allclose(flat_z, rows["token_kd"])
     hover = heat.customdata[0][0]
@@ -368,6 +368,8 @@ def test_token_losses_from_a_dataframe(vanilla):
     })
     heat = figures.token_losses(rows, 1, per_line=2).data[0]
     assert [t for line in heat.text for t in line] == ["a", "b", "c", ""]  # by position, wrapped every 2
+    special = figures.token_losses(rows.assign(token=["c", "<|endoftext|>", "b", "z"]), 1, per_line=2).data[0]
+    assert special.text[0][0] == "&lt;|en…" and "&lt;|endoftext|&gt;" in special.customdata[0][0]
     np.testing.assert_allclose(np.asarray(heat.z, dtype=float).ravel()[:3], [0.1, 0.2, 0.3])
     assert figures.token_losses(vanilla, 4, 0).to_json() == figures.token_losses(vanilla.tokens(), 4, 0).to_json()
     with pytest.raises(ValueError, match="no column 'position'"):

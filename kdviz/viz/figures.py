@@ -43,6 +43,7 @@ from kdviz.record.store import (
 
 MAX_AXIS = 300
 TOKENS_PER_LINE = 16
+TOKEN_CELL_CHARS = 5  # what a cell holds in the 12 px font: 16 per line at a notebook's width, 8 in half of it
 KIND_COLOURS = {
     "one-to-one": "#9ecae1",
     "one-to-many": "#fdae6b",
@@ -54,12 +55,15 @@ SIDE_COLOURS = {"teacher": "#1f77b4", "student": "#d62728"}
 
 
 # labels ---------------------------------------------------------------------------------------------
-def token_label(token: object) -> str:
-    """``token`` as safe display text: HTML-escaped, newlines and tabs visible, empty as ``∅``."""
-    text = str(token)
+def token_label(token: object, width: int | None = None) -> str:
+    """``token`` as safe display text: HTML-escaped, newlines and tabs visible, empty as ``∅``; at most
+    ``width`` characters when given (a longer one is cut, its last shown character an ellipsis)."""
+    text = str(token).replace("\n", "↵").replace("\t", "⇥")
     if not text:
         return "∅"
-    return html.escape(text.replace("\n", "↵").replace("\t", "⇥"), quote=False)
+    if width is not None and len(text) > width:
+        text = text[: max(width - 1, 1)] + "…"
+    return html.escape(text, quote=False)
 
 
 def position_labels(tokens: Sequence[str], positions: Sequence[int] | None = None) -> list[str]:
@@ -958,6 +962,7 @@ def token_losses(
     top: Mapping[int, tuple[Sequence[tuple[str, float]], Sequence[tuple[str, float]]]] | None = None,
     per_line: int = TOKENS_PER_LINE,
     zmax: float | None = None,
+    label_chars: int = TOKEN_CELL_CHARS,
 ) -> go.Figure:
     """The response of one sampled sequence as tokens coloured by a per-token quantity.
 
@@ -968,7 +973,8 @@ def token_losses(
     ``"rkl_share"`` (``rkl / (fkl + rkl)``: red where the student over-covers, blue where it under-covers).
     ``top``: optional ``position -> (teacher top-k, student top-k)`` lists of ``(token, probability)``
     (see :func:`top_tokens`), shown on hover; by default the recorded ``teacher_top5`` / ``student_top5``
-    columns are used. Tokens wrap every ``per_line``.
+    columns are used. Tokens wrap every ``per_line``; a cell shows at most ``label_chars`` characters of its token
+    (a longer one, e.g. ``<|endoftext|>``, ends in ``…``; the hover shows it whole).
 
     ``data``: the tokens table (``run.tokens()``: columns ``step``, ``sample``, ``position``, ``token``,
     the per-token quantities, optionally ``input_token``, ``example_id``, ``teacher_top5``,
@@ -995,7 +1001,7 @@ def token_losses(
         i, j = divmod(k, per_line)
         v = getattr(row, value)
         z[i, j] = v
-        text[i, j] = token_label(row.token)
+        text[i, j] = token_label(row.token, width=label_chars)
         tip = f"position {row.position}<br>predicts {token_label(row.token)}"
         if hasattr(row, "input_token"):
             tip += f" (after {token_label(row.input_token)})"
@@ -1024,14 +1030,16 @@ def token_losses(
         )
     )
     title = f"{TOKEN_VALUES.get(value, token_label(value))} per token · step {step} · sample {sample}"
-    if "example_id" in rows.columns:
-        title += f" · example {token_label(rows['example_id'].iloc[0])}"
+    top_margin = 50
+    if "example_id" in rows.columns:  # on a second line: a panel half a notebook wide would crop it
+        title += f"<br>example {token_label(rows['example_id'].iloc[0])}"
+        top_margin = 70
     fig.update_layout(
         title=title,
         xaxis={"visible": False},
         yaxis={"visible": False, "autorange": "reversed"},
-        height=120 + 36 * lines,
-        margin={"t": 50, "b": 10},
+        height=top_margin + 70 + 36 * lines,
+        margin={"t": top_margin, "b": 10},
     )
     return fig
 

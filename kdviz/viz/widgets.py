@@ -492,7 +492,8 @@ class Comparison(_Views):
         def build(step, sample):
             if step is None:
                 return figures.message_figure(_note(run, "token_loss"), figures.run_label(run))
-            return figures.token_losses(run, step, sample, zmax=zmax)
+            # half the notebook's width: half as many tokens per line keep the cells as wide as the dashboard's
+            return figures.token_losses(run, step, sample, zmax=zmax, per_line=figures.TOKENS_PER_LINE // 2)
 
         return build
 
