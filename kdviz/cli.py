@@ -138,12 +138,15 @@ def lab(args: argparse.Namespace) -> None:
     import sys
     from pathlib import Path
 
-    from kdviz.viz.lab import install_lab_settings
+    from kdviz.viz.lab import install_lab_settings, overrides_path
 
     directory = Path(args.directory or Path(__file__).resolve().parents[1] / "notebooks")
     if not directory.is_dir():
         raise SystemExit(f"kdviz lab: {directory} is not a directory")
-    install_lab_settings()
+    written = install_lab_settings()
+    if written != [overrides_path()]:
+        where = ", ".join(map(str, written))
+        print(f"kdviz lab: {sys.prefix} is read-only; kdviz's JupyterLab settings went to {where}")
     os.execv(sys.executable, [sys.executable, "-m", "jupyterlab", f"--notebook-dir={directory}"])
 
 
