@@ -3,7 +3,8 @@
 
 Variants are demo methods (``kdviz.demo.run.DEMO_METHODS``), the same with the KD temperature of the DSKD
 repository's scripts (``fkl-tau2``, ``dskd-tau2``, ``cma-tau2``: tau 2, CE and KD at 0.5 each), and sequence-level
-KD (``seqkd``, ``seqkd-cross``: SFT on the teacher's greedy answers). Any of them with ``@CE,KD`` (``uld@1,0.25``)
+KD (``seqkd``, ``seqkd-cross``: SFT on the teacher's greedy answers) and ``cma-warmN`` (CMA after N steps in which
+only its projectors learn). Any of them with ``@CE,KD`` (``uld@1,0.25``)
 weighs its CE and KD terms ``CE`` and ``KD`` instead of its own weights. ``--extra N`` gives every method but SFT the
 next N prompts of the training split answered by the teacher's greedy generation instead of the gold response.
 ``--entropy`` prints the teacher's token entropy on the responses of training prompts and on its own answers to new
@@ -37,12 +38,43 @@ VARIANTS = {
     "cma-tau2": DemoMethod("cross", lambda s, t, *_: methods.CMA(s, t, tau=2.0), "DSKD + CMA (tau 2)"),
 }
 GOLD_ONLY = ("sft", "sft-cross")  # the baselines train on the labelled examples only
+WARM_UP_EXAMPLES: list[dict] = []  # what a warm-up variant's projectors see (the labelled examples, set by main)
+
+
+def warmed_up(steps: int, lr: float = 3e-2) -> DemoMethod:
+    """CMA whose projectors first learn alone for ``steps`` steps of 16 labelled examples (student frozen, AdamW
+    at ``lr``: the recipe of notebook 02), before the usual joint training."""
+
+    def build(student, teacher, student_tokenizer, teacher_tokenizer):
+        cma = methods.CMA(student, teacher, tau=1.0)
+        collate = methods.KDCollator(student_tokenizer, teacher_tokenizer)
+        pairs = [(format_prompt(e["prompt"]), e["response"]) for e in WARM_UP_EXAMPLES]
+        order = random.Random(0).sample(range(len(pairs)), len(pairs))
+        student.requires_grad_(False)
+        optimizer = torch.optim.AdamW([p for p in cma.parameters() if p.requires_grad], lr=lr)
+        for step in range(steps):
+            picked = [pairs[order[(16 * step + k) % len(pairs)]] for k in range(16)]
+            loss = cma(collate(picked)).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        student.requires_grad_(True)
+        return cma
+
+    return DemoMethod("cross", build, f"DSKD + CMA, projectors warmed up for {steps} steps")
+
+
+def named_variant(name: str) -> DemoMethod | None:
+    """A demo method, one of VARIANTS or ``cma-warmN`` (CMA after an N-step projector warm-up); None if unknown."""
+    if name.startswith("cma-warm") and name.removeprefix("cma-warm").isdigit():
+        return warmed_up(int(name.removeprefix("cma-warm")))
+    return DEMO_METHODS.get(name) or VARIANTS.get(name)
 
 
 def weighted(name: str) -> DemoMethod:
     """The variant ``name``, or for ``"<variant>@CE,KD"`` that variant with CE weight ``CE`` and KD weight ``KD``."""
     base, _, weights = name.partition("@")
-    spec = {**DEMO_METHODS, **VARIANTS}[base]
+    spec = named_variant(base)
     if not weights:
         return spec
     ce_weight, kd_weight = (float(w) for w in weights.split(","))
@@ -99,14 +131,14 @@ def print_entropy(setup, dev: list[dict], count: int = 300) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("variants", nargs="*", help=f"any of {', '.join([*DEMO_METHODS, *VARIANTS])}")
+    parser.add_argument("variants", nargs="*", help=f"any of {', '.join([*DEMO_METHODS, *VARIANTS])}, cma-warmN")
     parser.add_argument("--train-examples", type=int, default=20000, help="labelled examples (the first N)")
     parser.add_argument("--extra", type=int, default=0, help="teacher-answered prompts for every method but SFT")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--entropy", action="store_true", help="the teacher's entropy on seen and new prompts")
     args = parser.parse_args()
-    unknown = [v for v in args.variants if v.partition("@")[0] not in {*DEMO_METHODS, *VARIANTS}]
+    unknown = [v for v in args.variants if named_variant(v.partition("@")[0]) is None]
     if unknown:
         parser.error(f"unknown variants {unknown}")
     full = default_setup()
@@ -114,6 +146,7 @@ def main() -> None:
     if args.entropy:
         print_entropy(full, dev)
     labelled = full.train[:args.train_examples]
+    WARM_UP_EXAMPLES[:] = labelled
     pool = full.train[args.train_examples:args.train_examples + args.extra]
     extra = teacher_answered(full, pool) if pool else []
     if pool:
