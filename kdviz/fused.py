@@ -29,8 +29,9 @@ from kdviz.ops import (
     rows_per_chunk,
 )
 
-# CPU bytes of one [rows, V] chunk of logits: large enough to amortise reading the whole head once per chunk
-FUSED_CPU_CHUNK_BYTES = 32 * 2**20
+# CPU bytes of one [rows, V] chunk of logits: enough rows for the four matrix products per chunk to run near the
+# CPU's speed, a fraction of a plain [tokens, V] computation's memory (benchmarks/README.md)
+FUSED_CPU_CHUNK_BYTES = 128 * 2**20
 
 
 def _project(hidden: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
