@@ -20,6 +20,7 @@ directory or Hugging Face id (:func:`from_pretrained`: the network only for a hu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -171,19 +172,40 @@ def load_model(name: str | os.PathLike):
     return from_pretrained(AutoModelForCausalLM, name, "model").eval()
 
 
+@contextlib.contextmanager
+def _no_weight_loading_bars():
+    """Transformers' "Loading weights" progress bars off for the duration, restored afterwards.
+
+    The embedded models load in milliseconds, so their bars say nothing; in a notebook each bar is a widget,
+    and a saved notebook reopened while its new kernel starts can show a stale one as "Error displaying
+    widget: model not found" (JupyterLab's widget manager may report itself restored before the notebook's
+    widget state is). Models of your own keep their bars (:func:`load_model`)."""
+    from transformers.utils import logging as transformers_logging
+
+    enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
+
+
 def load_default(root: str | os.PathLike | None = None) -> Assets:
-    """Load the embedded teacher, both students, both tokenizers, the three splits and the manifest."""
+    """Load the embedded teacher, both students, both tokenizers, the three splits and the manifest (without
+    progress bars)."""
     paths = default_paths(root)
     manifest = json.loads(_require(paths.manifest, "asset manifest").read_text())
-    return Assets(
-        paths=paths,
-        teacher=load_model(_require(paths.teacher, "model", "config.json")),
-        student_same=load_model(_require(paths.student_same, "model", "config.json")),
-        student_cross=load_model(_require(paths.student_cross, "model", "config.json")),
-        teacher_tokenizer=load_tokenizer(_require(paths.teacher_tokenizer, "tokenizer", "tokenizer.json")),
-        student_tokenizer=load_tokenizer(_require(paths.student_tokenizer, "tokenizer", "tokenizer.json")),
-        train=load_split(paths.train),
-        dev=load_split(paths.dev),
-        test=load_split(paths.test),
-        manifest=manifest,
-    )
+    with _no_weight_loading_bars():
+        return Assets(
+            paths=paths,
+            teacher=load_model(_require(paths.teacher, "model", "config.json")),
+            student_same=load_model(_require(paths.student_same, "model", "config.json")),
+            student_cross=load_model(_require(paths.student_cross, "model", "config.json")),
+            teacher_tokenizer=load_tokenizer(_require(paths.teacher_tokenizer, "tokenizer", "tokenizer.json")),
+            student_tokenizer=load_tokenizer(_require(paths.student_tokenizer, "tokenizer", "tokenizer.json")),
+            train=load_split(paths.train),
+            dev=load_split(paths.dev),
+            test=load_split(paths.test),
+            manifest=manifest,
+        )
