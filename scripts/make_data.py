@@ -11,13 +11,19 @@ million parameters to learn on a laptop CPU, with answers that can be checked (e
 - ``units``: unit conversion with fixed factors ("How many minutes are in 3 hours?" -> "180 minutes").
 - ``facts``: questions about the generated people and towns ("Where does Mira Tolsen live?").
 - ``describe``: one-sentence descriptions of a person or a town composed of their facts.
+- ``mention`` (only in a training split, and only when ``--train-mix`` asks for it): a question with several
+  right answers ("Name one thing about Mira Tolsen." -> one of her town, job, pet and colour, drawn at random).
 
 People and towns are facts to be learnt: every person and town of the world is described in the training
 split, and dev/test ask about the same world. For the other tasks the dev and test prompts never occur in
 the training split. Output: ``train.jsonl``, ``dev.jsonl``, ``test.jsonl`` (one JSON object per line with
 ``prompt``, ``response`` and ``task``) and ``world.json`` (the generated world).
 
-Usage: ``python scripts/make_data.py [--out data] [--seed 0] [--train 20000 --dev 500 --test 500]``
+The world, dev and test are drawn before the training split, so ``--train-mix`` (task weights of the training
+split only, e.g. ``facts=0.08,mention=0.12``) changes the training split and nothing else.
+
+Usage: ``python scripts/make_data.py [--out data] [--seed 0] [--train 20000 --dev 500 --test 500]
+[--train-mix TASK=WEIGHT,...]``
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ UNITS = [  # (from, to, factor, largest amount)
 ]
 MIX = {"arith_digits": 0.15, "arith_words": 0.12, "count": 0.12, "reverse": 0.15, "units": 0.14,
        "facts": 0.20, "describe": 0.12}
-WORLD_TASKS = ("facts", "describe")
+WORLD_TASKS = ("facts", "describe", "mention")
 
 
 def number_words(n: int) -> str:
@@ -173,15 +179,23 @@ def describe(rng: random.Random, world: dict) -> tuple[str, str]:
                     f"and likes {p['colour']}.")
 
 
+def mention(rng: random.Random, world: dict) -> tuple[str, str]:
+    p = rng.choice(world["people"])
+    prompt = rng.choice([f"Name one thing about {p['name']}.", f"Tell me one fact about {p['name']}.",
+                         f"Say something about {p['name']}."])
+    return prompt, rng.choice([p["town"], article(p["job"]), article(p["pet"]), p["colour"]])
+
+
 TASKS: dict[str, Callable[[random.Random, dict], tuple[str, str]]] = {
     "arith_digits": arith_digits, "arith_words": arith_words, "count": count, "reverse": reverse,
-    "units": units, "facts": facts, "describe": describe,
+    "units": units, "facts": facts, "describe": describe, "mention": mention,
 }
 
 
-def sample_split(rng: random.Random, world: dict, size: int, exclude: set[str]) -> list[dict]:
-    """``size`` examples following ``MIX``; non-world prompts in ``exclude`` are skipped."""
-    names, weights = list(MIX), list(MIX.values())
+def sample_split(rng: random.Random, world: dict, size: int, exclude: set[str],
+                 mix: dict[str, float] = MIX) -> list[dict]:
+    """``size`` examples following ``mix``; non-world prompts in ``exclude`` are skipped."""
+    names, weights = list(mix), list(mix.values())
     rows: list[dict] = []
     while len(rows) < size:
         task = rng.choices(names, weights)[0]
@@ -192,14 +206,23 @@ def sample_split(rng: random.Random, world: dict, size: int, exclude: set[str]) 
     return rows
 
 
-def build(seed: int = 0, n_train: int = 20000, n_dev: int = 500, n_test: int = 500) -> dict[str, list[dict]]:
-    """Return the world and the three splits; the same ``seed`` always gives the same data."""
+def build(seed: int = 0, n_train: int = 20000, n_dev: int = 500, n_test: int = 500,
+          train_mix: dict[str, float] | None = None) -> dict[str, list[dict]]:
+    """Return the world and the three splits; the same ``seed`` always gives the same data.
+
+    ``train_mix`` overrides the weights of ``MIX`` (and may add ``mention``) for the training split only.
+    """
+    unknown = sorted(set(train_mix or {}) - set(TASKS))
+    if unknown:
+        raise ValueError(f"train_mix: unknown tasks {unknown}; valid tasks: {', '.join(TASKS)}")
+    if any(not weight >= 0 for weight in (train_mix or {}).values()):
+        raise ValueError(f"train_mix: weights must be numbers >= 0, got {train_mix}")
     rng = random.Random(seed)
     world = make_world(rng)
     dev = sample_split(rng, world, n_dev, set())
     test = sample_split(rng, world, n_test, {r["prompt"] for r in dev})
     held_out = {r["prompt"] for r in dev + test}
-    train = sample_split(rng, world, n_train, held_out)
+    train = sample_split(rng, world, n_train, held_out, {**MIX, **(train_mix or {})})
     return {"world": world, "train": train, "dev": dev, "test": test}
 
 
@@ -212,6 +235,15 @@ def write(out: Path, data: dict) -> None:
                 f.write(json.dumps(row) + "\n")
 
 
+def parse_mix(text: str) -> dict[str, float]:
+    """``"facts=0.08,mention=0.12"`` -> ``{"facts": 0.08, "mention": 0.12}``."""
+    try:
+        return {task.strip(): float(weight) for task, weight in (item.split("=") for item in text.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected TASK=WEIGHT,... (e.g. facts=0.08,mention=0.12), got {text!r}") \
+            from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "data")
@@ -219,8 +251,10 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=20000)
     parser.add_argument("--dev", type=int, default=500)
     parser.add_argument("--test", type=int, default=500)
+    parser.add_argument("--train-mix", type=parse_mix, default=None, metavar="TASK=WEIGHT,...",
+                        help="task weights of the training split where they differ from MIX")
     args = parser.parse_args()
-    data = build(args.seed, args.train, args.dev, args.test)
+    data = build(args.seed, args.train, args.dev, args.test, args.train_mix)
     write(args.out, data)
     print(f"wrote {args.out}: " + ", ".join(f"{s}={len(data[s])}" for s in ("train", "dev", "test")))
 
